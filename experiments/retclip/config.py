@@ -1,0 +1,71 @@
+"""The retclip config: one YAML file per profile (configs/smoke.yaml, configs/full.yaml)."""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from medrepro.tiny import TinyBertConfig
+from medrepro.trainer import TrainConfig
+
+
+@dataclass
+class PathsConfig:
+    prepared: str = "data/retclip/prepared"
+    lmdb: str = "data/retclip/lmdb"
+    runs: str = "runs/retclip"
+    results: str = "results/retclip"
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "odir"] = "synthetic"
+    # The ODIR-5K directory (the xlsx and "Training Images/", or Kaggle's full_df.csv layout).
+    odir_root: str = ""
+    # Optional `sha256sum`-format manifest of the raw files, relative to odir_root, checked in prepare.
+    checksums: str = ""
+    synthetic_patients: int = 400
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # Side of the square JPEG stored per eye in the LMDB; the model's transform resizes from it.
+    lmdb_image_size: int = 224
+    jpeg_quality: int = 95
+
+
+@dataclass
+class EncoderConfig:
+    # A hub id (full profile) or a local directory in `save_pretrained` layout.
+    path: str
+    # When set, `prepare` builds a tiny BERT at `path` from the synthetic corpus (smoke profile).
+    tiny: TinyBertConfig | None = None
+
+
+@dataclass
+class ModelConfig:
+    # The open_clip model whose vision tower is used, and overrides of its vision_cfg.
+    vision_model: str = "ViT-B-16"
+    vision_cfg: dict[str, Any] = field(default_factory=dict)
+    # An open_clip pretrained tag or a weights file for the image tower; empty for random init.
+    vision_pretrained: str = ""
+    embed_dim: int = 512
+    context_length: int = 77
+    init_logit_scale: float = math.log(90)
+    max_logit_scale: float = math.log(100)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    bootstrap: int = 1000
+    alpha: float = 0.05
+
+
+@dataclass
+class RetClipConfig:
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    encoders: dict[str, EncoderConfig] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # The prompt templates; empty means prompts.yaml beside this module.
+    prompts: str = ""

@@ -1,0 +1,40 @@
+"""`train`: RET-CLIP with one text encoder, on the shared training loop."""
+
+from pathlib import Path
+
+from accelerate import PartialState
+
+from experiments.retclip import zeroshot
+from experiments.retclip.config import RetClipConfig
+from experiments.retclip.data import PairDataset
+from experiments.retclip.model import RetClip, build_model
+from experiments.retclip.prompts import load_prompts
+from medrepro.errors import ConfigError
+from medrepro.trainer import TrainState, fit, record_run
+
+
+def encoder_path(cfg: RetClipConfig, encoder: str) -> str:
+    if encoder not in cfg.encoders:
+        raise ConfigError(f"unknown encoder {encoder!r}; the config defines {', '.join(sorted(cfg.encoders))}")
+    return cfg.encoders[encoder].path
+
+
+def train(cfg: RetClipConfig, encoder: str, run_dir: Path, resume: str | None = None) -> TrainState:
+    lmdb = Path(cfg.paths.lmdb)
+    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, encoder), run_dir / "open_clip")
+    train_set = PairDataset(lmdb / "train", transform, tokenizer)
+    prompts = load_prompts(Path(cfg.prompts) if cfg.prompts else None)
+    if PartialState().is_main_process:
+        record_run(run_dir, cfg, [lmdb / "train", lmdb / "valid"])
+
+    def loss_fn(model: RetClip, batch: tuple) -> tuple:
+        return model(*batch)
+
+    def evaluate(model: RetClip) -> dict[str, float]:
+        pred = zeroshot.predict(model, tokenizer, transform, prompts, lmdb / "valid", cfg.eval.batch_size)
+        summary = zeroshot.summarize(pred)
+        return {f"val/{k}": summary[k] for k in ("accuracy", "balanced_accuracy", "f1_macro", "auc_macro")
+                if k in summary}
+
+    return fit(model, train_set, cfg.train, run_dir, loss_fn=loss_fn, seed=cfg.seed, evaluate=evaluate,
+               after_step=RetClip.clamp_logit_scales, resume=resume, run_name=f"retclip-{encoder}")

@@ -1,0 +1,7 @@
+"""`python -m medrepro ...`, which is also what `torchrun -m medrepro ...` launches."""
+
+import sys
+
+from medrepro.cli import main
+
+sys.exit(main())

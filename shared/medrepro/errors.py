@@ -1,0 +1,22 @@
+"""Errors that the command line turns into one clear line and a non-zero exit.
+
+Anything a user can cause (a missing file, a malformed record, a bad config key) raises a subclass
+of `MedreproError` whose message says what is wrong, where, and what to do. Everything else is a bug
+and keeps its traceback.
+"""
+
+
+class MedreproError(Exception):
+    """A problem with the user's input rather than with the code."""
+
+
+class ConfigError(MedreproError):
+    """An unknown key, a wrong type or an unreadable config file."""
+
+
+class DataError(MedreproError):
+    """A missing, malformed or inconsistent dataset file or record."""
+
+
+class CheckpointError(MedreproError):
+    """A missing or corrupt checkpoint."""

@@ -1,0 +1,157 @@
+"""Seeding, deterministic mode, and the manifest every run writes beside its outputs."""
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import random
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medrepro import atomic
+from medrepro.errors import DataError
+
+# Packages whose versions decide the numbers a run produces.
+MANIFEST_PACKAGES = (
+    "torch", "torchvision", "numpy", "transformers", "tokenizers", "open_clip_torch", "accelerate",
+    "scikit-learn", "lmdb", "webdataset", "faiss-cpu", "pillow", "medrepro",
+)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch, and make torch pick deterministic kernels.
+
+    DataLoaders get their own generators (see `medrepro.data`), so creating one never draws from
+    the global stream that dropout uses; that is what lets a resumed run match an uninterrupted one.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS reads this when CUDA initialises; without it deterministic mode raises on GPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state, in types that `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(path: str | Path) -> str:
+    """Checksum of a file, or of a directory as its sorted relative paths and file checksums."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def environment() -> dict[str, Any]:
+    """What produced a result: package versions, code version, hardware and container image."""
+    versions = {}
+    for name in MANIFEST_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if gpus else None,
+        "gpus": gpus,
+        "packages": versions,
+        "git": _git_state(),
+        "image": {key.lower(): os.environ[key] for key in ("MEDREPRO_IMAGE", "MEDREPRO_IMAGE_REVISION")
+                  if key in os.environ},
+        "argv": sys.argv,
+    }
+
+
+def write_manifest(path: str | Path, data: Iterable[str | Path] = (), extra: dict[str, Any] | None = None,
+                   ) -> dict[str, Any]:
+    """Write `manifest.json`: the environment plus SHA-256 checksums of the data a run read."""
+    manifest = environment()
+    manifest["data"] = {str(p): sha256_tree(p) for p in data}
+    if extra:
+        manifest.update(extra)
+    atomic.write_json(path, manifest)
+    return manifest
+
+
+def _git_state() -> dict[str, Any] | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip() != ""
+    except (OSError, subprocess.CalledProcessError):
+        # Inside an image there is no .git; the image labels carry the revision instead.
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+def verify_sha256_manifest(manifest: str | Path, root: str | Path) -> int:
+    """Check every file of a `sha256sum`-format manifest (paths relative to `root`); returns the count.
+
+    The first missing or mismatching file stops with one line naming it.
+    """
+    manifest, root = Path(manifest), Path(root)
+    if not manifest.is_file():
+        raise DataError(f"checksum manifest not found: {manifest}")
+    count = 0
+    for line_no, line in enumerate(manifest.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise DataError(f"{manifest}:{line_no}: expected '<sha256>  <relative path>', got {line[:80]!r}")
+        path = root / name.lstrip("*")
+        if not path.is_file():
+            raise DataError(f"{path} is listed in {manifest} but missing: restore it from the original download")
+        if sha256_file(path) != digest:
+            raise DataError(f"{path} does not match its checksum in {manifest}: the file is corrupt or modified")
+        count += 1
+    return count

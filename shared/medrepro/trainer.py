@@ -1,0 +1,295 @@
+"""The training loop every experiment shares, on Hugging Face Accelerate.
+
+One function, `fit`, that a reader can hold in their head:
+
+    for each optimizer step (global batch = batch_size samples over all processes and micro-steps):
+        for each of grad_accum micro-batches: forward, loss / grad_accum, backward (no DDP sync
+        until the last one)
+        clip, optimizer step, scheduler step (once, on every process), after_step hook
+        every log_every_steps: progress line + trackers
+        every eval_every_epochs (fractional) and at the end: evaluate, keep the best, early stopping,
+        checkpoint; every save_every_steps: checkpoint
+
+The experiment supplies the model, a map-style dataset, a collate function, `loss_fn(model, batch)`
+and optionally `evaluate(model)` and `after_step(model)`. Epochs, warmup and evaluation intervals are
+given in epochs and converted to optimizer steps from the dataset size and the global batch, which
+already counts processes and accumulation, so the schedule is the same on 1 or 8 GPUs.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object, send_to_device
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from medrepro import atomic, checkpoint, config, optim, repro
+from medrepro.errors import CheckpointError
+from medrepro.sampling import StepBatchSampler, steps_per_epoch
+from medrepro.tracking import Progress, Tracker, TrackingConfig
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    # Global samples per optimizer step, summed over processes and accumulation micro-steps.
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    clip_grad_norm: float = 0.0
+    precision: Literal["no", "fp16", "bf16"] = "no"
+    eval_every_epochs: float = 1.0
+    save_every_steps: int = 0
+    keep_last: int = 3
+    best_metric: str = "val/loss"
+    best_mode: Literal["min", "max"] = "min"
+    # Evaluations without improvement before stopping; 0 never stops early.
+    early_stopping_patience: int = 0
+    log_every_steps: int = 10
+    num_workers: int = 0
+    deterministic: bool = True
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps and self.warmup_epochs:
+            raise ValueError("give warmup_steps or warmup_epochs, not both")
+        if self.epochs <= 0 or self.batch_size <= 0 or self.grad_accum <= 0:
+            raise ValueError("epochs, batch_size and grad_accum must be positive")
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_value: float | None = None
+    best_step: int = -1
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class Schedule:
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    eval_every: int
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, n_samples: int) -> "Schedule":
+        spe = steps_per_epoch(n_samples, cfg.batch_size)
+        if spe == 0:
+            raise ValueError(f"{n_samples} training samples are fewer than one global batch of {cfg.batch_size}")
+        warmup = cfg.warmup_steps or round(cfg.warmup_epochs * spe)
+        return cls(
+            steps_per_epoch=spe,
+            total_steps=max(1, math.ceil(cfg.epochs * spe)),
+            warmup_steps=warmup,
+            eval_every=max(1, round(cfg.eval_every_epochs * spe)),
+        )
+
+
+LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def record_run(run_dir: str | Path, cfg: Any, data: list[str | Path]) -> None:
+    """Write the resolved config and the manifest (environment, data checksums) beside a run."""
+    run_dir = Path(run_dir)
+    config.save_config(cfg, run_dir / "config.yaml")
+    repro.write_manifest(run_dir / "manifest.json", data)
+
+
+def fit(
+    model: nn.Module,
+    train_set: Dataset,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    loss_fn: LossFn,
+    seed: int,
+    collate_fn: Callable | None = None,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+    resume: str | None = None,
+    run_name: str = "run",
+    params: dict[str, Any] | None = None,
+) -> TrainState:
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    accelerator = Accelerator(mixed_precision=cfg.precision)
+    repro.seed_everything(seed, cfg.deterministic)
+    if resume is None and checkpoint.step_checkpoints(ckpt_dir):
+        raise CheckpointError(f"{ckpt_dir} already holds checkpoints: pass --resume latest to continue "
+                              "that run, or choose another output directory")
+
+    schedule = Schedule.from_config(cfg, len(train_set))
+    optimizer = optim.build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
+    scheduler = optim.build_scheduler(optimizer, schedule.warmup_steps, schedule.total_steps, cfg.schedule,
+                                      cfg.min_lr_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+    manager = checkpoint.CheckpointManager(ckpt_dir, cfg.keep_last, cfg.best_metric, cfg.best_mode)
+
+    state = TrainState()
+    if resume is not None:
+        state = _restore(checkpoint.resolve_resume(resume, ckpt_dir), raw_model, optimizer, scheduler,
+                         accelerator)
+
+    tracker = None
+    if accelerator.is_main_process:
+        tracker = Tracker(run_dir, cfg.tracking, run_name, params or {"train": dataclasses.asdict(cfg)})
+    progress = Progress(schedule.total_steps, state.step, cfg.batch_size, schedule.steps_per_epoch)
+    running_loss = torch.zeros((), device=accelerator.device)
+    running_steps = 0
+
+    model.train()
+    while state.step < schedule.total_steps and not state.stopped_early:
+        loader = _epoch_loader(train_set, cfg, accelerator, seed, state.epoch, state.step_in_epoch, collate_fn)
+        micro_batches = iter(loader)
+        for _ in range(schedule.steps_per_epoch - state.step_in_epoch):
+            extras: dict[str, torch.Tensor] = {}
+            for micro in range(cfg.grad_accum):
+                batch = send_to_device(next(micro_batches), accelerator.device)
+                sync = micro == cfg.grad_accum - 1
+                with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
+                    loss, extras = loss_fn(model, batch)
+                accelerator.backward(loss / cfg.grad_accum)
+                running_loss += loss.detach() / cfg.grad_accum
+            if cfg.clip_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+            optimizer.step()
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step(raw_model)
+            state.step += 1
+            state.step_in_epoch += 1
+            running_steps += 1
+
+            if state.step % cfg.log_every_steps == 0 or state.step == schedule.total_steps:
+                mean_loss = accelerator.reduce(running_loss, "mean").item() / running_steps
+                running_loss.zero_()
+                running_steps = 0
+                if tracker is not None:
+                    lr = scheduler.get_last_lr()[0]
+                    Progress.emit(progress.line(state.step, mean_loss, lr))
+                    tracker.log(state.step, {"train/loss": mean_loss, "train/lr": lr,
+                                             **{f"train/{k}": float(v.detach()) for k, v in extras.items()}})
+
+            last = state.step == schedule.total_steps
+            if evaluate is not None and (state.step % schedule.eval_every == 0 or last):
+                _evaluate_and_track(model, raw_model, evaluate, state, manager, cfg, accelerator, tracker)
+                _save(manager, state, raw_model, optimizer, scheduler, accelerator, track_best=True)
+            elif (cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or last:
+                _save(manager, state, raw_model, optimizer, scheduler, accelerator, track_best=False)
+            if last or state.stopped_early:
+                break
+        else:
+            state.epoch += 1
+            state.step_in_epoch = 0
+
+    if accelerator.is_main_process:
+        checkpoint.save(run_dir / "final.pt", {"model": raw_model.state_dict(),
+                                               "train_state": dataclasses.asdict(state)})
+        atomic.write_json(run_dir / "fit.json", dataclasses.asdict(state))
+    if tracker is not None:
+        tracker.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return state
+
+
+def _epoch_loader(train_set: Dataset, cfg: TrainConfig, accelerator: Accelerator, seed: int, epoch: int,
+                  start_step: int, collate_fn: Callable | None) -> DataLoader:
+    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.grad_accum, accelerator.process_index,
+                               accelerator.num_processes, seed, epoch, start_step)
+    # Its own generator: building a loader must not draw from the global stream dropout uses.
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
+                      generator=generator, pin_memory=accelerator.device.type == "cuda")
+
+
+def _evaluate_and_track(model: nn.Module, raw_model: nn.Module, evaluate: Callable, state: TrainState,
+                        manager: checkpoint.CheckpointManager, cfg: TrainConfig, accelerator: Accelerator,
+                        tracker: Tracker | None) -> None:
+    """Evaluate on the main process; every process learns whether to stop."""
+    decision = [None]
+    if accelerator.is_main_process:
+        model.eval()
+        with torch.no_grad():
+            metrics = evaluate(raw_model)
+        model.train()
+        if cfg.best_metric not in metrics:
+            raise KeyError(f"best_metric {cfg.best_metric!r} is not among the evaluation metrics "
+                           f"{sorted(metrics)}")
+        value = float(metrics[cfg.best_metric])
+        improved = manager.is_better(value, state.best_value)
+        if improved:
+            state.best_value, state.best_step, state.evals_without_improvement = value, state.step, 0
+        else:
+            state.evals_without_improvement += 1
+        patience = cfg.early_stopping_patience
+        state.stopped_early = bool(patience and state.evals_without_improvement >= patience)
+        if tracker is not None:
+            tracker.log(state.step, metrics)
+            Progress.emit(f"eval step {state.step}: " + " | ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+        decision = [dataclasses.asdict(state)]
+    decision = broadcast_object_list(decision)
+    for key, value in decision[0].items():
+        setattr(state, key, value)
+
+
+def _save(manager: checkpoint.CheckpointManager, state: TrainState, raw_model: nn.Module,
+          optimizer: torch.optim.Optimizer, scheduler: Any, accelerator: Accelerator, track_best: bool) -> None:
+    rng_states = gather_object([repro.rng_state()]) if accelerator.num_processes > 1 else [repro.rng_state()]
+    if accelerator.is_main_process:
+        payload = {
+            "model": raw_model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "rng": rng_states,
+            "train_state": dataclasses.asdict(state),
+        }
+        path = manager.save_step(state.step, payload)
+        if track_best and state.best_step == state.step:
+            manager.save_best(path)
+    accelerator.wait_for_everyone()
+
+
+def _restore(path: Path, raw_model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             accelerator: Accelerator) -> TrainState:
+    saved = checkpoint.load(path)
+    try:
+        raw_model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if accelerator.scaler is not None and saved["scaler"] is not None:
+            accelerator.scaler.load_state_dict(saved["scaler"])
+        rng = saved["rng"]
+        if len(rng) != accelerator.num_processes:
+            raise CheckpointError(f"{path} was written by {len(rng)} processes; resume it with the same number "
+                                  f"(now {accelerator.num_processes})")
+        repro.set_rng_state(rng[accelerator.process_index])
+        state = TrainState(**saved["train_state"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} does not match this run: {str(e).splitlines()[0][:200]}") from None
+    Progress.emit(f"resumed from {path} at step {state.step} (epoch {state.epoch}, "
+                  f"step {state.step_in_epoch} of the epoch)")
+    return state
