@@ -9,8 +9,9 @@ from experiments.retclip.config import RetClipConfig
 from experiments.retclip.data import PairDataset
 from experiments.retclip.model import RetClip, build_model
 from experiments.retclip.prompts import load_prompts
+from medrepro import repro
 from medrepro.errors import ConfigError
-from medrepro.trainer import TrainState, fit, record_run
+from medrepro.trainer import FitResult, fit, record_run
 
 
 def encoder_path(cfg: RetClipConfig, encoder: str) -> str:
@@ -19,8 +20,9 @@ def encoder_path(cfg: RetClipConfig, encoder: str) -> str:
     return cfg.encoders[encoder].path
 
 
-def train(cfg: RetClipConfig, encoder: str, run_dir: Path, resume: str | None = None) -> TrainState:
+def train(cfg: RetClipConfig, encoder: str, run_dir: Path, resume: str | None = None) -> FitResult:
     lmdb = Path(cfg.paths.lmdb)
+    repro.seed_everything(cfg.seed, cfg.train.deterministic)  # before the towers are initialised
     model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, encoder), run_dir / "open_clip")
     train_set = PairDataset(lmdb / "train", transform, tokenizer)
     prompts = load_prompts(Path(cfg.prompts) if cfg.prompts else None)

@@ -50,14 +50,19 @@ def apply_override(raw: dict[str, Any], item: str, cls: type) -> None:
     except yaml.YAMLError:
         value = text
     parts = key.split(".")
-    node, node_cls = raw, cls
+    node, node_type = raw, cls
     for depth, part in enumerate(parts):
-        hints = _field_types(node_cls) if node_cls is not None else None
-        if hints is not None and part not in hints:
-            raise ConfigError(
-                f"override '{item}': unknown key '{'.'.join(parts[: depth + 1])}' "
-                f"(known: {', '.join(sorted(hints))})"
-            )
+        where = ".".join(parts[: depth + 1])
+        if dataclasses.is_dataclass(node_type):
+            hints = _field_types(node_type)
+            if part not in hints:
+                raise ConfigError(f"override '{item}': unknown key '{where}' (known: {', '.join(sorted(hints))})")
+            child_type = hints[part]
+        elif _is_dict(node_type):
+            args = typing.get_args(node_type)  # a free key of a dict[str, X] (or untyped) field
+            child_type = args[1] if len(args) == 2 else Any
+        else:
+            raise ConfigError(f"override '{item}': '{'.'.join(parts[:depth])}' has no sub-keys")
         if depth == len(parts) - 1:
             node[part] = value
             return
@@ -65,8 +70,7 @@ def apply_override(raw: dict[str, Any], item: str, cls: type) -> None:
         if not isinstance(child, dict):
             child = {}
             node[part] = child
-        node = child
-        node_cls = _dataclass_of(hints[part]) if hints is not None else None
+        node, node_type = child, _unwrap_optional(child_type)
 
 
 def from_dict(cls: type[T], data: Any, source: str = "<config>", prefix: str = "") -> T:
@@ -112,13 +116,17 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _dataclass_of(tp: Any) -> type | None:
-    if dataclasses.is_dataclass(tp):
-        return tp
-    for arg in typing.get_args(tp):
-        if dataclasses.is_dataclass(arg):
-            return arg
-    return None
+def _unwrap_optional(tp: Any) -> Any:
+    """`X | None` → X, so an override can reach into an optional section."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _is_dict(tp: Any) -> bool:
+    return typing.get_origin(tp) is dict or tp in (dict, Any)
 
 
 def _convert(tp: Any, value: Any, source: str, key: str) -> Any:

@@ -5,6 +5,7 @@ import importlib.metadata
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -16,6 +17,8 @@ import torch
 
 from medrepro import atomic
 from medrepro.errors import DataError
+
+_SHA256SUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 
 # Packages whose versions decide the numbers a run produces.
 MANIFEST_PACKAGES = (
@@ -145,10 +148,12 @@ def verify_sha256_manifest(manifest: str | Path, root: str | Path) -> int:
     for line_no, line in enumerate(manifest.read_text().splitlines(), start=1):
         if not line.strip():
             continue
-        digest, sep, name = line.partition("  ")
-        if not sep or len(digest) != 64:
+        # sha256sum writes "<digest>  <name>" in text mode and "<digest> *<name>" in binary mode.
+        match = _SHA256SUM_LINE.fullmatch(line)
+        if match is None:
             raise DataError(f"{manifest}:{line_no}: expected '<sha256>  <relative path>', got {line[:80]!r}")
-        path = root / name.lstrip("*")
+        digest, name = match.group(1).lower(), match.group(2)
+        path = root / name
         if not path.is_file():
             raise DataError(f"{path} is listed in {manifest} but missing: restore it from the original download")
         if sha256_file(path) != digest:

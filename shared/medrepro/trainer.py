@@ -18,6 +18,7 @@ already counts processes and accumulation, so the schedule is the same on 1 or 8
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -84,6 +85,14 @@ class TrainState:
 
 
 @dataclass
+class FitResult:
+    state: TrainState
+    # Wall time of the training loop (evaluations and checkpoints included, setup excluded).
+    loop_seconds: float
+    samples_per_s: float
+
+
+@dataclass
 class Schedule:
     steps_per_epoch: int
     total_steps: int
@@ -128,7 +137,7 @@ def fit(
     resume: str | None = None,
     run_name: str = "run",
     params: dict[str, Any] | None = None,
-) -> TrainState:
+) -> FitResult:
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     accelerator = Accelerator(mixed_precision=cfg.precision)
@@ -156,6 +165,7 @@ def fit(
     progress = Progress(schedule.total_steps, state.step, cfg.batch_size, schedule.steps_per_epoch)
     running_loss = torch.zeros((), device=accelerator.device)
     running_steps = 0
+    start_step, t_start = state.step, time.perf_counter()
 
     model.train()
     while state.step < schedule.total_steps and not state.stopped_early:
@@ -204,15 +214,17 @@ def fit(
             state.epoch += 1
             state.step_in_epoch = 0
 
+    loop_seconds = time.perf_counter() - t_start
+    result = FitResult(state, loop_seconds, (state.step - start_step) * cfg.batch_size / max(loop_seconds, 1e-9))
     if accelerator.is_main_process:
         checkpoint.save(run_dir / "final.pt", {"model": raw_model.state_dict(),
                                                "train_state": dataclasses.asdict(state)})
-        atomic.write_json(run_dir / "fit.json", dataclasses.asdict(state))
+        atomic.write_json(run_dir / "fit.json", dataclasses.asdict(result))
     if tracker is not None:
         tracker.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return state
+    return result
 
 
 def _epoch_loader(train_set: Dataset, cfg: TrainConfig, accelerator: Accelerator, seed: int, epoch: int,

@@ -1,0 +1,53 @@
+"""Integration fixtures: a prepared synthetic ODIR workdir shared by the retclip pipeline tests."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Small enough for seconds per run, large enough that an epoch has several optimizer steps:
+# 120 patients → 84 train pairs → 5 steps of 16 per epoch.
+DATA_OVERRIDES = ["data.synthetic_patients=120", "encoders.biobert.tiny.dropout=0.0"]
+TRAIN_OVERRIDES = ["train.epochs=3", "train.batch_size=16", "train.eval_every_epochs=1.0",
+                   "train.log_every_steps=5", "train.tracking.tensorboard=false", "train.warmup_epochs=0.5"]
+
+
+def process_env() -> dict[str, str]:
+    """One thread count for every run: bitwise CPU equality holds only at a fixed thread count,
+    since the order of a parallel reduction depends on it."""
+    return {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+
+
+def medrepro(args: list[str], cwd: Path, check: bool = True, launcher: list[str] | None = None,
+             **kwargs) -> subprocess.CompletedProcess:
+    """Run the real command line in a fresh process, as users and DVC do."""
+    cmd = [*(launcher or [sys.executable, "-m"]), "medrepro", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=process_env(), capture_output=True, text=True, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "final.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="session")
+def retclip_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("retclip")
+    medrepro(["retclip", "prepare", *DATA_OVERRIDES], workdir)
+    medrepro(["retclip", "build-lmdb", "--workers", "2", *DATA_OVERRIDES], workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def reference_run(retclip_workdir: Path) -> Path:
+    """One uninterrupted single-process run; other tests must reproduce it bit for bit."""
+    run = retclip_workdir / "runs" / "reference"
+    medrepro(["retclip", "train", "--encoder", "pubmedbert", "--out", str(run), *TRAIN_OVERRIDES], retclip_workdir)
+    return run

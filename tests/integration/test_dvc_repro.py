@@ -1,0 +1,56 @@
+"""`dvc repro` in a temporary copy of the repository: runs, is a no-op the second time, lists metrics."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def copy_worktree(dest: Path) -> None:
+    """Tracked and untracked-but-not-ignored files: what a fresh clone plus local edits would hold."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_dvc_repro_twice_then_metrics(tmp_path):
+    repo = tmp_path / "repo"
+    copy_worktree(repo)
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], repo)
+
+    first = run(["dvc", "repro"], repo)
+    assert "Running stage 'report'" in first.stdout
+    second = run(["dvc", "repro"], repo)
+    assert "Running stage" not in second.stdout, second.stdout
+    assert "up to date" in second.stdout.lower()
+
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    flat = json.dumps(shown)
+    for encoder in ("pubmedbert", "bert_base", "biobert"):
+        assert f"results/retclip/{encoder}/metrics.json" in flat
+        metrics = json.loads((repo / "results" / "retclip" / encoder / "metrics.json").read_text())
+        assert metrics["accuracy"] > 0.25, (encoder, metrics["accuracy"])
+    table = (repo / "results" / "RESULTS.md").read_text()
+    assert table.count("| synthetic |") == 3

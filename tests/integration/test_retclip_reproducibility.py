@@ -1,0 +1,92 @@
+"""The reproducibility bars: same seed → same bits; kill + resume → same bits; DDP ≈ one process."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.integration.conftest import TRAIN_OVERRIDES, final_weights, medrepro, process_env
+
+pytestmark = pytest.mark.integration
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_same_seed_two_processes_bitwise_equal(retclip_workdir, reference_run):
+    again = retclip_workdir / "runs" / "again"
+    medrepro(["retclip", "train", "--encoder", "pubmedbert", "--out", str(again), *TRAIN_OVERRIDES], retclip_workdir)
+    assert_bitwise_equal(final_weights(reference_run), final_weights(again))
+
+    results = []
+    for run in (reference_run, again):
+        out = retclip_workdir / "results" / run.name
+        medrepro(["retclip", "evaluate", "--encoder", "pubmedbert", "--run", str(run), "--out", str(out),
+                  "eval.bootstrap=50"], retclip_workdir)
+        results.append(json.loads((out / "metrics.json").read_text()))
+    assert results[0] == results[1]
+
+
+def test_killed_mid_epoch_then_resumed_is_bitwise_equal(retclip_workdir, reference_run):
+    """SIGKILL after a mid-epoch checkpoint; `--resume latest` must end on the reference's exact weights.
+
+    5 steps per epoch and a checkpoint every 3 steps: steps 3, 6, 9, 12 are all inside an epoch.
+    """
+    run = retclip_workdir / "runs" / "killed"
+    cmd = [sys.executable, "-m", "medrepro", "retclip", "train", "--encoder", "pubmedbert", "--out", str(run),
+           *TRAIN_OVERRIDES, "train.save_every_steps=3"]
+    proc = subprocess.Popen(cmd, cwd=retclip_workdir, env=process_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "step-00000006.pt").exists():
+        assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, "no checkpoint at step 6 within 300 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "final.pt").exists(), "the run finished before the kill; the test proves nothing"
+
+    latest = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
+    state = torch.load(latest, weights_only=True)["train_state"]
+    assert state["step_in_epoch"] != 0, "the checkpoint resumed from must be mid-epoch"
+
+    medrepro(["retclip", "train", "--encoder", "pubmedbert", "--out", str(run), "--resume", "latest",
+              *TRAIN_OVERRIDES, "train.save_every_steps=3"], retclip_workdir)
+    assert_bitwise_equal(final_weights(reference_run), final_weights(run))
+
+
+def test_restarting_without_resume_refuses_to_overwrite(retclip_workdir, reference_run):
+    proc = medrepro(["retclip", "train", "--encoder", "pubmedbert", "--out", str(reference_run), *TRAIN_OVERRIDES],
+                    retclip_workdir, check=False)
+    assert proc.returncode == 2
+    assert "already holds checkpoints" in proc.stderr and "--resume latest" in proc.stderr
+
+
+def test_two_process_ddp_matches_one_process(retclip_workdir):
+    """torchrun with 2 CPU processes (gloo) at the same global batch as 1 process.
+
+    The encoder has dropout 0: with dropout each process would draw its own masks. Floating-point
+    sums happen in another order across processes, so agreement is close, not bitwise.
+    """
+    overrides = [*TRAIN_OVERRIDES, "train.epochs=2"]
+    single = retclip_workdir / "runs" / "ddp-1"
+    double = retclip_workdir / "runs" / "ddp-2"
+    medrepro(["retclip", "train", "--encoder", "biobert", "--out", str(single), *overrides], retclip_workdir)
+    torchrun = [shutil.which("torchrun") or "torchrun", "--standalone", "--nproc_per_node", "2", "-m"]
+    medrepro(["retclip", "train", "--encoder", "biobert", "--out", str(double), *overrides], retclip_workdir,
+             launcher=torchrun)
+    one, two = final_weights(single), final_weights(double)
+    assert one.keys() == two.keys()
+    worst = max((one[k] - two[k]).abs().max().item() for k in one)
+    assert worst < 1e-4, f"largest weight difference {worst}"
+    fit_one = json.loads((single / "fit.json").read_text())["state"]
+    fit_two = json.loads((double / "fit.json").read_text())["state"]
+    assert fit_one["step"] == fit_two["step"] == 10, "both must take the same optimizer steps"

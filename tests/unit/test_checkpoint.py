@@ -1,0 +1,226 @@
+"""Checkpoints (round trip, corruption, pruning, resume) and atomic writes."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from medrepro import atomic, checkpoint
+from medrepro.checkpoint import CheckpointManager, resolve_resume, step_checkpoints
+from medrepro.errors import CheckpointError
+
+
+def payload(step: int = 0) -> dict:
+    return {"model": {"w": torch.full((2, 3), float(step)), "b": torch.arange(3)},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]},
+            "train_state": {"step": step, "best_value": None}}
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+# ----------------------------------------------------------------------------------- save and load
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "sub" / "ckpt.pt"
+    checkpoint.save(path, payload(7))
+    loaded = checkpoint.load(path)
+    assert torch.equal(loaded["model"]["w"], torch.full((2, 3), 7.0))
+    assert torch.equal(loaded["model"]["b"], torch.arange(3))
+    assert loaded["train_state"] == {"step": 7, "best_value": None}
+    assert loaded["optimizer"] == {"state": {}, "param_groups": [{"lr": 0.1}]}
+    assert names(path.parent) == ["ckpt.pt"]  # no temp file left
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        checkpoint.load(tmp_path / "nope.pt")
+
+
+def test_truncated_file_names_the_path(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    checkpoint.save(path, payload(1))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_random_bytes_name_the_path(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("state", [{"weights": torch.zeros(2)}, torch.zeros(2), [1, 2]])
+def test_file_without_model_state(tmp_path, state):
+    path = tmp_path / "ckpt.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_refuses_arbitrary_pickles(tmp_path):
+    """weights_only loading: a checkpoint must not be able to run code or restore arbitrary objects."""
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": {}, "obj": Path("/x")}, path)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(path)
+    assert str(path) in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ manager
+
+
+def test_manager_keeps_last_k_and_best_survives(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2, metric="val/loss", mode="min")
+    for step in range(1, 6):
+        path = manager.save_step(step, payload(step))
+        assert path == tmp_path / f"step-{step:08d}.pt"
+        if step == 2:
+            manager.save_best(path)
+    assert names(tmp_path) == ["best.pt", "step-00000004.pt", "step-00000005.pt"]
+    assert torch.equal(checkpoint.load(tmp_path / "best.pt")["model"]["w"], torch.full((2, 3), 2.0))
+    assert torch.equal(checkpoint.load(tmp_path / "step-00000005.pt")["model"]["w"], torch.full((2, 3), 5.0))
+
+
+def test_manager_prunes_by_step_number_not_name(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2, metric="m", mode="max")
+    for step in (9, 10, 11):
+        manager.save_step(step, payload(step))
+    assert names(tmp_path) == ["step-00000010.pt", "step-00000011.pt"]
+
+
+def test_manager_keep_last_at_least_one(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=0, metric="m", mode="min")
+    manager.save_step(1, payload(1))
+    manager.save_step(2, payload(2))
+    assert names(tmp_path) == ["step-00000002.pt"]
+
+
+def test_is_better():
+    low = CheckpointManager("unused", 1, "val/loss", "min")
+    high = CheckpointManager("unused", 1, "val/auc", "max")
+    assert low.is_better(1.0, None) and high.is_better(1.0, None)
+    assert low.is_better(0.5, 1.0) and not low.is_better(1.5, 1.0) and not low.is_better(1.0, 1.0)
+    assert high.is_better(1.5, 1.0) and not high.is_better(0.5, 1.0) and not high.is_better(1.0, 1.0)
+
+
+def test_manager_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="best_mode"):
+        CheckpointManager("unused", 1, "m", "maximum")
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+def test_resolve_latest_picks_highest_step(tmp_path):
+    for name in ("step-00000002.pt", "step-00000009.pt", "step-00000010.pt", "best.pt",
+                 ".step-00000011.pt.abc123.tmp", "step-00000012.pt.old"):
+        (tmp_path / name).write_bytes(b"")
+    assert resolve_resume("latest", tmp_path) == tmp_path / "step-00000010.pt"
+    assert [p.name for p in step_checkpoints(tmp_path)] == ["step-00000002.pt", "step-00000009.pt",
+                                                            "step-00000010.pt"]
+
+
+def test_resolve_latest_orders_numerically_past_eight_digits(tmp_path):
+    (tmp_path / "step-99999999.pt").write_bytes(b"")
+    (tmp_path / "step-100000000.pt").write_bytes(b"")
+    assert resolve_resume("latest", tmp_path).name == "step-100000000.pt"
+
+
+@pytest.mark.parametrize("make_dir", [True, False])
+def test_resolve_latest_without_checkpoints(tmp_path, make_dir):
+    directory = tmp_path / "checkpoints"
+    if make_dir:
+        directory.mkdir()
+        (directory / "best.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no step"):
+        resolve_resume("latest", directory)
+
+
+def test_resolve_explicit_path(tmp_path):
+    assert resolve_resume(str(tmp_path / "x.pt"), tmp_path / "other") == tmp_path / "x.pt"
+
+
+# ------------------------------------------------------------------------------------------- atomic
+
+
+def test_write_json_failure_keeps_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "metrics.json"
+    atomic.write_json(path, {"auc": 0.5})
+    before = path.read_bytes()
+    with pytest.raises(ValueError):
+        atomic.write_json(path, {"auc": float("nan")})
+    assert path.read_bytes() == before
+    assert names(tmp_path) == ["metrics.json"]
+
+
+def test_write_json_content(tmp_path):
+    path = tmp_path / "a" / "b.json"
+    atomic.write_json(path, {"b": 1, "a": [1.5, None]})
+    assert json.loads(path.read_text()) == {"a": [1.5, None], "b": 1}
+    assert path.read_text().endswith("\n") and path.read_text().index('"a"') < path.read_text().index('"b"')
+
+
+def test_write_with_failing_writer_keeps_old_file(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"old")
+
+    def writer(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic.write_with(path, writer)
+    assert path.read_bytes() == b"old"
+    assert names(tmp_path) == ["model.pt"]
+
+
+def test_write_text_replaces(tmp_path):
+    path = tmp_path / "x.txt"
+    atomic.write_text(path, "one")
+    atomic.write_text(path, "two ✓")
+    assert path.read_text(encoding="utf-8") == "two ✓"
+    assert names(tmp_path) == ["x.txt"]
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    target = tmp_path / "table"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+
+    with pytest.raises(RuntimeError), atomic.atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("half")
+        raise RuntimeError("build failed")
+    assert names(target) == ["old.txt"]
+    assert names(tmp_path) == ["table"]
+
+    with atomic.atomic_dir(target) as tmp:
+        assert tmp != target
+        (tmp / "new.txt").write_text("new")
+    assert names(target) == ["new.txt"]
+    assert names(tmp_path) == ["table"]
+
+
+def test_atomic_dir_creates_new_directory(tmp_path):
+    target = tmp_path / "a" / "table"
+    with atomic.atomic_dir(target) as tmp:
+        (tmp / "f").write_text("x")
+    assert (target / "f").read_text() == "x"
+    assert names(target.parent) == ["table"]
+
+
+def test_atomic_dir_failure_on_new_path_leaves_nothing(tmp_path):
+    target = tmp_path / "table"
+    with pytest.raises(RuntimeError), atomic.atomic_dir(target):
+        raise RuntimeError
+    assert names(tmp_path) == []
