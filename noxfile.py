@@ -1,16 +1,20 @@
 """nox sessions: thin wrappers over the package's commands. Run them through ./dev, which puts the
 project's locked virtualenv first on PATH, so every session shares that one environment."""
 
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "tests"]
+IMAGES = sorted(p.parent.name for p in Path("experiments").glob("*/Dockerfile"))
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over the whole tree."""
+    """ruff over the whole tree, hadolint over every Dockerfile."""
     session.run("ruff", "check", ".")
+    session.run("hadolint", "images/base/Dockerfile", *(f"experiments/{name}/Dockerfile" for name in IMAGES))
 
 
 @nox.session
@@ -37,3 +41,34 @@ def repro(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Throughput ratios against same-process references, as JSON under bench/."""
     session.run("medrepro", "retclip", "bench", "--out", "bench/retclip.json", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("exp", IMAGES)
+def build(session: nox.Session, exp: str) -> None:
+    """Offline build of the base image and one experiment's image."""
+    session.run("medrepro", "images", "build", exp)
+
+
+@nox.session
+def build_all(session: nox.Session) -> None:
+    """Offline build of the base image and every experiment's image."""
+    session.run("medrepro", "images", "build")
+
+
+@nox.session
+@nox.parametrize("exp", IMAGES)
+def image_smoke(session: nox.Session, exp: str) -> None:
+    """The image's default command with a host directory at /out; checks metrics.json and its owner."""
+    out = Path("image-smoke-out") / exp
+    out.mkdir(parents=True, exist_ok=True)
+    session.run("medrepro", "images", "smoke", exp, "--out", str(out))
+
+
+@nox.session
+@nox.parametrize("exp", IMAGES)
+def run(session: nox.Session, exp: str) -> None:
+    """`docker run` of an experiment image; arguments pass through (`./dev "run(exp='retclip')" train ...`).
+
+    GPUs and a large /dev/shm are added when the engine has the NVIDIA runtime."""
+    session.run("medrepro", "images", "run", exp, "--", *session.posargs)

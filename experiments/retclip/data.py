@@ -24,12 +24,12 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from experiments.retclip import odir
+from experiments.retclip.odir import SPLITS
 from experiments.retclip.prompts import Prompts, report_text
 from medrepro import atomic
 from medrepro.errors import DataError
 from medrepro.lmdb_store import LmdbTable, write_table
 
-SPLITS = ("train", "valid", "test")
 BUILD_HINT = "`medrepro retclip build-lmdb`"
 
 

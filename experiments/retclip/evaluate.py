@@ -21,7 +21,7 @@ def evaluate(cfg: RetClipConfig, encoder: str, run_dir: Path, out_dir: Path, whi
     prompts = load_prompts(Path(cfg.prompts) if cfg.prompts else None)
     pred = zeroshot.predict(model, tokenizer, transform, prompts, Path(cfg.paths.lmdb) / "test", cfg.eval.batch_size)
     result = zeroshot.summarize(pred, cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
-    result.update({f"logit_scale/{h}": float(s.exp()) for h, s in model.logit_scales.items()})
+    result.update({f"logit_scale/{h}": float(s.detach().exp()) for h, s in model.logit_scales.items()})
 
     cm = metrics.confusion(pred.y_true, pred.y_pred, len(CLASSES))
     plots.confusion_matrix_png(cm, CLASSES, out_dir / "plots" / "confusion_matrix.png",

@@ -16,6 +16,7 @@ EXPERIMENTS = {
 }
 USAGE = f"""usage: medrepro <experiment> <command> [options] [key.sub=value ...]
        medrepro report [--results DIR]
+       medrepro images {{wheelhouse,build,run,smoke,id}} ...
 
 experiments: {", ".join(EXPERIMENTS)}
 Run `medrepro <experiment> --help` for its commands."""
@@ -32,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from medrepro import report
 
             return report.main(rest)
+        if name == "images":
+            from medrepro import images
+
+            return images.main(rest)
         if name not in EXPERIMENTS:
             print(f"medrepro: error: unknown experiment {name!r}\n{USAGE}", file=sys.stderr)
             return 2

@@ -51,3 +51,17 @@ def reference_run(retclip_workdir: Path) -> Path:
     run = retclip_workdir / "runs" / "reference"
     medrepro(["retclip", "train", "--encoder", "pubmedbert", "--out", str(run), *TRAIN_OVERRIDES], retclip_workdir)
     return run
+
+
+@pytest.fixture(scope="session")
+def host_smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`medrepro retclip smoke` for one encoder, in this process, as the image's default command runs it."""
+    from medrepro.cli import main
+
+    out = tmp_path_factory.mktemp("host-smoke")
+    cwd = Path.cwd()
+    try:
+        assert main(["retclip", "smoke", "--out", str(out), "--encoders", "pubmedbert"]) == 0
+    finally:
+        os.chdir(cwd)  # smoke works from inside --out
+    return out

@@ -1,7 +1,6 @@
 """The reproducibility bars: same seed → same bits; kill + resume → same bits; DDP ≈ one process."""
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -80,7 +79,7 @@ def test_two_process_ddp_matches_one_process(retclip_workdir):
     single = retclip_workdir / "runs" / "ddp-1"
     double = retclip_workdir / "runs" / "ddp-2"
     medrepro(["retclip", "train", "--encoder", "biobert", "--out", str(single), *overrides], retclip_workdir)
-    torchrun = [shutil.which("torchrun") or "torchrun", "--standalone", "--nproc_per_node", "2", "-m"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
     medrepro(["retclip", "train", "--encoder", "biobert", "--out", str(double), *overrides], retclip_workdir,
              launcher=torchrun)
     one, two = final_weights(single), final_weights(double)

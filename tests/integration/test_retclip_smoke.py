@@ -1,19 +1,15 @@
-"""The smoke run end to end, in process (as the image's default command runs it): it must learn."""
+"""The smoke run end to end (the `host_smoke` fixture, as the image's default command runs it) must learn."""
 
 import json
 
 import pytest
 from PIL import Image
 
-from medrepro.cli import main
-
 pytestmark = pytest.mark.integration
 
 
-def test_smoke_learns_far_above_chance(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # smoke changes into --out; keep the test's cwd restorable
-    assert main(["retclip", "smoke", "--out", str(tmp_path / "out"), "--encoders", "pubmedbert"]) == 0
-    results = tmp_path / "out" / "results" / "retclip" / "pubmedbert"
+def test_smoke_learns_far_above_chance(host_smoke):
+    results = host_smoke / "results" / "retclip" / "pubmedbert"
     m = json.loads((results / "metrics.json").read_text())
 
     # 8 classes: chance accuracy 12.5 %, balanced accuracy 12.5 %, AUC 0.5.
@@ -28,9 +24,9 @@ def test_smoke_learns_far_above_chance(tmp_path, monkeypatch):
     for png in ("confusion_matrix.png", "per_class.png"):
         with Image.open(results / "plots" / png) as image:
             assert image.format == "PNG" and image.width > 100
-    run = tmp_path / "out" / "runs" / "retclip" / "pubmedbert"
+    run = host_smoke / "runs" / "retclip" / "pubmedbert"
     assert (run / "config.yaml").is_file() and (run / "manifest.json").is_file()
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["packages"]["torch"] and len(manifest["data"]) == 2
-    report = (tmp_path / "out" / "results" / "RESULTS.md").read_text()
+    report = (host_smoke / "results" / "RESULTS.md").read_text()
     assert "| pubmedbert | synthetic |" in report and "seed: 12.19 %" in report

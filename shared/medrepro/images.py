@@ -1,0 +1,243 @@
+"""`medrepro images ...`: build and run the experiment images, offline when need be.
+
+    medrepro images wheelhouse          wheels of images/requirements.lock → wheelhouse/
+    medrepro images build [EXP ...]     wheelhouse, OS base if needed, medrepro/base, experiment images
+    medrepro images run EXP [ARGS ...]  docker run with data, output and cache mounted (+ GPUs)
+    medrepro images smoke EXP --out D   the image's default command into D; checks metrics.json
+    medrepro images exec EXP --runner host|docker ARGS ...
+                                        the experiment's command on the host or in its image, with
+                                        the current directory at /work (what DVC stages call)
+    medrepro images stamp EXP --runner R --out FILE
+                                        the image id (or "host") into FILE: a DVC dependency, so a
+                                        rebuilt image re-runs the stages that ran in it
+
+Every docker command line is built by a function here (and unit-tested); nox sessions only call
+these commands. Builds never touch the network inside the image: the base image installs from the
+wheelhouse made on the host. Where no registry is reachable, the OS base is a Debian bookworm
+root filesystem made with debootstrap and imported as `medrepro/debian:bookworm`.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from medrepro import __version__, atomic
+from medrepro.errors import MedreproError
+
+REPO = Path(__file__).resolve().parents[2]
+PUBLIC_OS_BASE = "python:3.11-slim-bookworm"
+LOCAL_OS_BASE = "medrepro/debian:bookworm"
+BASE = "medrepro/base"
+DEBOOTSTRAP_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates,passwd"
+
+
+def docker() -> list[str]:
+    """The docker client: $MEDREPRO_DOCKER, else `docker`. BuildKit is needed for `RUN --mount`."""
+    return [os.environ.get("MEDREPRO_DOCKER", "docker")]
+
+
+def experiments_with_images(repo: Path = REPO) -> list[str]:
+    return sorted(p.parent.name for p in (repo / "experiments").glob("*/Dockerfile"))
+
+
+def tag(name: str, version: str = __version__) -> str:
+    return f"{BASE}:{version}" if name == "base" else f"medrepro/{name}:{version}"
+
+
+def git_revision(repo: Path = REPO) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def wheelhouse_command(lock: Path, dest: Path) -> list[str]:
+    """Download every locked wheel, hashes checked; already present wheels are not fetched again."""
+    return [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--require-hashes",
+            "--no-deps", "--only-binary=:all:", "-r", str(lock), "-d", str(dest)]
+
+
+def build_command(name: str, os_base: str, revision: str, version: str = __version__) -> list[str]:
+    dockerfile = "images/base/Dockerfile" if name == "base" else f"experiments/{name}/Dockerfile"
+    cmd = [*docker(), "build", "--file", dockerfile, "--tag", tag(name, version),
+           "--build-arg", f"VERSION={version}", "--build-arg", f"REVISION={revision}"]
+    parent = f"BASE_IMAGE={os_base}" if name == "base" else f"BASE={tag('base', version)}"
+    return [*cmd, "--build-arg", parent, "."]
+
+
+def run_command(image: str, args: Sequence[str], out_dir: Path | None = None, data_dir: Path | None = None,
+                cache_dir: Path | None = None, gpus: bool = False, shm_size: str = "16g",
+                user: tuple[int, int] | None = None, workdir: Path | None = None,
+                env: dict[str, str] | None = None) -> list[str]:
+    """`docker run` as users run it: outputs at /out owned by `user`, data read-only at /data.
+
+    `workdir` is mounted at /work and made the working directory, so relative paths in a config
+    (data/..., runs/..., results/...) resolve inside the repository, as on the host.
+    """
+    cmd = [*docker(), "run", "--rm"]
+    if out_dir is not None:
+        cmd += ["--volume", f"{out_dir.resolve()}:/out"]
+    if workdir is not None:
+        cmd += ["--volume", f"{workdir.resolve()}:/work", "--workdir", "/work"]
+    for key, value in sorted((env or {}).items()):
+        cmd += ["--env", f"{key}={value}"]
+    if user is not None:
+        cmd += ["--user", f"{user[0]}:{user[1]}"]
+    if data_dir is not None:
+        cmd += ["--volume", f"{data_dir.resolve()}:/data:ro"]
+    if cache_dir is not None:
+        cmd += ["--volume", f"{cache_dir.resolve()}:/cache"]
+    if gpus:
+        # DataLoader workers share batches through /dev/shm; Docker's default 64 MB is far too small.
+        cmd += ["--gpus", "all", "--shm-size", shm_size]
+    return [*cmd, image, *args]
+
+
+def owner(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_uid, stat.st_gid
+
+
+def gpu_runtime_available() -> bool:
+    """True when the engine has the NVIDIA runtime registered (nvidia-container-toolkit)."""
+    proc = subprocess.run([*docker(), "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True)
+    return proc.returncode == 0 and "nvidia" in proc.stdout
+
+
+def engine_available() -> bool:
+    try:
+        return subprocess.run([*docker(), "info"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def image_exists(image: str) -> bool:
+    return subprocess.run([*docker(), "image", "inspect", image], capture_output=True).returncode == 0
+
+
+def image_id(image: str) -> str:
+    proc = subprocess.run([*docker(), "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise MedreproError(f"image {image} not found: build it with `medrepro images build`")
+    return proc.stdout.strip()
+
+
+def ensure_os_base() -> str:
+    """The public Python image when it is here or can be pulled; else a local Debian bookworm image."""
+    if image_exists(PUBLIC_OS_BASE) or _run([*docker(), "pull", "--quiet", PUBLIC_OS_BASE], check=False) == 0:
+        return PUBLIC_OS_BASE
+    if image_exists(LOCAL_OS_BASE):
+        return LOCAL_OS_BASE
+    if shutil.which("debootstrap") is None:
+        raise MedreproError(f"no registry reachable for {PUBLIC_OS_BASE} and debootstrap is missing: install it "
+                            "(apt-get install debootstrap) to build a local Debian base")
+    print(f"images: {PUBLIC_OS_BASE} cannot be pulled; building {LOCAL_OS_BASE} with debootstrap", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="medrepro-rootfs-") as rootfs:
+        _run(["debootstrap", "--variant=minbase", f"--include={DEBOOTSTRAP_PACKAGES}", "bookworm", rootfs])
+        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+        _run([*docker(), "import", "-", LOCAL_OS_BASE], stdin=tar.stdout)
+        if tar.wait() != 0:
+            raise MedreproError("packing the Debian root filesystem failed")
+    return LOCAL_OS_BASE
+
+
+def build(names: Sequence[str], wheelhouse: Path) -> None:
+    revision = git_revision()
+    _run(wheelhouse_command(REPO / "images" / "requirements.lock", wheelhouse))
+    os_base = ensure_os_base()
+    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+    for name in ["base", *names]:
+        _run(build_command(name, os_base, revision), cwd=REPO, env=env)
+
+
+def smoke(name: str, out_dir: Path) -> Path:
+    """Run the image's default command (the smoke pipeline) with `out_dir` at /out, as its owner."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _run(run_command(tag(name), [], out_dir, user=owner(out_dir)))
+    found = sorted(out_dir.glob(f"results/{name}/**/metrics.json"))
+    if not found:
+        raise MedreproError(f"the {name} image's smoke run wrote no metrics.json under {out_dir}/results/{name}")
+    for path in found:
+        if owner(path)[0] != owner(out_dir)[0]:
+            raise MedreproError(f"{path} is owned by uid {owner(path)[0]}, not by the owner of {out_dir}")
+    return found[0]
+
+
+def exec_in(name: str, runner: str, args: Sequence[str]) -> int:
+    """Run `medrepro NAME ARGS` on the host, or in NAME's image with the current directory at /work."""
+    if runner == "host":
+        from medrepro.cli import main as medrepro_main
+
+        return medrepro_main([name, *args])
+    cwd = Path.cwd()
+    return _run(run_command(tag(name), args, workdir=cwd, gpus=gpu_runtime_available(), user=owner(cwd)),
+                check=False)
+
+
+def stamp(name: str, runner: str) -> str:
+    return "host" if runner == "host" else image_id(tag(name))
+
+
+def _run(cmd: Sequence[str], check: bool = True, **kwargs) -> int:
+    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    code = subprocess.run(list(cmd), **kwargs).returncode
+    if check and code != 0:
+        raise MedreproError(f"command failed with exit status {code}: {' '.join(cmd)}")
+    return code
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="medrepro images", description="Build and run the experiment images.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    p = commands.add_parser("wheelhouse", help="download the locked wheels")
+    p.add_argument("--dest", type=Path, default=REPO / "wheelhouse")
+    p = commands.add_parser("build", help="build the base image and experiment images (all by default)")
+    p.add_argument("names", nargs="*", metavar="EXP")
+    p.add_argument("--wheelhouse", type=Path, default=REPO / "wheelhouse")
+    p = commands.add_parser("run", help="run an experiment image; arguments go to its command line")
+    p.add_argument("name", metavar="EXP")
+    p.add_argument("--out", type=Path, default=Path("out"))
+    p.add_argument("--data", type=Path)
+    p.add_argument("--cache", type=Path, help="a Hugging Face / torch cache to mount at /cache")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p = commands.add_parser("smoke", help="run an image's default command and check its metrics.json")
+    p.add_argument("name", metavar="EXP")
+    p.add_argument("--out", type=Path, required=True)
+    p = commands.add_parser("id", help="print an experiment image's id")
+    p.add_argument("name", metavar="EXP")
+    for command, text in (("exec", "run the experiment's command on the host or in its image"),
+                          ("stamp", "write the image id (or 'host') to a file, for DVC")):
+        p = commands.add_parser(command, help=text)
+        p.add_argument("name", metavar="EXP")
+        p.add_argument("--runner", choices=("host", "docker"), default="host")
+        if command == "stamp":
+            p.add_argument("--out", type=Path, required=True)
+        else:
+            p.add_argument("args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+
+    if args.command == "wheelhouse":
+        _run(wheelhouse_command(REPO / "images" / "requirements.lock", args.dest))
+    elif args.command == "build":
+        build(args.names or experiments_with_images(), args.wheelhouse)
+    elif args.command == "run":
+        args.out.mkdir(parents=True, exist_ok=True)
+        extra = args.args[1:] if args.args[:1] == ["--"] else args.args
+        return _run(run_command(tag(args.name), extra, args.out, args.data, args.cache,
+                                gpus=gpu_runtime_available(), user=owner(args.out)), check=False)
+    elif args.command == "smoke":
+        print(f"ok: {smoke(args.name, args.out)}")
+    elif args.command == "id":
+        print(image_id(tag(args.name)))
+    elif args.command == "exec":
+        return exec_in(args.name, args.runner, args.args)
+    elif args.command == "stamp":
+        atomic.write_text(args.out, stamp(args.name, args.runner) + "\n")
+    return 0

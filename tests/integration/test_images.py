@@ -1,0 +1,58 @@
+"""The offline image build and the image's default smoke run, compared with the host's smoke run.
+
+Needs a Docker engine with BuildKit (a client with buildx, or set MEDREPRO_DOCKER to one that
+supports DOCKER_BUILDKIT=1). Under CI a missing engine fails; elsewhere these tests skip.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+
+from medrepro import images
+from tests.integration.conftest import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+
+@pytest.fixture(scope="module")
+def retclip_image() -> str:
+    if not images.engine_available():
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but no Docker engine answers `docker info`; .ci/run should have started one")
+        pytest.skip("no Docker engine answers `docker info`")
+    subprocess.run(["medrepro", "images", "build", "retclip"], cwd=REPO, check=True,
+                   env={**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"})
+    return images.tag("retclip")
+
+
+def test_help_lists_the_commands(retclip_image):
+    out = subprocess.run(images.run_command(retclip_image, ["--help"]), capture_output=True, text=True, check=True)
+    for command in ("prepare", "build-lmdb", "train", "evaluate", "smoke"):
+        assert command in out.stdout
+
+
+def test_image_runs_offline_as_non_root(retclip_image):
+    probe = "import os, transformers; print(os.getuid(), os.environ['HF_HUB_OFFLINE'])"
+    cmd = images.run_command(retclip_image, [])
+    cmd[cmd.index(retclip_image):] = ["--entrypoint", "python", retclip_image, "-c", probe]
+    uid, offline = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+    assert uid == "1000" and offline == "1"
+
+
+def test_default_command_matches_host_smoke_bitwise(retclip_image, host_smoke, tmp_path):
+    """The image's smoke run (non-root, into a mounted directory) gives the host's metrics exactly."""
+    out = tmp_path / "out"
+    out.mkdir()
+    if os.getuid() == 0:
+        os.chown(out, 1000, 1000)  # as a regular user's directory would be; the container runs as its owner
+    cmd = images.run_command(retclip_image, ["smoke", "--out", "/out", "--encoders", "pubmedbert"], out_dir=out,
+                             user=images.owner(out), env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
+    subprocess.run(cmd, check=True, capture_output=True)
+    metrics = out / "results" / "retclip" / "pubmedbert" / "metrics.json"
+    assert metrics.stat().st_uid == images.owner(out)[0] != 0
+    container = json.loads(metrics.read_text())
+    host = json.loads((host_smoke / "results" / "retclip" / "pubmedbert" / "metrics.json").read_text())
+    assert container == host

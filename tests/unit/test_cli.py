@@ -1,0 +1,69 @@
+"""The command line turns bad input into one line on stderr and exit status 2, with no partial output."""
+
+import pytest
+
+from experiments.retclip.synthetic import write_synthetic_odir
+from medrepro.cli import main
+
+
+def run(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_unknown_override_key_names_it(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(["retclip", "prepare", "train.lrr=1"], capsys)
+    assert code == 2
+    assert err.count("\n") == 0 and "train.lrr" in err
+
+
+def test_wrong_type_in_config_file_names_file_and_key(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: ten\n")
+    code, err = run(["retclip", "prepare", "--config", str(bad)], capsys)
+    assert code == 2 and "bad.yaml" in err and "train.epochs" in err
+
+
+def test_missing_odir_directory(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(["retclip", "prepare", "--profile", "full", f"data.odir_root={tmp_path / 'nope'}"], capsys)
+    assert code == 2 and "nope" in err
+    assert not (tmp_path / "data" / "retclip" / "prepared" / "patients.jsonl").exists()
+
+
+def test_missing_image_fails_before_writing_anything(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = write_synthetic_odir(tmp_path / "odir", 12, seed=0)
+    victim = sorted((root / "Training Images").glob("*_right.jpg"))[3]
+    victim.unlink()
+    code, err = run(["retclip", "prepare", "--profile", "full", f"data.odir_root={root}"], capsys)
+    assert code == 2 and victim.name in err
+    assert not (tmp_path / "data" / "retclip" / "prepared").exists()
+
+
+def test_build_lmdb_before_prepare(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(["retclip", "build-lmdb"], capsys)
+    assert code == 2 and "patients.jsonl" in err and "prepare" in err
+
+
+def test_unknown_encoder(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(["retclip", "train", "--encoder", "gpt"], capsys)
+    assert code == 2 and "gpt" in err and "pubmedbert" in err
+
+
+def test_unknown_experiment_and_help(capsys):
+    assert main(["nope"]) == 2
+    assert "unknown experiment" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    assert "retclip" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["retclip", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("prepare", "build-lmdb", "train", "evaluate", "smoke", "bench"):
+        assert command in out
