@@ -4,10 +4,10 @@
     medrepro images build [EXP ...]     wheelhouse, OS base if needed, medrepro/base, experiment images
     medrepro images run EXP [ARGS ...]  docker run with data, output and cache mounted (+ GPUs)
     medrepro images smoke EXP --out D   the image's default command into D; checks metrics.json
-    medrepro images exec EXP --runner host|docker ARGS ...
+    medrepro images exec --runner host|docker EXP ARGS ...
                                         the experiment's command on the host or in its image, with
                                         the current directory at /work (what DVC stages call)
-    medrepro images stamp EXP --runner R --out FILE
+    medrepro images stamp --runner R EXP --out FILE
                                         the image id (or "host") into FILE: a DVC dependency, so a
                                         rebuilt image re-runs the stages that ran in it
 
@@ -215,8 +215,9 @@ def main(argv: Sequence[str]) -> int:
     for command, text in (("exec", "run the experiment's command on the host or in its image"),
                           ("stamp", "write the image id (or 'host') to a file, for DVC")):
         p = commands.add_parser(command, help=text)
-        p.add_argument("name", metavar="EXP")
+        # Before EXP: everything after EXP belongs to the experiment's own command line.
         p.add_argument("--runner", choices=("host", "docker"), default="host")
+        p.add_argument("name", metavar="EXP")
         if command == "stamp":
             p.add_argument("--out", type=Path, required=True)
         else:

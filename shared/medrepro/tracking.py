@@ -51,8 +51,14 @@ class Tracker:
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.mlflow = None
         if cfg.mlflow:
+            import os
+
             import mlflow
 
+            if not cfg.mlflow_tracking_uri:
+                # MLflow 3 keeps the plain file store behind an opt-in; a database store would need
+                # SQLAlchemy, which mlflow-skinny leaves out. A server or database URI works as set.
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             uri = cfg.mlflow_tracking_uri or (self.run_dir / "mlruns").resolve().as_uri()
             mlflow.set_tracking_uri(uri)
             mlflow.set_experiment(cfg.mlflow_experiment)

@@ -224,3 +224,20 @@ def test_atomic_dir_failure_on_new_path_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError), atomic.atomic_dir(target):
         raise RuntimeError
     assert names(tmp_path) == []
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    """mkstemp/mkdtemp create 0600/0700; results must be readable like any file the user writes."""
+    import os
+
+    from medrepro import atomic
+
+    old = os.umask(0o022)
+    try:
+        atomic.write_json(tmp_path / "m.json", {"a": 1})
+        with atomic.atomic_dir(tmp_path / "d") as d:
+            (d / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -76,3 +76,11 @@ def test_image_lock_pins_torch_and_uv():
 
 def test_stamp_on_host_needs_no_engine():
     assert images.stamp("retclip", "host") == "host"
+
+
+def test_exec_passes_everything_after_the_experiment_through(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(images, "exec_in", lambda name, runner, args: seen.update(name=name, runner=runner,
+                                                                                   args=args) or 0)
+    assert images.main(["exec", "--runner", "docker", "retclip", "train", "--encoder", "x", "train.lr=1"]) == 0
+    assert seen == {"name": "retclip", "runner": "docker", "args": ["train", "--encoder", "x", "train.lr=1"]}

@@ -1,0 +1,101 @@
+"""The shared loop on a tiny linear regression: accumulation, early stopping, pruning, trackers."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from medrepro import checkpoint
+from medrepro.trainer import TrainConfig, fit
+
+
+def data(n: int = 64) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    return TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(n, generator=g))
+
+
+def mse(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+    x, y = batch
+    return ((model(x).squeeze(-1) - y) ** 2).mean(), {}
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(4, 1)
+
+
+def config(**kw) -> TrainConfig:
+    base = {"epochs": 2, "batch_size": 16, "lr": 0.05, "log_every_steps": 4, "tracking": {"tensorboard": False}}
+    base.update(kw)
+    from medrepro.config import from_dict
+
+    return from_dict(TrainConfig, base)
+
+
+def test_accumulation_matches_one_big_batch(tmp_path):
+    """A mean loss over 2 micro-batches of 8, accumulated, steps like one batch of 16."""
+    one, two = make_model(), make_model()
+    fit(one, data(), config(grad_accum=1), tmp_path / "a", loss_fn=mse, seed=0)
+    fit(two, data(), config(grad_accum=2), tmp_path / "b", loss_fn=mse, seed=0)
+    for p, q in zip(one.parameters(), two.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_training_reduces_the_loss_and_writes_the_run(tmp_path):
+    model = make_model()
+    before = mse(model, data()[:])[0].item()
+    result = fit(model, data(), config(epochs=25, lr=0.2), tmp_path, loss_fn=mse, seed=0)
+    assert mse(model, data()[:])[0].item() < 0.05 * before
+    assert result.state.step == 100 and result.samples_per_s > 0
+    logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == list(range(4, 101, 4))
+    assert logged[-1]["train/lr"] == pytest.approx(0.0, abs=1e-12), "cosine ends at min_lr_ratio 0"
+    assert json.loads((tmp_path / "fit.json").read_text())["state"]["step"] == 100
+
+
+def test_early_stopping_fires_after_patience_and_keeps_the_best(tmp_path):
+    values = iter([3.0, 2.0, 2.5, 2.4, 2.6, 1.0])  # best at the 2nd evaluation, then 3 without improvement
+
+    def evaluate(model):
+        return {"val/loss": next(values)}
+
+    result = fit(make_model(), data(), config(epochs=6, eval_every_epochs=1.0, early_stopping_patience=3),
+                 tmp_path, loss_fn=mse, seed=0, evaluate=evaluate)
+    assert result.state.stopped_early
+    assert result.state.step == 20, "stops at the 5th evaluation (4 steps an epoch), not later"
+    assert result.state.best_value == 2.0 and result.state.best_step == 8
+    best = checkpoint.load(tmp_path / "checkpoints" / "best.pt")
+    assert best["train_state"]["step"] == 8
+
+
+def test_no_early_stopping_without_patience(tmp_path):
+    result = fit(make_model(), data(), config(epochs=3, eval_every_epochs=0.5), tmp_path, loss_fn=mse, seed=0,
+                 evaluate=lambda m: {"val/loss": 1.0})
+    assert not result.state.stopped_early and result.state.step == 12
+
+
+def test_keeps_only_the_last_k_step_checkpoints(tmp_path):
+    fit(make_model(), data(), config(epochs=3, save_every_steps=2, keep_last=2), tmp_path, loss_fn=mse, seed=0)
+    names = [p.name for p in checkpoint.step_checkpoints(tmp_path / "checkpoints")]
+    assert names == ["step-00000010.pt", "step-00000012.pt"]
+
+
+def test_unknown_best_metric_is_a_clear_error(tmp_path):
+    with pytest.raises(KeyError, match="val/auc"):
+        fit(make_model(), data(), config(best_metric="val/auc"), tmp_path, loss_fn=mse, seed=0,
+            evaluate=lambda m: {"val/loss": 1.0})
+
+
+def test_mlflow_and_tensorboard_record_the_run(tmp_path):
+    cfg = config(tracking={"tensorboard": True, "mlflow": True})
+    fit(make_model(), data(), cfg, tmp_path, loss_fn=mse, seed=0, evaluate=lambda m: {"val/loss": 1.0})
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    import mlflow
+
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    runs = mlflow.search_runs(experiment_names=["medrepro"], output_format="list")
+    assert runs and "train_loss" in runs[0].data.metrics and "val_loss" in runs[0].data.metrics
+    assert runs[0].data.params["train.lr"] == "0.05"
