@@ -101,6 +101,14 @@ def _per_row_counts(codes: np.ndarray, n_classes: int, weights: np.ndarray | Non
     return np.bincount(offset, weights=flat_weights, minlength=rows * n_classes).reshape(rows, n_classes)
 
 
+def _labels_and_hits(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y_true = _check_classes(y_true, "y_true", n_classes)
+    y_pred = _check_classes(y_pred, "y_pred", n_classes)
+    _check_lengths(y_true=y_true, y_pred=y_pred)
+    return y_true, y_pred, (y_true == y_pred).astype(float)
+
+
 def accuracy_stat(y_true: np.ndarray, y_pred: np.ndarray) -> StatRows:
     _check_lengths(y_true=y_true, y_pred=y_pred)
     correct = (np.asarray(y_true) == np.asarray(y_pred)).astype(float)
@@ -109,10 +117,7 @@ def accuracy_stat(y_true: np.ndarray, y_pred: np.ndarray) -> StatRows:
 
 def balanced_accuracy_stat(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> StatRows:
     """Mean recall over the classes present in each resample, as sklearn's balanced_accuracy_score."""
-    y_true = _check_classes(y_true, "y_true", n_classes)
-    y_pred = _check_classes(y_pred, "y_pred", n_classes)
-    _check_lengths(y_true=y_true, y_pred=y_pred)
-    correct = (y_true == y_pred).astype(float)
+    y_true, y_pred, correct = _labels_and_hits(y_true, y_pred, n_classes)
 
     def stat(idx: np.ndarray) -> np.ndarray:
         codes = y_true[idx]
@@ -127,10 +132,7 @@ def balanced_accuracy_stat(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
 
 def f1_macro_stat(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> StatRows:
     """Macro F1 over all `n_classes` labels with zero_division=0, as sklearn's f1_score(labels=...)."""
-    y_true = _check_classes(y_true, "y_true", n_classes)
-    y_pred = _check_classes(y_pred, "y_pred", n_classes)
-    _check_lengths(y_true=y_true, y_pred=y_pred)
-    correct = (y_true == y_pred).astype(float)
+    y_true, y_pred, correct = _labels_and_hits(y_true, y_pred, n_classes)
 
     def stat(idx: np.ndarray) -> np.ndarray:
         codes = y_true[idx]
