@@ -1,0 +1,1 @@
+"""cross_encoder: a cross-encoder re-ranker for UMLS entity linking on MedMentions."""

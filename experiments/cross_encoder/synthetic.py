@@ -1,0 +1,485 @@
+"""Synthetic UMLS and MedMentions in exactly the real file formats: the built-in default data.
+
+UMLS is licensed and cannot ship, so the experiment runs out of the box, and its tests run, on these:
+MRCONSO/MRSTY/MRCUI rows with fake CUIs (`C9` + 6 digits) and a PubTator corpus whose mentions are
+surface variants of the concepts' names. They exercise what the readers must handle in real releases:
+non-English and suppressed atoms to drop, concepts without a preferred atom or without a TTY=PT atom,
+case variants, concepts with two semantic types, and retired CUIs (merged, deleted, ambiguous) used by
+some mentions as MedMentions' 2017AA annotation does. Groups of concepts share words ("acute renal
+failure", "chronic renal failure", "acute hepatic failure"), so hard negatives exist.
+"""
+
+import random
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from itertools import accumulate
+from pathlib import Path
+
+from experiments.cross_encoder.medmentions import CORPUS_NAME, SPLIT_FILES
+from experiments.cross_encoder.umls import Concept, Umls, load_umls, resolve_cui
+from medrepro import atomic
+
+# Real TUIs with their tree numbers and names.
+SEMANTIC_TYPES: dict[str, tuple[str, str]] = {
+    "T023": ("A1.2.3.1", "Body Part, Organ, or Organ Component"),
+    "T033": ("A2.2", "Finding"),
+    "T037": ("B2.3", "Injury or Poisoning"),
+    "T047": ("B2.2.1.2.1", "Disease or Syndrome"),
+    "T061": ("B1.3.1.3", "Therapeutic or Preventive Procedure"),
+    "T121": ("A1.4.1.1.1", "Pharmacologic Substance"),
+    "T184": ("A2.2.2", "Sign or Symptom"),
+    "T191": ("B2.2.1.2.1.2", "Neoplastic Process"),
+}
+
+# (adjective, noun, Spanish, French, German); the foreign names become non-English atoms.
+_ORGANS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("renal", "kidney", "riñón", "rein", "Niere"),
+    ("hepatic", "liver", "hígado", "foie", "Leber"),
+    ("cardiac", "heart", "corazón", "cœur", "Herz"),
+    ("pulmonary", "lung", "pulmón", "poumon", "Lunge"),
+    ("gastric", "stomach", "estómago", "estomac", "Magen"),
+    ("cerebral", "brain", "cerebro", "cerveau", "Gehirn"),
+    ("adrenal", "adrenal gland", "glándula suprarrenal", "glande surrénale", "Nebenniere"),
+    ("pancreatic", "pancreas", "páncreas", "pancréas", "Bauchspeicheldrüse"),
+    ("splenic", "spleen", "bazo", "rate", "Milz"),
+    ("thyroid", "thyroid gland", "glándula tiroides", "glande thyroïde", "Schilddrüse"),
+    ("ovarian", "ovary", "ovario", "ovaire", "Eierstock"),
+    ("testicular", "testis", "testículo", "testicule", "Hoden"),
+    ("ocular", "eye", "ojo", "œil", "Auge"),
+    ("cutaneous", "skin", "piel", "peau", "Haut"),
+    ("vesical", "urinary bladder", "vejiga urinaria", "vessie", "Harnblase"),
+    ("colonic", "colon", "intestino grueso", "côlon", "Dickdarm"),
+    ("esophageal", "esophagus", "esófago", "œsophage", "Speiseröhre"),
+    ("intestinal", "intestine", "intestino", "intestin", "Darm"),
+    ("osseous", "bone", "hueso", "tissu osseux", "Knochen"),
+    ("muscular", "muscle", "músculo", "tissu musculaire", "Muskel"),
+)
+# (condition, TUI, modifiers, Spanish condition)
+_CONDITIONS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("failure", "T047", ("acute", "chronic", "acute-on-chronic"), "insuficiencia"),
+    ("insufficiency", "T047", ("acute", "chronic"), "insuficiencia"),
+    ("infarction", "T047", ("acute", "old", "silent"), "infarto"),
+    ("injury", "T037", ("acute", "traumatic", "blunt"), "lesión"),
+    ("neoplasm", "T191", ("benign", "malignant", "primary", "secondary"), "neoplasia"),
+    ("carcinoma", "T191", ("primary", "metastatic"), "carcinoma"),
+    ("pain", "T184", ("acute", "chronic", "referred"), "dolor"),
+    ("mass", "T033", ("palpable", "cystic", "solid"), "masa"),
+)
+# (procedure, alternative wording), all T061.
+_PROCEDURES: tuple[tuple[str, str], ...] = (
+    ("transplantation", "transplant"),
+    ("resection", "excision"),
+    ("drainage", "incision and drainage"),
+    ("repair", "reconstruction"),
+    ("ablation", "destruction"),
+)
+_DRUG_STEMS = ("meto", "ateno", "biso", "cande", "losa", "valsa", "amlo", "nife", "simva", "atorva", "cipro", "levo")
+_DRUG_SUFFIXES = ("prolol", "sartan", "pril", "statin", "dipine", "floxacin")
+_SALTS = ("hydrochloride", "sodium", "potassium", "calcium", "tartrate", "succinate", "besylate", "mesylate")
+
+_PREFERRED_FLAGS = ("P", "PF", "Y")  # TS, STT, ISPREF of the concept's preferred atom
+_OTHER_FLAGS = (("S", "PF", "Y"), ("S", "VO", "N"), ("P", "VO", "Y"))
+_SOURCES = (("SNOMEDCT_US", "SY"), ("NCI", "SY"), ("MSH", "ET"), ("MEDCIN", "PT"))
+_SOURCES_WITHOUT_PT = (("SNOMEDCT_US", "SY"), ("NCI", "SY"), ("MSH", "ET"))
+# SUPPRESS flag → (SAB, TTY, how the string is marked)
+_SUPPRESSED = {
+    "O": ("SNOMEDCT_US", "OP", "{} [obsolete]"),
+    "E": ("NCI", "SY", "[X]{}"),
+    "Y": ("SNOMEDCT_US", "IS", "{}, NOS"),
+}
+_SOURCE_RESTRICTION = {
+    "SNOMEDCT_US": "9", "MSH": "0", "NCI": "0", "MEDCIN": "3", "MSHSPA": "3", "MSHFRE": "3", "MSHGER": "3",
+}  # fmt: skip
+_FOREIGN_RATE = 0.5
+_HISTORY_VERSIONS = ("2017AB", "2018AA", "2018AB", "2019AA", "2020AA")
+
+# Mentions: "@" is a concept mention, "#" a number.
+_TITLES = (
+    "@ in adults: a retrospective cohort study",
+    "Risk of @ after @",
+    "Outcomes of @ in a tertiary care centre",
+    "@ presenting as @: a case report",
+    "Predictors of @ among hospitalised patients",
+    "Long-term follow-up of patients treated for @",
+)
+_SENTENCES = (
+    "We reviewed the records of # patients with @.",
+    "The incidence of @ was # per 1000 person-years.",
+    "@ was associated with @ in the multivariable model.",
+    "Patients who received @ had fewer episodes of @.",
+    "No cases of @ were observed during # months of follow-up.",
+    "These findings suggest that @ should be considered in the differential diagnosis of @.",
+    "Further studies are needed to clarify the role of @.",
+    "Baseline characteristics were similar between the groups.",
+    "The median age was # years.",
+    "@ was treated with @ in # cases.",
+    "Imaging showed @ in # of the patients.",
+)
+_VARIANTS = ("exact", "lowercase", "swap", "abbreviation", "typo")
+_VARIANT_WEIGHTS = (0.5, 0.2, 0.1, 0.1, 0.1)
+_RETIRED_MENTION_RATE = 0.05
+_SPLIT_FRACTIONS = (0.7, 0.15)  # train, dev; test takes the rest
+
+# Given whether the mention starts a sentence: (surface text, concept, CUI written in the corpus).
+_MentionMaker = Callable[[bool], tuple[str, Concept, str]]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A concept before it gets a CUI."""
+
+    preferred: str
+    synonyms: tuple[str, ...]  # other English names; an all-capitals one is an abbreviation
+    tui: str
+    foreign: tuple[tuple[str, str], ...]  # (LAT, string)
+
+
+def write_synthetic_umls(directory: str | Path, n_concepts: int, seed: int) -> Path:
+    """Write MRCONSO.RRF, MRSTY.RRF and MRCUI.RRF for `n_concepts` concepts into `directory` and
+    return it. The same arguments give the same bytes."""
+    if n_concepts < 1:
+        raise ValueError(f"n_concepts must be at least 1, got {n_concepts}")
+    rng = random.Random(seed)
+    entries = _draw_entries(rng, n_concepts)
+    merged = [i for i in range(n_concepts) if i % 15 in (3, 9)]  # SY at 3, RO at 9
+    n_deleted = max(1, n_concepts // 40)
+    n_ambiguous = (n_concepts + 99) // 100 if n_concepts >= 2 else 0
+    numbers = rng.sample(range(1_000_000), n_concepts + len(merged) + n_deleted + n_ambiguous)
+    cuis = [f"C9{number:06d}" for number in sorted(numbers[:n_concepts])]
+    old = iter(f"C9{number:06d}" for number in numbers[n_concepts:])
+
+    ids = _Identifiers()
+    conso: list[str] = []
+    sty: list[str] = []
+    for i, (cui, entry) in enumerate(zip(cuis, entries, strict=True)):
+        conso.extend(_atom_line(cui, atom, ids, i) for atom in _atoms(rng, entry, i))
+        tuis = [entry.tui]
+        if i % 10 == 7:
+            tuis.append(rng.choice([tui for tui in SEMANTIC_TYPES if tui != entry.tui]))
+        for tui in tuis:
+            tree_number, name = SEMANTIC_TYPES[tui]
+            sty.append(f"{cui}|{tui}|{tree_number}|{name}|{ids.serial('AT9', 6)}||")
+
+    history: list[str] = []
+    for i in merged:
+        relation = "SY" if i % 15 == 3 else "RO"
+        history.append(f"{next(old)}|{rng.choice(_HISTORY_VERSIONS)}|{relation}|||{cuis[i]}|Y|")
+    history.extend(f"{next(old)}|{rng.choice(_HISTORY_VERSIONS)}|DEL|||||" for _ in range(n_deleted))
+    for _ in range(n_ambiguous):
+        retired, version = next(old), rng.choice(_HISTORY_VERSIONS)
+        narrower, broader = rng.sample(cuis, 2)
+        history.append(f"{retired}|{version}|RB|||{broader}|Y|")
+        history.append(f"{retired}|{version}|RN|||{narrower}|Y|")
+
+    directory = Path(directory)
+    atomic.write_text(directory / "MRCONSO.RRF", "".join(f"{line}\n" for line in conso))
+    atomic.write_text(directory / "MRSTY.RRF", "".join(f"{line}\n" for line in sty))
+    # Real MRCUI is sorted by CUI1; the sort is stable, so a CUI1's rows stay together in order.
+    atomic.write_text(directory / "MRCUI.RRF", "".join(f"{line}\n" for line in sorted(history, key=_first_field)))
+    return directory
+
+
+def write_synthetic_medmentions(
+    directory: str | Path, umls_dir_or_concepts: str | Path | Umls | Mapping[str, Concept], n_documents: int, seed: int
+) -> Path:
+    """Write `corpus_pubtator.txt` and the three official split files (about 70/15/15 by document)
+    into `directory`, and return the corpus path.
+
+    Mentions name concepts of `umls_dir_or_concepts`: a UMLS directory (loaded with `load_umls`), a
+    loaded `Umls`, or a CUI → Concept mapping. With a history (the first two), a few mentions use a
+    retired CUI whose successor is loaded. The same arguments give the same bytes.
+    """
+    if n_documents < 1:
+        raise ValueError(f"n_documents must be at least 1, got {n_documents}")
+    concepts, aliases = _concept_source(umls_dir_or_concepts)
+    if not concepts:
+        raise ValueError("no concepts to mention: the UMLS source is empty")
+    rng = random.Random(seed)
+    # Popularity follows a Zipf-like law, as in real corpora: a few concepts are frequent, most rare.
+    popular = [concepts[cui] for cui in sorted(concepts)]
+    rng.shuffle(popular)
+    weights = list(accumulate(1.0 / rank for rank in range(1, len(popular) + 1)))
+
+    def mention(at_start: bool) -> tuple[str, Concept, str]:
+        concept = rng.choices(popular, cum_weights=weights)[0]
+        surface = _surface(rng, concept)
+        if at_start:
+            surface = surface[0].upper() + surface[1:]
+        cui = concept.cui
+        if concept.cui in aliases and rng.random() < _RETIRED_MENTION_RATE:
+            cui = rng.choice(aliases[concept.cui])
+        return surface, concept, cui
+
+    pmids = [str(pmid) for pmid in rng.sample(range(20_000_000, 30_000_000), n_documents)]
+    blocks = []
+    for pmid in pmids:
+        text = _Text()
+        text.sentence(rng, rng.choice(_TITLES), mention)
+        title_end = len(text.value)
+        for _ in range(rng.randint(4, 9)):
+            text.space()
+            text.sentence(rng, rng.choice(_SENTENCES), mention)
+        lines = [f"{pmid}|t|{text.value[:title_end]}", f"{pmid}|a|{text.value[title_end + 1 :]}"]
+        lines.extend(
+            f"{pmid}\t{start}\t{end}\t{text.value[start:end]}\t{','.join(concept.types)}\t{cui}"
+            for start, end, concept, cui in text.mentions
+        )
+        blocks.append("".join(f"{line}\n" for line in lines) + "\n")
+
+    directory = Path(directory)
+    corpus = directory / CORPUS_NAME
+    atomic.write_text(corpus, "".join(blocks))
+    order = list(range(n_documents))
+    rng.shuffle(order)
+    n_train = round(_SPLIT_FRACTIONS[0] * n_documents)
+    n_dev = round(_SPLIT_FRACTIONS[1] * n_documents)
+    bounds = {"train": (0, n_train), "dev": (n_train, n_train + n_dev), "test": (n_train + n_dev, n_documents)}
+    for split, (first, last) in bounds.items():
+        members = set(order[first:last])
+        listed = "".join(f"{pmid}\n" for i, pmid in enumerate(pmids) if i in members)
+        atomic.write_text(directory / SPLIT_FILES[split], listed)
+    return corpus
+
+
+def _draw_entries(rng: random.Random, n: int) -> list[_Entry]:
+    """n distinct concepts in random order; past the ~800 base concepts, numbered copies ("... type 2")."""
+    base = _base_entries()
+    entries: list[_Entry] = []
+    round_ = 1
+    while len(entries) < n:
+        batch = base if round_ == 1 else [_numbered(entry, round_) for entry in base]
+        entries.extend(rng.sample(batch, min(len(batch), n - len(entries))))
+        round_ += 1
+    return entries
+
+
+def _base_entries() -> list[_Entry]:
+    entries = []
+    for adjective, noun, spanish, french, german in _ORGANS:
+        entries.append(
+            _Entry(
+                noun.capitalize(),
+                (f"{noun} structure", f"structure of {noun}", f"{adjective} structure", f"entire {noun}"),
+                "T023",
+                (("SPA", spanish), ("FRE", french), ("GER", german)),
+            )
+        )
+        for condition, tui, modifiers, spanish_condition in _CONDITIONS:
+            foreign = (("SPA", f"{spanish_condition} de {spanish}"),)
+            entries.append(
+                _Entry(
+                    f"{adjective} {condition}".capitalize(),
+                    (
+                        f"{noun} {condition}",
+                        f"{condition} of {noun}",
+                        f"{condition} of the {noun}",
+                        _initials(adjective, condition),
+                    ),
+                    tui,
+                    foreign,
+                )
+            )
+            entries.extend(
+                _Entry(
+                    f"{modifier} {adjective} {condition}".capitalize(),
+                    (
+                        f"{noun} {condition}, {modifier}",
+                        f"{modifier} {noun} {condition}",
+                        f"{adjective} {condition}, {modifier}",
+                        _initials(modifier, adjective, condition),
+                    ),
+                    tui,
+                    foreign,
+                )
+                for modifier in modifiers
+            )
+        entries.extend(
+            _Entry(
+                f"{adjective} {procedure}".capitalize(),
+                (f"{noun} {procedure}", f"{procedure} of {noun}", f"{alternative} of {noun}", f"{noun} {alternative}"),
+                "T061",
+                (),
+            )
+            for procedure, alternative in _PROCEDURES
+        )
+    for i, stem in enumerate(_DRUG_STEMS):
+        for j, suffix in enumerate(_DRUG_SUFFIXES):
+            drug = stem + suffix
+            salts = tuple(_SALTS[(i + j + 3 * k) % len(_SALTS)] for k in range(3))
+            entries.append(_Entry(drug, tuple(f"{drug} {salt}" for salt in salts), "T121", ()))
+    return entries
+
+
+def _initials(*words: str) -> str:
+    return "".join(word[0] for word in words).upper()
+
+
+def _numbered(entry: _Entry, number: int) -> _Entry:
+    def mark(name: str) -> str:
+        return f"{name}{number}" if _is_abbreviation(name) else f"{name} type {number}"
+
+    return _Entry(
+        mark(entry.preferred),
+        tuple(mark(name) for name in entry.synonyms),
+        entry.tui,
+        tuple((language, f"{name} {number}") for language, name in entry.foreign),
+    )
+
+
+def _is_abbreviation(name: str) -> bool:
+    return name.isupper() and " " not in name
+
+
+@dataclass(frozen=True)
+class _Atom:
+    lat: str
+    flags: tuple[str, str, str]  # TS, STT, ISPREF
+    sab: str
+    tty: str
+    name: str
+    suppress: str = "N"
+
+
+def _atoms(rng: random.Random, entry: _Entry, i: int) -> list[_Atom]:
+    """One concept's MRCONSO atoms in file order. The index `i` switches on the rarer cases, so every
+    corpus of a dozen concepts or more has each of them."""
+    has_preferred = i % 12 != 5
+    has_pt = i % 9 != 2
+    sources = _SOURCES if has_pt else _SOURCES_WITHOUT_PT
+    count = rng.randint(2, min(5, 1 + len(entry.synonyms)))
+    atoms = [
+        _Atom(
+            "ENG",
+            _PREFERRED_FLAGS if has_preferred else ("S", "PF", "Y"),
+            *(("SNOMEDCT_US", "PT") if has_pt else ("MSH", "MH")),
+            entry.preferred,
+        )
+    ]
+    for name in rng.sample(entry.synonyms, count - 1):
+        source = ("NCI", "AB") if _is_abbreviation(name) else rng.choice(sources)
+        atoms.append(_Atom("ENG", rng.choice(_OTHER_FLAGS), *source, name))
+    if i % 8 == 3 and not _is_abbreviation(entry.preferred):
+        # A case variant: a different string to UMLS, the same name to a case-insensitive reader.
+        atoms.append(_Atom("ENG", ("P", "VC", "Y"), "NCI", "SY", entry.preferred.upper()))
+    if i % 6 == 1:
+        suppress = rng.choice(sorted(_SUPPRESSED))
+        sab, tty, marked = _SUPPRESSED[suppress]
+        atoms.append(_Atom("ENG", ("S", "PF", "N"), sab, tty, marked.format(entry.preferred), suppress))
+    # Foreign atoms are preferred in their own language: a reader must check LAT before the flags.
+    atoms.extend(
+        _Atom(language, _PREFERRED_FLAGS, f"MSH{language}", "MH", name)
+        for language, name in entry.foreign
+        if rng.random() < _FOREIGN_RATE
+    )
+    rng.shuffle(atoms)
+    return atoms
+
+
+class _Identifiers:
+    """LUI, SUI and serial numbers, stable for a given sequence of requests."""
+
+    def __init__(self) -> None:
+        self.luis: dict[str, str] = {}
+        self.suis: dict[str, str] = {}
+        self.serials: dict[str, int] = {}
+
+    def serial(self, prefix: str, digits: int) -> str:
+        self.serials[prefix] = self.serials.get(prefix, 0) + 1
+        return f"{prefix}{self.serials[prefix]:0{digits}d}"
+
+    def lui(self, name: str) -> str:
+        # UMLS groups strings into terms by a normalisation much richer than case folding.
+        return self.luis.setdefault(name.casefold(), f"L9{len(self.luis):06d}")
+
+    def sui(self, name: str) -> str:
+        return self.suis.setdefault(name, f"S9{len(self.suis):06d}")
+
+
+def _atom_line(cui: str, atom: _Atom, ids: _Identifiers, i: int) -> str:
+    """The MRCONSO line of an atom of the i-th concept; source codes are derived from `i`."""
+    ts, stt, ispref = atom.flags
+    if atom.sab.startswith("MSH"):
+        code, scui, sdui = f"D9{i:05d}", f"M9{i:06d}", f"D9{i:05d}"
+    else:
+        code = f"C{10_000 + i}" if atom.sab == "NCI" else str(9_000_000 + i)
+        scui, sdui = code, ""
+    fields = (
+        cui, atom.lat, ts, ids.lui(atom.name), stt, ids.sui(atom.name), ispref, ids.serial("A9", 7), "", scui, sdui,
+        atom.sab, atom.tty, code, atom.name, _SOURCE_RESTRICTION[atom.sab], atom.suppress, "",
+    )  # fmt: skip
+    return "|".join(fields) + "|"
+
+
+def _first_field(line: str) -> str:
+    return line.split("|", 1)[0]
+
+
+def _concept_source(
+    source: str | Path | Umls | Mapping[str, Concept],
+) -> tuple[Mapping[str, Concept], dict[str, list[str]]]:
+    """The concepts, and per concept the retired CUIs that resolve to it."""
+    if isinstance(source, str | Path):
+        source = load_umls(source)
+    if not isinstance(source, Umls):
+        return source, {}
+    aliases: dict[str, list[str]] = {}
+    for retired in sorted(source.retired):
+        successor = resolve_cui(retired, source)
+        if successor is not None:
+            aliases.setdefault(successor, []).append(retired)
+    return source.concepts, aliases
+
+
+def _surface(rng: random.Random, concept: Concept) -> str:
+    """A way a paper might write the concept: one of its names, lowercased, with the words around a
+    comma put back in reading order, abbreviated, or with a small typo."""
+    variant = rng.choices(_VARIANTS, weights=_VARIANT_WEIGHTS)[0]
+    name = rng.choice(concept.names)
+    if variant == "lowercase":
+        return name.lower()
+    if variant == "swap":
+        inverted = [candidate for candidate in concept.names if candidate.count(", ") == 1]
+        if inverted:
+            head, tail = rng.choice(inverted).split(", ")
+            return f"{tail} {head}"
+    if variant == "abbreviation":
+        abbreviations = [candidate for candidate in concept.names if _is_abbreviation(candidate)]
+        words = re.findall(r"[A-Za-z]+", concept.preferred)
+        if abbreviations:
+            return rng.choice(abbreviations)
+        if len(words) > 1:
+            return _initials(*words)
+    if variant == "typo":
+        # Swap two neighbouring, different letters inside a word of five letters or more.
+        spots = [
+            match.start() + offset
+            for match in re.finditer(r"[a-z]{5,}", name)
+            for offset in range(1, len(match.group()) - 2)
+            if name[match.start() + offset] != name[match.start() + offset + 1]
+        ]
+        if spots:
+            at = rng.choice(spots)
+            return name[:at] + name[at + 1] + name[at] + name[at + 2 :]
+    return name
+
+
+class _Text:
+    """Title and abstract as one string, with the mentions placed in it."""
+
+    def __init__(self) -> None:
+        self.value = ""
+        self.mentions: list[tuple[int, int, Concept, str]] = []  # start, end, concept, CUI written
+
+    def space(self) -> None:
+        self.value += " "
+
+    def sentence(self, rng: random.Random, template: str, mention: _MentionMaker) -> None:
+        """Append `template` with each "@" replaced by a mention and each "#" by a number."""
+        sentence_start = len(self.value)
+        for index, part in enumerate(template.split("@")):
+            if index:
+                surface, concept, cui = mention(len(self.value) == sentence_start)
+                self.mentions.append((len(self.value), len(self.value) + len(surface), concept, cui))
+                self.value += surface
+            self.value += re.sub("#", lambda _: str(rng.randint(3, 480)), part)
