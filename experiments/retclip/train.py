@@ -2,8 +2,6 @@
 
 from pathlib import Path
 
-from accelerate import PartialState
-
 from experiments.retclip import zeroshot
 from experiments.retclip.config import RetClipConfig
 from experiments.retclip.data import PairDataset
@@ -11,7 +9,7 @@ from experiments.retclip.model import RetClip, build_model
 from experiments.retclip.prompts import load_prompts
 from medrepro import repro
 from medrepro.errors import ConfigError
-from medrepro.trainer import FitResult, fit, record_run
+from medrepro.trainer import FitResult, fit
 
 
 def encoder_path(cfg: RetClipConfig, encoder: str) -> str:
@@ -26,8 +24,6 @@ def train(cfg: RetClipConfig, encoder: str, run_dir: Path, resume: str | None = 
     model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, encoder), run_dir / "open_clip")
     train_set = PairDataset(lmdb / "train", transform, tokenizer)
     prompts = load_prompts(Path(cfg.prompts) if cfg.prompts else None)
-    if PartialState().is_main_process:
-        record_run(run_dir, cfg, [lmdb / "train", lmdb / "valid"])
 
     def loss_fn(model: RetClip, batch: tuple) -> tuple:
         return model(*batch)
@@ -39,4 +35,5 @@ def train(cfg: RetClipConfig, encoder: str, run_dir: Path, resume: str | None = 
                 if k in summary}
 
     return fit(model, train_set, cfg.train, run_dir, loss_fn=loss_fn, seed=cfg.seed, evaluate=evaluate,
-               after_step=RetClip.clamp_logit_scales, resume=resume, run_name=f"retclip-{encoder}")
+               after_step=RetClip.clamp_logit_scales, resume=resume, run_name=f"retclip-{encoder}",
+               run_config=cfg, data=[lmdb / "train", lmdb / "valid"])

@@ -42,7 +42,9 @@ def write_table(
     """
     path = Path(path)
     with atomic.atomic_dir(path) as tmp:
-        env = lmdb.open(str(tmp), map_size=map_size, subdir=True)
+        # The only writer, in a fresh directory: no lock file, whose pids and reader slots would
+        # make two builds of the same data differ byte for byte.
+        env = lmdb.open(str(tmp), map_size=map_size, subdir=True, lock=False)
         try:
             count = 0
             batch: list[tuple[str, bytes, bytes]] = []

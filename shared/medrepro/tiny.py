@@ -1,16 +1,17 @@
 """Tiny BERT checkpoints built locally, standing in for hub models in smoke runs and tests.
 
-The result is an ordinary `save_pretrained` directory (config, weights, WordPiece tokenizer trained
-on the given corpus), so it goes through exactly the code path a real hub checkpoint does; only the
-name is a local directory instead of a hub id.
+The result is an ordinary `save_pretrained` directory (config, weights, a WordPiece tokenizer whose
+vocabulary comes from the given corpus), so it goes through exactly the code path a real hub
+checkpoint does; only the name is a local directory instead of a hub id.
 """
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from medrepro import atomic
@@ -31,14 +32,34 @@ class TinyBertConfig:
     seed: int = 0
 
 
+def wordpiece_vocab(corpus: Iterable[str], size: int, lowercase: bool) -> dict[str, int]:
+    """A WordPiece vocabulary: special tokens, every character (and its ## continuation), then whole
+    words by frequency, ties broken alphabetically.
+
+    tokenizers' WordPieceTrainer breaks ties between equally frequent merges in an order that
+    changes from process to process, so two runs of the same seed would get different vocabularies
+    and train different models. Built this way the vocabulary depends on the corpus alone, and
+    nothing tokenizes to [UNK]: every character is in it.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(word for text in corpus for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    tokens = dict.fromkeys([*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)])
+    for word in sorted(counts, key=lambda w: (-counts[w], w)):
+        if len(tokens) >= size:
+            break
+        tokens.setdefault(word)
+    return {token: i for i, token in enumerate(tokens)}
+
+
 def build_tiny_bert(directory: str | Path, corpus: Iterable[str], cfg: TinyBertConfig) -> Path:
-    """Train a WordPiece vocabulary on `corpus`, initialise a BERT, save both to `directory`."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    """Build a WordPiece vocabulary from `corpus`, initialise a BERT, save both to `directory`."""
+    vocab = wordpiece_vocab(corpus, cfg.vocab_size, cfg.lowercase)
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=cfg.lowercase, strip_accents=cfg.lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, special_tokens=SPECIAL_TOKENS)
-    tokenizer.train_from_iterator(list(corpus), trainer=trainer)
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
@@ -47,10 +68,10 @@ def build_tiny_bert(directory: str | Path, corpus: Iterable[str], cfg: TinyBertC
                              model_max_length=cfg.max_position)
 
     bert_cfg = BertConfig(
-        vocab_size=tokenizer.get_vocab_size(), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
+        vocab_size=len(vocab), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
         num_attention_heads=cfg.heads, intermediate_size=cfg.intermediate_size,
         max_position_embeddings=cfg.max_position, hidden_dropout_prob=cfg.dropout,
-        attention_probs_dropout_prob=cfg.dropout, pad_token_id=tokenizer.token_to_id("[PAD]"),
+        attention_probs_dropout_prob=cfg.dropout, pad_token_id=vocab["[PAD]"],
     )
     torch.manual_seed(cfg.seed)
     # No pooler: towers here read the raw [CLS] state, and an unused pooler would break DDP.

@@ -19,7 +19,7 @@ already counts processes and accumulation, so the schedule is the same on 1 or 8
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,11 +116,13 @@ class Schedule:
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-def record_run(run_dir: str | Path, cfg: Any, data: list[str | Path]) -> None:
-    """Write the resolved config and the manifest (environment, data checksums) beside a run."""
-    run_dir = Path(run_dir)
-    config.save_config(cfg, run_dir / "config.yaml")
-    repro.write_manifest(run_dir / "manifest.json", data)
+def make_accelerator(precision: str) -> Accelerator:
+    """An Accelerator that also runs multi-process on CPU.
+
+    Accelerate uses gloo across CPU processes only when told `cpu=True`; without it, on a machine
+    with no GPU, every process started by torchrun would silently train alone as the main process.
+    """
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
 def fit(
@@ -136,15 +138,23 @@ def fit(
     after_step: Callable[[nn.Module], None] | None = None,
     resume: str | None = None,
     run_name: str = "run",
-    params: dict[str, Any] | None = None,
+    run_config: Any = None,
+    data: Sequence[str | Path] = (),
 ) -> FitResult:
+    """Train; `run_config` (the experiment's resolved config) and the checksums of `data` are written
+    beside the run as config.yaml and manifest.json."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    accelerator = Accelerator(mixed_precision=cfg.precision)
+    accelerator = make_accelerator(cfg.precision)
     repro.seed_everything(seed, cfg.deterministic)
     if resume is None and checkpoint.step_checkpoints(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir} already holds checkpoints: pass --resume latest to continue "
                               "that run, or choose another output directory")
+    if accelerator.is_main_process:
+        config.save_config(run_config if run_config is not None else cfg, run_dir / "config.yaml")
+        repro.write_manifest(run_dir / "manifest.json", data,
+                             extra={"processes": accelerator.num_processes,
+                                    "distributed": str(accelerator.distributed_type)})
 
     schedule = Schedule.from_config(cfg, len(train_set))
     optimizer = optim.build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
@@ -161,7 +171,8 @@ def fit(
 
     tracker = None
     if accelerator.is_main_process:
-        tracker = Tracker(run_dir, cfg.tracking, run_name, params or {"train": dataclasses.asdict(cfg)})
+        params = config.to_dict(run_config) if run_config is not None else {"train": dataclasses.asdict(cfg)}
+        tracker = Tracker(run_dir, cfg.tracking, run_name, params)
     progress = Progress(schedule.total_steps, state.step, cfg.batch_size, schedule.steps_per_epoch)
     running_loss = torch.zeros((), device=accelerator.device)
     running_steps = 0

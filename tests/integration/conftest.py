@@ -17,17 +17,17 @@ TRAIN_OVERRIDES = ["train.epochs=3", "train.batch_size=16", "train.eval_every_ep
                    "train.log_every_steps=5", "train.tracking.tensorboard=false", "train.warmup_epochs=0.5"]
 
 
-def process_env() -> dict[str, str]:
+def process_env(**extra: str) -> dict[str, str]:
     """One thread count for every run: bitwise CPU equality holds only at a fixed thread count,
-    since the order of a parallel reduction depends on it."""
-    return {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    since the order of a parallel reduction depends on it. Hash seeds stay random, as for users."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 
 
 def medrepro(args: list[str], cwd: Path, check: bool = True, launcher: list[str] | None = None,
-             **kwargs) -> subprocess.CompletedProcess:
+             env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run the real command line in a fresh process, as users and DVC do."""
     cmd = [*(launcher or [sys.executable, "-m"]), "medrepro", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=process_env(), capture_output=True, text=True, **kwargs)
+    proc = subprocess.run(cmd, cwd=cwd, env=env or process_env(), capture_output=True, text=True, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
