@@ -47,7 +47,7 @@ def prepare(cfg: RetClipConfig) -> Path:
         "root": str(root),
         "patients": {s: len(splits[s]) for s in SPLITS},
         "eye_labels": dict(Counter(label for r in records for label in r.left_labels + r.right_labels)),
-        "eyes_without_label": sum(not r.left_labels for r in records) + sum(not r.right_labels for r in records),
+        "eyes_without_label": len(odir.unlabelled_eyes(patients)),
         "label_disagreements": len(odir.label_disagreements(patients)),
         "prompts_version": prompts.version,
     }
