@@ -87,7 +87,7 @@ def smoke(cfg: RetClipConfig, out: Path, encoders: list[str]) -> None:
     from experiments.retclip.evaluate import evaluate
     from experiments.retclip.prepare import build, prepare
     from experiments.retclip.train import train
-    from medrepro import report
+    from medrepro import checkpoint, report
 
     out.mkdir(parents=True, exist_ok=True)
     # Every path in the config is relative, so running from `out` keeps all outputs there.
@@ -97,7 +97,8 @@ def smoke(cfg: RetClipConfig, out: Path, encoders: list[str]) -> None:
     build(cfg)
     for encoder in encoders:
         run = Path(cfg.paths.runs) / encoder
-        train(cfg, encoder, run, resume="latest" if (run / "checkpoints").is_dir() else None)
+        resume = "latest" if checkpoint.step_checkpoints(run / "checkpoints") else None
+        train(cfg, encoder, run, resume=resume)
         result = evaluate(cfg, encoder, run, Path(cfg.paths.results) / encoder)
         print(f"retclip {encoder}: zero-shot accuracy {result['accuracy']:.3f} "
               f"(chance {result['chance_accuracy']:.3f}), balanced {result['balanced_accuracy']:.3f}")

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medrepro import __version__, atomic
+from medrepro import cli as medrepro_cli
 from medrepro.errors import MedreproError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,9 +174,7 @@ def smoke(name: str, out_dir: Path) -> Path:
 def exec_in(name: str, runner: str, args: Sequence[str]) -> int:
     """Run `medrepro NAME ARGS` on the host, or in NAME's image with the current directory at /work."""
     if runner == "host":
-        from medrepro.cli import main as medrepro_main
-
-        return medrepro_main([name, *args])
+        return medrepro_cli.main([name, *args])
     cwd = Path.cwd()
     return _run(run_command(tag(name), args, workdir=cwd, gpus=gpu_runtime_available(), user=owner(cwd)),
                 check=False)

@@ -4,6 +4,7 @@ Only the main process creates a tracker; the others get `None` and log nothing.
 """
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -51,8 +52,6 @@ class Tracker:
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.mlflow = None
         if cfg.mlflow:
-            import os
-
             import mlflow
 
             if not cfg.mlflow_tracking_uri:
