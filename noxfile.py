@@ -24,9 +24,10 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
-def smoke(session: nox.Session) -> None:
-    """The retclip pipeline on synthetic data in smoke-out/ (CPU, minutes)."""
-    session.run("medrepro", "retclip", "smoke", "--out", "smoke-out", *session.posargs)
+@nox.parametrize("exp", IMAGES)
+def smoke(session: nox.Session, exp: str) -> None:
+    """An experiment's pipeline on synthetic data in smoke-out/<exp>/ (CPU, minutes)."""
+    session.run("medrepro", exp, "smoke", "--out", f"smoke-out/{exp}", *session.posargs)
 
 
 @nox.session
@@ -38,9 +39,10 @@ def repro(session: nox.Session) -> None:
 
 
 @nox.session
-def bench(session: nox.Session) -> None:
-    """Throughput ratios against same-process references, as JSON under bench/."""
-    session.run("medrepro", "retclip", "bench", "--out", "bench/retclip.json", *session.posargs)
+@nox.parametrize("exp", IMAGES)
+def bench(session: nox.Session, exp: str) -> None:
+    """Throughput ratios against same-process references, as JSON in bench/<exp>.json."""
+    session.run("medrepro", exp, "bench", "--out", f"bench/{exp}.json", *session.posargs)
 
 
 @nox.session

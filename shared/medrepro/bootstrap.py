@@ -169,3 +169,26 @@ def auc_stat(y_true_binary: np.ndarray, y_score: np.ndarray) -> StatRows:
             return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 
     return stat
+
+
+def f1_binary_stat(y_true_binary: np.ndarray, y_pred_binary: np.ndarray) -> StatRows:
+    """F1 of the positive class with zero_division=0, as sklearn's f1_score(average="binary")."""
+    _check_lengths(y_true_binary=y_true_binary, y_pred_binary=y_pred_binary)
+    y = np.asarray(y_true_binary).astype(bool)
+    pred = np.asarray(y_pred_binary).astype(bool)
+    tp_rows = (y & pred).astype(float)
+    count_rows = y.astype(float) + pred.astype(float)
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        tp, denom = tp_rows[idx].sum(axis=1), count_rows[idx].sum(axis=1)
+        return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+    return stat
+
+
+def mean_stat(values: np.ndarray) -> StatRows:
+    """The mean of per-sample values (hit@k of each query, a per-sample score)."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1:
+        raise ValueError(f"values must be 1-D, got shape {v.shape}")
+    return lambda idx: v[idx].mean(axis=1)

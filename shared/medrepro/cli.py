@@ -13,6 +13,7 @@ from medrepro.errors import MedreproError
 
 EXPERIMENTS = {
     "retclip": "experiments.retclip.cli",
+    "cross_encoder": "experiments.cross_encoder.cli",
 }
 USAGE = f"""usage: medrepro <experiment> <command> [options] [key.sub=value ...]
        medrepro report [--results DIR]

@@ -9,10 +9,14 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
+    brier_score_loss,
     confusion_matrix,
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from medrepro.calibration import DEFAULT_BINS, calibration_errors
 
 
 def _check_labels(y: np.ndarray, name: str, n_classes: int) -> np.ndarray:
@@ -102,3 +106,36 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
     """K × K counts; rows are true classes, columns predicted ones."""
     y_true, y_pred = _check_pair(y_true, y_pred, n_classes)
     return confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
+
+
+def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5,
+                   n_bins: int = DEFAULT_BINS) -> dict[str, float]:
+    """Threshold metrics at `prob >= threshold`, ranking metrics and calibration of a binary classifier.
+
+    pr_auc is scikit-learn's average precision (the step-wise area, not the trapezoidal one, which
+    overstates it); ece/mce follow `medrepro.calibration`. ROC-AUC and PR-AUC need both classes.
+    """
+    y = _check_labels(y_true, "y_true", 2)
+    p = np.asarray(prob, dtype=np.float64)
+    if p.shape != y.shape or y.size == 0:
+        raise ValueError(f"y_true and prob must be non-empty and of the same length, got {y.shape} and {p.shape}")
+    if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
+        raise ValueError("prob must hold probabilities in [0, 1]")
+    if y.min() == y.max():
+        raise ValueError("binary metrics need both classes in y_true")
+    pred = (p >= threshold).astype(np.int64)
+    tn, fp, _, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    precision, recall, f1, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)
+    return {
+        "accuracy": float((tp + tn) / y.size),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "specificity": float(tn / (tn + fp)),
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "brier": float(brier_score_loss(y, p)),
+        **calibration_errors(y, p, n_bins),
+        "positive_rate": float(y.mean()),
+        "n": float(y.size),
+    }

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from medrepro import atomic
 
@@ -75,4 +77,56 @@ def per_class_png(per_class: Mapping[str, Mapping[str, float]], path: str | Path
     ax.set_ylabel("score")
     ax.set_title(title)
     ax.legend()
+    save_figure(fig, path)
+
+
+def reliability_png(y_true: np.ndarray, probs: Mapping[str, np.ndarray], path: str | Path, title: str,
+                    n_bins: int = 15) -> None:
+    """Reliability diagram: fraction of positives against mean predicted probability per equal-width
+    bin, one line per entry of `probs` (e.g. before and after calibration), with the diagonal for
+    reference and a histogram of the first entry's probabilities underneath."""
+    if not probs:
+        raise ValueError("probs is empty: nothing to plot")
+    fig = Figure(figsize=(5.5, 6.5))
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    top.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfectly calibrated")
+    for label, prob in probs.items():
+        fraction, mean_prob = calibration_curve(y_true, prob, n_bins=n_bins, strategy="uniform")
+        top.plot(mean_prob, fraction, marker="o", label=label)
+    top.set_ylabel("fraction of positives")
+    top.set_ylim(-0.02, 1.02)
+    top.set_title(title)
+    top.legend(loc="upper left")
+    first = next(iter(probs.values()))
+    bottom.hist(first, bins=n_bins, range=(0, 1), color="tab:blue", alpha=0.7)
+    bottom.set_yscale("log")
+    bottom.set_xlabel("predicted probability of the positive class")
+    bottom.set_ylabel("pairs")
+    save_figure(fig, path)
+
+
+def roc_png(y_true: np.ndarray, prob: np.ndarray, path: str | Path, title: str) -> None:
+    fpr, tpr, _ = roc_curve(y_true, prob)
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, label=f"ROC-AUC {roc_auc_score(y_true, prob):.3f}")
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    save_figure(fig, path)
+
+
+def pr_png(y_true: np.ndarray, prob: np.ndarray, path: str | Path, title: str) -> None:
+    precision, recall, _ = precision_recall_curve(y_true, prob)
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    ax.step(recall, precision, where="post", label=f"average precision {average_precision_score(y_true, prob):.3f}")
+    ax.axhline(float(np.mean(y_true)), linestyle=":", color="grey", label="positive rate")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(loc="lower left")
     save_figure(fig, path)

@@ -42,12 +42,14 @@ def test_dvc_repro_twice_then_metrics(tmp_path):
 
     first = run(["dvc", "repro"], repo)
     # A clone has dvc.lock but none of the outputs: every stage that makes them must run.
-    for stage in ("retclip_prepare", "retclip_lmdb", "retclip_train@pubmedbert", "retclip_evaluate@biobert"):
+    for stage in ("retclip_prepare", "retclip_lmdb", "retclip_train@pubmedbert", "retclip_evaluate@biobert",
+                  "cross_encoder_prepare", "cross_encoder_index", "cross_encoder_mine", "cross_encoder_train",
+                  "cross_encoder_evaluate"):
         assert f"Running stage '{stage}'" in first.stdout, stage
     second = run(["dvc", "repro"], repo)
-    # Only the image-id stamp runs again (it always does); nothing downstream of it changed.
+    # Only the image-id stamps run again (they always do); nothing downstream of them changed.
     ran = [line for line in second.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'retclip_image':"], second.stdout
+    assert sorted(ran) == ["Running stage 'cross_encoder_image':", "Running stage 'retclip_image':"], second.stdout
     assert "didn't change, skipping" in second.stdout
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
@@ -58,5 +60,10 @@ def test_dvc_repro_twice_then_metrics(tmp_path):
         # Far above chance (12.5 % for 8 classes): the whole 95 % interval, and balanced accuracy at 2×.
         assert metrics["accuracy_ci_low"] > 0.125, (encoder, metrics["accuracy_ci_low"])
         assert metrics["balanced_accuracy"] > 0.25, (encoder, metrics["balanced_accuracy"])
+    assert "results/cross_encoder/sapbert/metrics.json" in flat
+    metrics = json.loads((repo / "results" / "cross_encoder" / "sapbert" / "metrics.json").read_text())
+    # A classifier answering "match" for every pair has F1 = 2p / (1 + p) at positive rate p (0.2 here).
+    trivial = 2 * metrics["positive_rate"] / (1 + metrics["positive_rate"])
+    assert metrics["f1_ci_low"] > 2 * trivial, metrics
     table = (repo / "results" / "RESULTS.md").read_text()
-    assert table.count("| synthetic |") == 3
+    assert table.count("| synthetic |") == 4

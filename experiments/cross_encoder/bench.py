@@ -1,0 +1,126 @@
+"""`bench`: throughput ratios against references measured in the same process.
+
+(a) scoring: pairs/s of our evaluation path (`model.pair_logits`) against sentence-transformers'
+    `CrossEncoder.predict` on the same exported model and the same pairs; the scores must agree.
+(b) mining: mentions/s of the FAISS candidate search (`NameIndex.candidates`) against exact search in
+    torch (one matrix product and top-k over every name) on the same vectors; and the whole mining
+    path (encode, search, draw negatives) in mentions/s.
+Each side is measured `repeats` times, alternating, and the best is kept, which damps the noise of a
+shared machine. The ratios are what to compare across machines, not the absolute rates.
+"""
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sentence_transformers import CrossEncoder
+
+from experiments.cross_encoder import model as cross
+from experiments.cross_encoder.config import CrossEncoderConfig
+from experiments.cross_encoder.mining import TypePools, draw_negatives, hard_candidates, mine, read_pairs
+from experiments.cross_encoder.prepare import prepare, read_concepts, read_mentions
+from experiments.cross_encoder.retrieval import BiEncoder, device, index_concepts, name_rows, read_index
+from medrepro import atomic, repro
+from medrepro.calibration import sigmoid
+
+
+def _best(fn, repeats: int) -> float:
+    return min(fn() for _ in range(repeats))
+
+
+def scoring_ratio(cfg: CrossEncoderConfig, workdir: Path, n_pairs: int, repeats: int) -> dict[str, float]:
+    pairs = [(p.text, p.name) for p in read_pairs(cfg.paths.mined, "test")][:n_pairs]
+    repro.seed_everything(cfg.seed)
+    model, tokenizer = cross.load(cfg.cross_encoder.path)
+    exported = cross.export(model, tokenizer, workdir / "model", cfg.max_length)
+    ours, tokenizer = cross.load(exported)
+    ours.to(device())
+    theirs = CrossEncoder(str(exported), device=str(device()), max_length=cfg.max_length)
+    batch = cfg.eval.batch_size
+
+    def time_ours() -> float:
+        t0 = time.perf_counter()
+        cross.pair_logits(ours, tokenizer, pairs, batch, cfg.max_length)
+        return time.perf_counter() - t0
+
+    def time_theirs() -> float:
+        t0 = time.perf_counter()
+        theirs.predict(pairs, batch_size=batch, show_progress_bar=False)
+        return time.perf_counter() - t0
+
+    ours_s, theirs_s = _best(time_ours, repeats), _best(time_theirs, repeats)
+    gap = np.abs(sigmoid(cross.pair_logits(ours, tokenizer, pairs, batch, cfg.max_length))
+                 - theirs.predict(pairs, batch_size=batch, show_progress_bar=False)).max()
+    return {
+        "pairs": len(pairs),
+        "score_pairs_per_s_ours": len(pairs) / ours_s,
+        "score_pairs_per_s_sentence_transformers": len(pairs) / theirs_s,
+        "score_ratio": theirs_s / ours_s,
+        "score_max_abs_difference": float(gap),
+    }
+
+
+def mining_ratio(cfg: CrossEncoderConfig, repeats: int) -> dict[str, float]:
+    concepts = read_concepts(cfg.paths.prepared)
+    mentions = read_mentions(cfg.paths.prepared)
+    index = read_index(cfg.paths.index, concepts, cfg.index)
+    encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
+    queries = encoder.encode([m.text for m in mentions])
+    k = cfg.mining.candidates
+    names, owners = name_rows(concepts)
+    vectors = torch.from_numpy(encoder.encode(names)).to(device())
+    owners_t = torch.from_numpy(owners).to(device())
+    depth = min(len(names), k * 4)
+
+    def time_faiss() -> float:
+        t0 = time.perf_counter()
+        index.candidates(queries, k)
+        return time.perf_counter() - t0
+
+    def time_torch() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            top = (torch.from_numpy(queries).to(device()) @ vectors.T).topk(depth, dim=1).indices
+            owners_t[top].cpu()
+        return time.perf_counter() - t0
+
+    faiss_s, torch_s = _best(time_faiss, repeats), _best(time_torch, repeats)
+
+    position = {c.cui: i for i, c in enumerate(concepts)}
+    pools = TypePools(concepts)
+    t0 = time.perf_counter()
+    cand, _, scores = index.candidates(encoder.encode([m.text for m in mentions]), k)
+    for i, m in enumerate(mentions):
+        if m.gold is not None:
+            draw_negatives(position[m.gold], hard_candidates(cand[i], scores[i], cfg.mining), pools, len(concepts),
+                           cfg.mining, np.random.default_rng([cfg.seed, i]))
+    mining_s = time.perf_counter() - t0
+    return {
+        "mentions": len(mentions),
+        "names": len(names),
+        "index": cfg.index.kind,
+        "search_mentions_per_s_faiss": len(mentions) / faiss_s,
+        "search_mentions_per_s_torch_exact": len(mentions) / torch_s,
+        "search_ratio": torch_s / faiss_s,
+        "mining_mentions_per_s": len(mentions) / mining_s,
+    }
+
+
+def run_benchmarks(cfg: CrossEncoderConfig, out: Path, n_pairs: int, repeats: int = 3) -> dict:
+    if not (Path(cfg.paths.mined) / "pairs_test.jsonl").is_file():
+        prepare(cfg)
+        index_concepts(cfg)
+        mine(cfg)
+    with tempfile.TemporaryDirectory(prefix="cross-encoder-bench-") as tmp:
+        result = {
+            **scoring_ratio(cfg, Path(tmp), n_pairs, repeats),
+            **mining_ratio(cfg, repeats),
+            "goals": {"score_ratio": 1.0, "search_ratio": 1.0},
+            "environment": {k: v for k, v in repro.environment().items() if k in ("packages", "cpu_count", "gpus")},
+        }
+    atomic.write_json(out, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "environment"}, indent=2))
+    return result

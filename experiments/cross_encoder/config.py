@@ -1,0 +1,105 @@
+"""The cross_encoder config: one YAML file per profile (configs/smoke.yaml, configs/full.yaml)."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from medrepro.tiny import TinyBertConfig
+from medrepro.trainer import TrainConfig
+
+SAPBERT = "cambridgeltl/SapBERT-from-PubMedBERT-fulltext"
+
+
+@dataclass
+class PathsConfig:
+    prepared: str = "data/cross_encoder/prepared"
+    index: str = "data/cross_encoder/index"
+    mined: str = "data/cross_encoder/mined"
+    runs: str = "runs/cross_encoder"
+    results: str = "results/cross_encoder"
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "medmentions"] = "synthetic"
+    # The MedMentions release directory holding corpus_pubtator.txt(.gz) (full/data or st21pv/data)...
+    medmentions_dir: str = ""
+    # ...and the one holding corpus_pubtator_pmids_{trng,dev,test}.txt (full/data; ST21pv uses the same).
+    split_dir: str = ""
+    # The UMLS release directory with MRCONSO.RRF, MRSTY.RRF and optionally MRCUI.RRF (or its META/).
+    umls_dir: str = ""
+    # Source vocabularies to keep (empty keeps all) and whether suppressed atoms stay.
+    sabs: list[str] = field(default_factory=list)
+    keep_suppressed: bool = False
+    # Index every loaded concept (`all`) or only those the corpus mentions (`corpus`, much smaller).
+    concepts: Literal["all", "corpus"] = "all"
+    # Optional `sha256sum`-format manifest, relative to medmentions_dir, checked in prepare.
+    checksums: str = ""
+    synthetic_concepts: int = 400
+    synthetic_documents: int = 150
+
+
+@dataclass
+class EncoderConfig:
+    # A hub id (full profile) or a local directory in `save_pretrained` layout.
+    path: str
+    # When set, `prepare` builds a tiny BERT at `path` from the synthetic names (smoke profile).
+    tiny: TinyBertConfig | None = None
+
+
+@dataclass
+class IndexConfig:
+    # `flat`: exact inner product; `hnsw` and `ivf` are approximate, for millions of names.
+    kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 1024
+    ivf_nprobe: int = 32
+    # Use a GPU index when faiss has GPU support and a GPU is visible.
+    gpu: bool = True
+    batch_size: int = 256
+    max_length: int = 25
+
+
+@dataclass
+class MiningConfig:
+    # Candidate concepts kept per mention (recall is reported at 1, 5, 20 and this).
+    candidates: int = 64
+    # Semantic-hard negatives: among the top `hard_top_k` candidates, those scoring >= threshold.
+    hard_top_k: int = 20
+    hard_threshold: float = 0.85
+    hard_per_positive: int = 5
+    # Type negatives: concepts sharing a semantic type with the gold one (`same`, the seed's intent:
+    # plausible confusions) or sharing none (`different`: easy negatives).
+    type_mode: Literal["same", "different"] = "same"
+    type_per_positive: int = 2
+    random_per_positive: int = 1
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 128
+    threshold: float = 0.5
+    calibration_bins: int = 15
+    # Candidates per mention the cross-encoder re-ranks in the linking evaluation and in `link`.
+    rerank_top_k: int = 20
+    # A mapping is "high confidence" when its calibrated probability reaches this.
+    high_confidence: float = 0.9
+    # Which fitted scaler `link` and the linking figures use: platt, temperature or none.
+    calibration: Literal["platt", "temperature", "none"] = "platt"
+    bootstrap: int = 1000
+    alpha: float = 0.05
+
+
+@dataclass
+class CrossEncoderConfig:
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # The bi-encoder that retrieves candidates ([CLS] pooling) and the cross-encoder's starting point.
+    biencoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(SAPBERT))
+    cross_encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(SAPBERT))
+    index: IndexConfig = field(default_factory=IndexConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    max_length: int = 128
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

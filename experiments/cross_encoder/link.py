@@ -1,0 +1,99 @@
+"""`link`: mentions in, ranked CUIs with calibrated confidence out (one JSON line per mention).
+
+Input is a PubTator file (its mention lines give the spans; any CUIs in it are ignored) or JSON lines
+`{"id": "...", "text": "...", "spans": [[start, end], ...]}` with 0-based, end-exclusive offsets.
+Each mention's candidates come from the bi-encoder index and are re-ranked by the cross-encoder;
+`confidence` is the re-ranker's probability after the scaler fitted by `evaluate` on validation.
+"""
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from experiments.cross_encoder import model as cross
+from experiments.cross_encoder.config import CrossEncoderConfig
+from experiments.cross_encoder.medmentions import read_pubtator, text_lines
+from experiments.cross_encoder.prepare import read_concepts
+from experiments.cross_encoder.retrieval import BiEncoder, device, read_index
+from medrepro import atomic
+from medrepro.calibration import Scaler
+from medrepro.errors import DataError
+
+
+@dataclass(frozen=True)
+class Span:
+    doc: str
+    start: int
+    end: int
+    text: str
+
+
+def read_spans(path: Path) -> list[Span]:
+    """Spans from PubTator (told by its `PMID|t|` first line) or from JSON lines."""
+    first = next((line for _, line in text_lines(path) if line.strip()), "")
+    if "|t|" in first.split("\t")[0]:
+        return [Span(m.pmid, m.start, m.end, m.text) for doc in read_pubtator(path) for m in doc.mentions]
+    return list(_json_spans(path))
+
+
+def _json_spans(path: Path) -> Iterator[Span]:
+    for number, line in text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+            doc, text, spans = str(record["id"]), record["text"], record["spans"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"line {where} is not a JSON object with id, text and spans ({e}); expected "
+                            '{"id": "doc1", "text": "...", "spans": [[start, end], ...]}') from None
+        for span in spans:
+            if (not isinstance(span, list) or len(span) != 2 or not all(isinstance(x, int) for x in span)
+                    or not 0 <= span[0] < span[1] <= len(text)):
+                raise DataError(f"line {where}: span {span!r} is not [start, end] with 0 <= start < end <= "
+                                f"{len(text)} (the text's length)")
+            yield Span(doc, span[0], span[1], text[span[0]:span[1]])
+
+
+def read_scaler(path: Path, method: str) -> Scaler:
+    if method == "none":
+        return Scaler()
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run `medrepro cross_encoder evaluate` (it fits the calibration), or "
+                        "pass eval.calibration=none")
+    fitted = json.loads(path.read_text())
+    return Scaler(method, fitted[method]["a"], fitted[method]["b"])
+
+
+def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, calibration: Path, top: int) -> int:
+    spans = read_spans(inputs)
+    if not spans:
+        raise DataError(f"{inputs} holds no mention to link")
+    concepts = read_concepts(cfg.paths.prepared)
+    index = read_index(cfg.paths.index, concepts, cfg.index)
+    encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
+    scaler = read_scaler(calibration, cfg.eval.calibration)
+    model, tokenizer = cross.load(model_dir)
+    model.to(device())
+
+    cand, rows, bi_scores = index.candidates(encoder.encode([s.text for s in spans]), cfg.eval.rerank_top_k)
+    valid = cand >= 0
+    pairs = [(s.text, index.names[r]) for s, rs, ok in zip(spans, rows, valid, strict=True) for r in rs[ok]]
+    logits = np.full(cand.shape, -np.inf)
+    logits[valid] = cross.pair_logits(model, tokenizer, pairs, cfg.eval.batch_size, cfg.max_length)
+
+    lines = []
+    for i, span in enumerate(spans):
+        order = np.argsort(-logits[i], kind="stable")[: min(top, int(valid[i].sum()))]
+        ranked = [{"cui": concepts[cand[i, j]].cui, "name": concepts[cand[i, j]].preferred,
+                   "matched_name": index.names[rows[i, j]],
+                   "confidence": round(float(scaler(logits[i, j])), 6),
+                   "biencoder_score": round(float(bi_scores[i, j]), 6)} for j in order]
+        lines.append(json.dumps({"id": span.doc, "start": span.start, "end": span.end, "mention": span.text,
+                                 "candidates": ranked}) + "\n")
+    atomic.write_text(out, "".join(lines))
+    print(f"linked {len(spans)} mentions from {inputs} → {out}")
+    return len(spans)

@@ -1,0 +1,200 @@
+"""`mine`: candidates per mention from the bi-encoder index, then training pairs with hard negatives.
+
+Per mention with a loaded gold concept, the pairs are (mention text, concept name) with label 1 for
+the gold concept and 0 otherwise:
+
+- positive: the gold concept under its name closest to the mention (the name the bi-encoder would
+  show the cross-encoder at linking time);
+- semantic-hard: candidates among the top `hard_top_k` whose similarity is at least `hard_threshold`,
+  most similar first, never the gold concept;
+- type: concepts sharing a semantic type with the gold one (`type_mode: same`, the default: the
+  plausible confusions a linker makes, e.g. another neoplasm) or sharing none (`different`);
+- random: any other concept.
+
+Negatives of a mention are distinct concepts. The candidate search queries with the mention's own
+text, never the gold concept's name (which would leak the answer into the candidates). Random draws
+are keyed by (seed, mention index), so a pair file does not depend on batch sizes or the order in
+which mentions are processed.
+"""
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from experiments.cross_encoder.config import CrossEncoderConfig, MiningConfig
+from experiments.cross_encoder.prepare import SPLITS, read_concepts, read_mentions
+from experiments.cross_encoder.retrieval import BiEncoder, read_index, recall_at
+from experiments.cross_encoder.umls import Concept
+from medrepro import atomic
+from medrepro.errors import DataError
+
+KINDS = ("positive", "hard", "type", "random")
+CANDIDATES_FILE = "candidates.npz"
+RECALL_KS = (1, 5, 20, 64)
+_MAX_DRAWS = 50  # rejection-sampling attempts per wanted negative before giving up on it
+
+
+@dataclass(frozen=True)
+class Pair:
+    mention: int  # index into mentions.jsonl
+    text: str
+    name: str
+    cui: str
+    label: int
+    kind: str
+
+
+class TypePools:
+    """Concept indices per semantic type, for drawing type negatives by rejection sampling (the
+    union of a common type's members would cost O(concepts) per mention)."""
+
+    def __init__(self, concepts: list[Concept]) -> None:
+        members: dict[str, list[int]] = {}
+        for i, concept in enumerate(concepts):
+            for tui in concept.types:
+                members.setdefault(tui, []).append(i)
+        self.members = {tui: np.array(ids) for tui, ids in members.items()}
+        self.types = [set(c.types) for c in concepts]
+
+
+def draw_negatives(gold: int, hard: list[int], pools: TypePools, n_concepts: int, cfg: MiningConfig,
+                   rng: np.random.Generator) -> tuple[list[int], list[int], list[int]]:
+    """(hard, type, random) negative concept indices for one mention; all distinct and never `gold`.
+    `hard` is the mention's eligible hard candidates, best first."""
+    taken = {gold}
+    hard_picked = [c for c in hard if c != gold][: cfg.hard_per_positive]
+    taken.update(hard_picked)
+
+    def draw(count: int, sample: Callable[[], int | None], accept: Callable[[int], bool]) -> list[int]:
+        picked: list[int] = []
+        for _ in range(count * _MAX_DRAWS):
+            if len(picked) == count:
+                break
+            c = sample()
+            if c is not None and c not in taken and accept(c):
+                picked.append(c)
+                taken.add(c)
+        return picked
+
+    gold_types = sorted(pools.types[gold])
+    if cfg.type_mode == "same":
+        def sample_type() -> int | None:
+            if not gold_types:
+                return None
+            return int(rng.choice(pools.members[gold_types[rng.integers(len(gold_types))]]))
+
+        type_picked = draw(cfg.type_per_positive, sample_type, lambda c: True)
+    else:
+        type_picked = draw(cfg.type_per_positive, lambda: int(rng.integers(n_concepts)),
+                           lambda c: not (pools.types[c] & pools.types[gold]))
+    random_picked = draw(cfg.random_per_positive, lambda: int(rng.integers(n_concepts)), lambda c: True)
+    return hard_picked, type_picked, random_picked
+
+
+def hard_candidates(concepts: np.ndarray, scores: np.ndarray, cfg: MiningConfig) -> list[int]:
+    """A mention's candidates eligible as semantic-hard negatives: in the top `hard_top_k`, at or above
+    the threshold (the gold concept is removed by `draw_negatives`)."""
+    top, top_scores = concepts[: cfg.hard_top_k], scores[: cfg.hard_top_k]
+    return [int(c) for c, s in zip(top, top_scores, strict=True) if c >= 0 and s >= cfg.hard_threshold]
+
+
+def best_names(encoder: BiEncoder, queries: np.ndarray, golds: np.ndarray, concepts: list[Concept]) -> list[str]:
+    """For each mention, the name of its gold concept most similar to it under the bi-encoder."""
+    wanted = sorted(set(golds.tolist()))
+    names = [name for g in wanted for name in concepts[g].names]
+    vectors = encoder.encode(names, desc="encoding gold concept names")
+    first, offset = {}, 0
+    for g in wanted:
+        first[g] = offset
+        offset += len(concepts[g].names)
+    out = []
+    for q, g in enumerate(golds):
+        rows = vectors[first[g]: first[g] + len(concepts[g].names)]
+        out.append(concepts[g].names[int(np.argmax(rows @ queries[q]))])
+    return out
+
+
+def mine(cfg: CrossEncoderConfig) -> dict:
+    """Write candidates.npz, pairs_{train,dev,test}.jsonl and mining.json (recall, sample mix, speed)."""
+    concepts = read_concepts(cfg.paths.prepared)
+    mentions = read_mentions(cfg.paths.prepared)
+    position = {c.cui: i for i, c in enumerate(concepts)}
+    index = read_index(cfg.paths.index, concepts, cfg.index)
+    encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
+
+    t0 = time.perf_counter()
+    queries = encoder.encode([m.text for m in mentions], desc="encoding mentions")
+    t1 = time.perf_counter()
+    cand, rows, scores = index.candidates(queries, cfg.mining.candidates)
+    t2 = time.perf_counter()
+    gold = np.array([position.get(m.gold, -1) if m.gold else -1 for m in mentions], dtype=np.int64)
+    linkable = np.flatnonzero(gold >= 0)
+    if linkable.size == 0:
+        raise DataError("no mention resolves to a loaded concept: see prepared/missing.json")
+    names = dict(zip(linkable.tolist(), best_names(encoder, queries[linkable], gold[linkable], concepts),
+                     strict=True))
+
+    pools = TypePools(concepts)
+    pairs: dict[str, list[Pair]] = {s: [] for s in SPLITS}
+    for i in linkable.tolist():
+        m, g = mentions[i], int(gold[i])
+        rng = np.random.default_rng([cfg.seed, i])
+        hard, typed, rand = draw_negatives(g, hard_candidates(cand[i], scores[i], cfg.mining), pools,
+                                           len(concepts), cfg.mining, rng)
+        retrieved = {int(c): index.names[r] for c, r in zip(cand[i], rows[i], strict=True) if c >= 0}
+        split_pairs = pairs[m.split]
+        split_pairs.append(Pair(i, m.text, names[i], concepts[g].cui, 1, "positive"))
+        split_pairs.extend(Pair(i, m.text, retrieved[c], concepts[c].cui, 0, "hard") for c in hard)
+        split_pairs.extend(Pair(i, m.text, concepts[c].preferred, concepts[c].cui, 0, "type") for c in typed)
+        split_pairs.extend(Pair(i, m.text, concepts[c].preferred, concepts[c].cui, 0, "random") for c in rand)
+    t3 = time.perf_counter()
+
+    out = Path(cfg.paths.mined)
+    split_of = np.array([m.split for m in mentions])
+    report: dict = {"recall": {}, "mix": {}, "pairs": {}}
+    for split in SPLITS:
+        chosen = linkable[split_of[linkable] == split]
+        report["recall"][split] = recall_at(gold[chosen], cand[chosen], (*RECALL_KS[:-1], cfg.mining.candidates))
+        kinds = Counter(p.kind for p in pairs[split])
+        total = max(1, sum(kinds.values()))
+        report["mix"][split] = {k: round(kinds[k] / total, 4) for k in KINDS}
+        report["pairs"][split] = {k: kinds[k] for k in KINDS}
+    report["mentions"] = {"all": len(mentions), "linkable": int(linkable.size)}
+    report["speed"] = {
+        "encode_mentions_per_s": round(len(mentions) / max(t1 - t0, 1e-9), 1),
+        "search_mentions_per_s": round(len(mentions) / max(t2 - t1, 1e-9), 1),
+        "select_mentions_per_s": round(linkable.size / max(t3 - t2, 1e-9), 1),
+    }
+    report["settings"] = asdict(cfg.mining)
+    atomic.write_with(out / CANDIDATES_FILE, lambda tmp: _save_npz(tmp, cand, rows, scores, gold))
+    for split in SPLITS:
+        atomic.write_text(out / f"pairs_{split}.jsonl", "".join(json.dumps(asdict(p)) + "\n" for p in pairs[split]))
+    atomic.write_json(out / "mining.json", report)
+    print(json.dumps({"recall": report["recall"], "mix": report["mix"]["train"], "pairs": report["pairs"]}))
+    return report
+
+
+def _save_npz(path: Path, cand: np.ndarray, rows: np.ndarray, scores: np.ndarray, gold: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, concepts=cand, rows=rows, scores=scores, gold=gold)
+
+
+def read_pairs(mined: str | Path, split: str) -> list[Pair]:
+    path = Path(mined) / f"pairs_{split}.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run `medrepro cross_encoder mine` first")
+    return [Pair(**d) for d in map(json.loads, path.read_text().splitlines())]
+
+
+def read_candidates(mined: str | Path) -> dict[str, np.ndarray]:
+    path = Path(mined) / CANDIDATES_FILE
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run `medrepro cross_encoder mine` first")
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+

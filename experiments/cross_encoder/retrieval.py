@@ -1,0 +1,188 @@
+"""The bi-encoder and its FAISS index: concept names in, candidate concepts per mention out.
+
+Names and mentions are encoded by the same BERT (SapBERT in the full profile), pooled by the [CLS]
+token, as SapBERT was trained, and L2-normalised, so inner product is cosine similarity. The index
+holds one vector per concept name; a mention's candidates are the concepts of its nearest names,
+each concept once, scored by its best name.
+"""
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import AutoModel, AutoTokenizer
+
+from experiments.cross_encoder.config import CrossEncoderConfig, IndexConfig
+from experiments.cross_encoder.prepare import read_concepts
+from experiments.cross_encoder.umls import Concept
+from medrepro import atomic
+from medrepro.errors import DataError
+
+INDEX_FILE = "names.faiss"
+NAMES_FILE = "names.jsonl"
+META_FILE = "index.json"
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class BiEncoder:
+    def __init__(self, path: str, max_length: int, batch_size: int) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        # SapBERT's pooler was never trained for its objective; [CLS] is read before it, so skip it.
+        self.model = AutoModel.from_pretrained(path, add_pooling_layer=False).to(device()).eval()
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], desc: str | None = None) -> np.ndarray:
+        """(len(texts), hidden) float32, unit rows. Texts are batched by length, so that a batch
+        holds little padding; the rows come back in the input order."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        starts = range(0, len(texts), self.batch_size)
+        for start in tqdm(starts, desc=desc, disable=desc is None, unit="batch", mininterval=5):
+            rows = order[start:start + self.batch_size]
+            batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(self.model.device)
+            cls = self.model(**batch).last_hidden_state[:, 0]
+            out[rows] = torch.nn.functional.normalize(cls.float(), dim=-1).cpu().numpy()
+        return out
+
+
+def build_index(vectors: np.ndarray, cfg: IndexConfig) -> faiss.Index:
+    """An inner-product index over unit vectors: exact (`flat`) or approximate (`hnsw`, `ivf`)."""
+    n, dim = vectors.shape
+    if cfg.kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif cfg.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    else:
+        # k-means needs about 39 training points per list; fewer names get fewer lists, not an error.
+        nlist = max(1, min(cfg.ivf_nlist, n // 39))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = 1234
+        index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+def configure_search(index: faiss.Index, cfg: IndexConfig) -> faiss.Index:
+    """Set the search-time knobs (nprobe 1, faiss' default, would search one IVF list in 1024) and
+    move the index to a GPU when asked and possible (HNSW has no GPU version)."""
+    if isinstance(index, faiss.IndexIVF):
+        index.nprobe = min(cfg.ivf_nprobe, index.nlist)
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = cfg.hnsw_ef_search
+    if cfg.gpu and cfg.kind != "hnsw" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return index
+
+
+@dataclass
+class NameIndex:
+    """The FAISS index and, per row, the concept (an index into `concepts`) and the name it holds."""
+
+    index: faiss.Index
+    concept_of_row: np.ndarray
+    names: list[str]
+    concepts: list[Concept]
+
+    def candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k distinct concepts per query: (concept indices, name rows, scores), each (n, k),
+        padded with -1 (scores with -inf) when fewer than k concepts are found."""
+        names_per_concept = len(self.names) / max(1, len(self.concepts))
+        depth = min(self.index.ntotal, int(np.ceil(k * names_per_concept * 2)) + 8)
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+        out_concepts = np.full((len(queries), k), -1, dtype=np.int64)
+        out_rows = np.full((len(queries), k), -1, dtype=np.int64)
+        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for q in range(len(queries)):
+            seen: set[int] = set()
+            for score, row in zip(scores[q], rows[q], strict=True):
+                if row < 0:
+                    break
+                concept = int(self.concept_of_row[row])
+                if concept in seen:
+                    continue
+                j = len(seen)
+                seen.add(concept)
+                out_concepts[q, j], out_rows[q, j], out_scores[q, j] = concept, row, score
+                if len(seen) == k:
+                    break
+        return out_concepts, out_rows, out_scores
+
+
+def name_rows(concepts: list[Concept]) -> tuple[list[str], np.ndarray]:
+    """Every name of every concept, and the concept index of each."""
+    names = [name for concept in concepts for name in concept.names]
+    owners = np.repeat(np.arange(len(concepts)), [len(c.names) for c in concepts])
+    return names, owners
+
+
+def write_index(directory: str | Path, concepts: list[Concept], encoder: BiEncoder, cfg: IndexConfig,
+                encoder_path: str) -> dict:
+    names, owners = name_rows(concepts)
+    t0 = time.perf_counter()
+    vectors = encoder.encode(names, desc="encoding concept names")
+    t1 = time.perf_counter()
+    index = build_index(vectors, cfg)
+    t2 = time.perf_counter()
+    meta = {"kind": cfg.kind, "encoder": encoder_path, "pooling": "cls", "dim": int(vectors.shape[1]),
+            "names": len(names), "concepts": len(concepts), "encode_seconds": round(t1 - t0, 3),
+            "build_seconds": round(t2 - t1, 3)}
+    if isinstance(index, faiss.IndexIVF):
+        meta["nlist"] = int(index.nlist)
+    with atomic.atomic_dir(directory) as tmp:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        (tmp / NAMES_FILE).write_text("".join(json.dumps({"cui": concepts[o].cui, "name": n}) + "\n"
+                                              for n, o in zip(names, owners, strict=True)))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def read_names(directory: str | Path) -> list[dict[str, str]]:
+    """The index's rows: {"cui", "name"} per vector."""
+    path = Path(directory) / NAMES_FILE
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run `medrepro cross_encoder index` first")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def read_index(directory: str | Path, concepts: list[Concept], cfg: IndexConfig) -> NameIndex:
+    directory = Path(directory)
+    if not (directory / INDEX_FILE).is_file():
+        raise DataError(f"{directory / INDEX_FILE} is missing: run `medrepro cross_encoder index` first")
+    position = {c.cui: i for i, c in enumerate(concepts)}
+    rows = read_names(directory)
+    unknown = [r["cui"] for r in rows if r["cui"] not in position]
+    if unknown:
+        raise DataError(f"{directory / NAMES_FILE} names {len(unknown)} concepts missing from concepts.jsonl "
+                        f"(first {unknown[0]}): the index is stale; re-run `medrepro cross_encoder index`")
+    index = faiss.read_index(str(directory / INDEX_FILE))
+    if index.ntotal != len(rows):
+        raise DataError(f"{directory / INDEX_FILE} holds {index.ntotal} vectors but {NAMES_FILE} {len(rows)} names; "
+                        "re-run `medrepro cross_encoder index`")
+    owners = np.array([position[r["cui"]] for r in rows], dtype=np.int64)
+    return NameIndex(configure_search(index, cfg), owners, [r["name"] for r in rows], concepts)
+
+
+def recall_at(gold: np.ndarray, candidates: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """Share of queries whose gold concept index is among the first k candidates, for each k."""
+    hits = candidates == gold[:, None]
+    return {f"recall_at_{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks if k <= candidates.shape[1]}
+
+
+def index_concepts(cfg: CrossEncoderConfig) -> dict:
+    """`index`: encode every concept name of prepared/concepts.jsonl into the FAISS index directory."""
+    concepts = read_concepts(cfg.paths.prepared)
+    encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
+    meta = write_index(cfg.paths.index, concepts, encoder, cfg.index, cfg.biencoder.path)
+    print(json.dumps(meta))
+    return meta

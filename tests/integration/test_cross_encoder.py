@@ -1,0 +1,159 @@
+"""The cross_encoder pipeline on synthetic data: it learns, mines correctly, exports, links, and
+fails loudly on bad input."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.integration.conftest import process_env
+
+pytestmark = pytest.mark.integration
+
+# Smaller than the smoke profile, still enough mentions for the learning check to be far from chance.
+OVERRIDES = ["data.synthetic_documents=200", "train.epochs=6", "train.tracking.tensorboard=false",
+             "eval.bootstrap=200"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medrepro.cli import main
+
+    out = tmp_path_factory.mktemp("cross-encoder-smoke")
+    cwd = Path.cwd()
+    try:
+        assert main(["cross_encoder", "smoke", "--out", str(out), *OVERRIDES]) == 0
+    finally:
+        os.chdir(cwd)  # smoke works from inside --out
+    return out
+
+
+def results(smoke: Path) -> Path:
+    return smoke / "results" / "cross_encoder" / "sapbert"
+
+
+def test_smoke_learns_far_above_a_trivial_classifier(smoke):
+    m = json.loads((results(smoke) / "metrics.json").read_text())
+    # Answering "match" for every pair gives F1 = 2p / (1 + p) at positive rate p (about 0.2 here).
+    trivial = 2 * m["positive_rate"] / (1 + m["positive_rate"])
+    assert m["f1_ci_low"] > 2 * trivial, m
+    assert m["roc_auc"] > 0.85 and m["pr_auc"] > 3 * m["positive_rate"], m
+    assert 0 <= m["ece"] <= m["mce"] <= 1
+    # Re-ranking the top 20 cannot beat retrieving the gold concept at all.
+    assert m["linking/acc_at_1"] <= m["linking/recall_at_20"]
+    for name in ("reliability", "roc", "pr", "linking"):
+        assert (results(smoke) / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    evaluation = json.loads((results(smoke) / "evaluation_results.json").read_text())
+    assert set(evaluation["test_pairs"]) >= {"uncalibrated", "platt", "temperature", "by_kind"}
+    assert "sapbert | synthetic" in (smoke / "results" / "RESULTS.md").read_text()
+
+
+def test_mined_pairs_never_use_the_gold_concept_as_a_negative(smoke):
+    mined = smoke / "data" / "cross_encoder" / "mined"
+    report = json.loads((mined / "mining.json").read_text())
+    with np.load(mined / "candidates.npz") as c:
+        concepts, scores = c["concepts"], c["scores"]
+    cuis = [json.loads(line)["cui"] for line in
+            (smoke / "data" / "cross_encoder" / "prepared" / "concepts.jsonl").read_text().splitlines()]
+    threshold, top_k = report["settings"]["hard_threshold"], report["settings"]["hard_top_k"]
+    for split in ("train", "dev", "test"):
+        by_mention = defaultdict(list)
+        for line in (mined / f"pairs_{split}.jsonl").read_text().splitlines():
+            pair = json.loads(line)
+            by_mention[pair["mention"]].append(pair)
+        for mention, pairs in by_mention.items():
+            positives = [p for p in pairs if p["label"] == 1]
+            assert len(positives) == 1 and positives[0]["kind"] == "positive"
+            negatives = [p["cui"] for p in pairs if p["label"] == 0]
+            assert positives[0]["cui"] not in negatives and len(set(negatives)) == len(negatives)
+            for p in pairs:
+                if p["kind"] == "hard":
+                    j = [cuis[k] if k >= 0 else None for k in concepts[mention, :top_k]].index(p["cui"])
+                    assert scores[mention, j] >= threshold
+        mix = report["mix"][split]
+        assert sum(mix.values()) == pytest.approx(1.0, abs=1e-3) and mix["hard"] > 0
+    assert set(report["recall"]["test"]) == {"recall_at_1", "recall_at_5", "recall_at_20", "recall_at_64"}
+
+
+def test_export_scores_the_same_in_transformers_and_sentence_transformers(smoke):
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = smoke / "runs" / "cross_encoder" / "model"
+    pairs = [tuple(json.loads(line)[k] for k in ("text", "name")) for line in
+             (smoke / "data" / "cross_encoder" / "mined" / "pairs_test.jsonl").read_text().splitlines()[:300]]
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    with torch.inference_mode():
+        batch = tokenizer([p[0] for p in pairs], [p[1] for p in pairs], padding=True, truncation=True,
+                          return_tensors="pt")
+        ours = torch.sigmoid(model(**batch).logits[:, 0]).numpy()
+    theirs = CrossEncoder(str(model_dir), device="cpu").predict(pairs, batch_size=64, show_progress_bar=False)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert ours.std() > 0.05  # a trained model, not a constant
+
+
+def test_link_ranks_candidates_with_calibrated_confidence(smoke, tmp_path):
+    from medrepro.cli import main
+
+    corpus = smoke / "data" / "cross_encoder" / "prepared" / "synthetic" / "medmentions" / "corpus_pubtator.txt"
+    first_doc = corpus.read_text().split("\n\n")[0] + "\n\n"
+    (tmp_path / "doc.txt").write_text(first_doc)
+    out = tmp_path / "linked.jsonl"
+    cwd = Path.cwd()
+    try:
+        os.chdir(smoke)
+        assert main(["cross_encoder", "link", "--input", str(tmp_path / "doc.txt"), "--out", str(out), "--top", "3",
+                     *OVERRIDES]) == 0
+    finally:
+        os.chdir(cwd)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == len(first_doc.strip().splitlines()) - 2
+    for line in lines:
+        confidences = [c["confidence"] for c in line["candidates"]]
+        assert len(confidences) == 3 and confidences == sorted(confidences, reverse=True)
+        assert all(0 <= c <= 1 for c in confidences) and line["candidates"][0]["cui"].startswith("C")
+
+
+def test_prepare_index_mine_are_identical_across_processes(tmp_path):
+    script = ("import sys; from medrepro.cli import main\n"
+              "args = ['data.synthetic_documents=40', 'data.synthetic_concepts=120']\n"
+              "for command in ('prepare', 'index', 'mine'):\n"
+              "    assert main(['cross_encoder', command, *args]) == 0\n")
+    digests = []
+    for hash_seed in ("1", "2"):
+        work = tmp_path / hash_seed
+        work.mkdir()
+        subprocess.run([sys.executable, "-c", script], cwd=work, env=process_env(PYTHONHASHSEED=hash_seed),
+                       check=True, capture_output=True)
+        mined = work / "data" / "cross_encoder" / "mined"
+        files = sorted([*mined.glob("pairs_*.jsonl"), mined / "candidates.npz",
+                        work / "data" / "cross_encoder" / "index" / "names.faiss"])
+        digests.append({f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files})
+    assert digests[0] == digests[1]
+
+
+def test_missing_real_data_is_one_clear_line(tmp_path, capsys):
+    from medrepro.cli import main
+
+    cwd = Path.cwd()
+    try:
+        os.chdir(tmp_path)
+        assert main(["cross_encoder", "prepare", "data.source=medmentions"]) == 2
+        assert "data.medmentions_dir is empty" in capsys.readouterr().err
+        assert main(["cross_encoder", "prepare", "data.source=medmentions", f"data.medmentions_dir={tmp_path}",
+                     f"data.umls_dir={tmp_path}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "corpus_pubtator.txt" in err
+        assert main(["cross_encoder", "mine"]) == 2
+        assert "run `medrepro cross_encoder prepare` first" in capsys.readouterr().err
+    finally:
+        os.chdir(cwd)
+    assert not (tmp_path / "data").exists()
