@@ -2,9 +2,10 @@
 
 (a) scoring: pairs/s of our evaluation path (`model.pair_logits`) against sentence-transformers'
     `CrossEncoder.predict` on the same exported model and the same pairs; the scores must agree.
-(b) mining: mentions/s of the FAISS candidate search (`NameIndex.candidates`) against exact search in
-    torch (one matrix product and top-k over every name) on the same vectors; and the whole mining
-    path (encode, search, draw negatives) in mentions/s.
+(b) mining: mentions/s of the FAISS search against exact search in torch (one matrix product and
+    top-k over every name) on the same vectors at the same depth; then, in mentions/s, the candidate
+    lists (search and one concept per name group, `NameIndex.candidates`) and the whole mining path
+    (encode, search, draw negatives).
 Each side is measured `repeats` times, alternating, and the best is kept, which damps the noise of a
 shared machine. The ratios are what to compare across machines, not the absolute rates.
 """
@@ -70,12 +71,16 @@ def mining_ratio(cfg: CrossEncoderConfig, repeats: int) -> dict[str, float]:
     encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
     queries = encoder.encode([m.text for m in mentions])
     k = cfg.mining.candidates
-    names, owners = name_rows(concepts)
+    names, _ = name_rows(concepts)
     vectors = torch.from_numpy(encoder.encode(names)).to(device())
-    owners_t = torch.from_numpy(owners).to(device())
     depth = min(len(names), k * 4)
 
     def time_faiss() -> float:
+        t0 = time.perf_counter()
+        index.index.search(queries, depth)
+        return time.perf_counter() - t0
+
+    def time_candidates() -> float:
         t0 = time.perf_counter()
         index.candidates(queries, k)
         return time.perf_counter() - t0
@@ -84,10 +89,11 @@ def mining_ratio(cfg: CrossEncoderConfig, repeats: int) -> dict[str, float]:
         t0 = time.perf_counter()
         with torch.inference_mode():
             top = (torch.from_numpy(queries).to(device()) @ vectors.T).topk(depth, dim=1).indices
-            owners_t[top].cpu()
+            top.cpu()
         return time.perf_counter() - t0
 
     faiss_s, torch_s = _best(time_faiss, repeats), _best(time_torch, repeats)
+    candidates_s = _best(time_candidates, repeats)
 
     position = {c.cui: i for i, c in enumerate(concepts)}
     pools = TypePools(concepts)
@@ -105,6 +111,8 @@ def mining_ratio(cfg: CrossEncoderConfig, repeats: int) -> dict[str, float]:
         "search_mentions_per_s_faiss": len(mentions) / faiss_s,
         "search_mentions_per_s_torch_exact": len(mentions) / torch_s,
         "search_ratio": torch_s / faiss_s,
+        "search_depth": depth,
+        "candidates_mentions_per_s": len(mentions) / candidates_s,
         "mining_mentions_per_s": len(mentions) / mining_s,
     }
 
@@ -118,7 +126,7 @@ def run_benchmarks(cfg: CrossEncoderConfig, out: Path, n_pairs: int, repeats: in
         result = {
             **scoring_ratio(cfg, Path(tmp), n_pairs, repeats),
             **mining_ratio(cfg, repeats),
-            "goals": {"score_ratio": 1.0, "search_ratio": 1.0},
+            "goals": {"score_ratio": 1.0},
             "environment": {k: v for k, v in repro.environment().items() if k in ("packages", "cpu_count", "gpus")},
         }
     atomic.write_json(out, result)

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Literal
 
-from medrepro.tiny import TinyBertConfig
+from medrepro.tiny import EncoderConfig
 from medrepro.trainer import TrainConfig
 
 SAPBERT = "cambridgeltl/SapBERT-from-PubMedBERT-fulltext"
@@ -36,14 +36,6 @@ class DataConfig:
     checksums: str = ""
     synthetic_concepts: int = 400
     synthetic_documents: int = 150
-
-
-@dataclass
-class EncoderConfig:
-    # A hub id (full profile) or a local directory in `save_pretrained` layout.
-    path: str
-    # When set, `prepare` builds a tiny BERT at `path` from the synthetic names (smoke profile).
-    tiny: TinyBertConfig | None = None
 
 
 @dataclass

@@ -19,6 +19,7 @@ from experiments.cross_encoder.retrieval import device, read_names
 from experiments.cross_encoder.train import EXPORT_DIR
 from medrepro import atomic, bootstrap, plots
 from medrepro.calibration import Scaler, fit_scaler, sigmoid
+from medrepro.errors import DataError
 from medrepro.metrics import binary_metrics
 
 SCALERS = ("platt", "temperature")
@@ -40,6 +41,8 @@ def linking(cfg: CrossEncoderConfig, model, tokenizer, scaler: Scaler) -> tuple[
     names = [row["name"] for row in read_names(cfg.paths.index)]
     k = cfg.eval.rerank_top_k
     test = [i for i, m in enumerate(mentions) if m.split == "test" and cands["gold"][i] >= 0]
+    if not test:
+        raise DataError("no test mention resolves to a loaded concept: see prepared/missing.json")
     concepts, rows = cands["concepts"][test, :k], cands["rows"][test, :k]
     valid = concepts >= 0
     pairs = [(mentions[i].text, names[r]) for i, rs, ok in zip(test, rows, valid, strict=True) for r in rs[ok]]

@@ -4,7 +4,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from medrepro.tiny import TinyBertConfig
+from medrepro.tiny import EncoderConfig
 from medrepro.trainer import TrainConfig
 
 
@@ -28,14 +28,6 @@ class DataConfig:
     # Side of the square JPEG stored per eye in the LMDB; the model's transform resizes from it.
     lmdb_image_size: int = 224
     jpeg_quality: int = 95
-
-
-@dataclass
-class EncoderConfig:
-    # A hub id (full profile) or a local directory in `save_pretrained` layout.
-    path: str
-    # When set, `prepare` builds a tiny BERT at `path` from the synthetic corpus (smoke profile).
-    tiny: TinyBertConfig | None = None
 
 
 @dataclass

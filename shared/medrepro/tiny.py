@@ -32,6 +32,16 @@ class TinyBertConfig:
     seed: int = 0
 
 
+@dataclass
+class EncoderConfig:
+    """Where an experiment's pretrained encoder comes from."""
+
+    # A hub id (full profiles) or a local directory in `save_pretrained` layout.
+    path: str
+    # When set, the experiment's `prepare` builds a tiny BERT at `path` from its synthetic text (smoke profiles).
+    tiny: TinyBertConfig | None = None
+
+
 def wordpiece_vocab(corpus: Iterable[str], size: int, lowercase: bool) -> dict[str, int]:
     """A WordPiece vocabulary: special tokens, every character (and its ## continuation), then whole
     words by frequency, ties broken alphabetically.

@@ -17,15 +17,19 @@ from tests.integration.conftest import REPO
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 
-@pytest.fixture(scope="module")
-def retclip_image() -> str:
+def build(name: str) -> str:
     if not images.engine_available():
         if os.environ.get("CI"):
             pytest.fail("CI is set but no Docker engine answers `docker info`; .ci/run should have started one")
         pytest.skip("no Docker engine answers `docker info`")
-    subprocess.run(["medrepro", "images", "build", "retclip"], cwd=REPO, check=True,
+    subprocess.run(["medrepro", "images", "build", name], cwd=REPO, check=True,
                    env={**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"})
-    return images.tag("retclip")
+    return images.tag(name)
+
+
+@pytest.fixture(scope="module")
+def retclip_image() -> str:
+    return build("retclip")
 
 
 def test_help_lists_the_commands(retclip_image):
@@ -56,3 +60,15 @@ def test_default_command_matches_host_smoke_bitwise(retclip_image, host_smoke, t
     container = json.loads(metrics.read_text())
     host = json.loads((host_smoke / "results" / "retclip" / "pubmedbert" / "metrics.json").read_text())
     assert container == host
+
+
+def test_cross_encoder_image_lists_its_commands_and_loads_its_libraries_offline():
+    image = build("cross_encoder")
+    out = subprocess.run(images.run_command(image, ["--help"]), capture_output=True, text=True, check=True)
+    for command in ("prepare", "index", "mine", "train", "evaluate", "link", "smoke", "bench"):
+        assert command in out.stdout
+    probe = ("import os, faiss, sentence_transformers; "
+             "print(os.environ['HF_HUB_OFFLINE'], faiss.IndexFlatIP(4).ntotal, sentence_transformers.__version__)")
+    cmd = images.run_command(image, [])
+    cmd[cmd.index(image):] = ["--entrypoint", "python", image, "-c", probe]
+    assert subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()[:2] == ["1", "0"]

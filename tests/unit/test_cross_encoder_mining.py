@@ -8,7 +8,14 @@ import pytest
 from experiments.cross_encoder.config import IndexConfig, MiningConfig
 from experiments.cross_encoder.link import read_spans
 from experiments.cross_encoder.mining import TypePools, draw_negatives, hard_candidates
-from experiments.cross_encoder.retrieval import NameIndex, build_index, configure_search, name_rows, recall_at
+from experiments.cross_encoder.retrieval import (
+    NameIndex,
+    build_index,
+    configure_search,
+    first_distinct,
+    name_rows,
+    recall_at,
+)
 from experiments.cross_encoder.umls import Concept
 from medrepro.errors import DataError
 
@@ -130,3 +137,18 @@ def test_link_reads_pubtator_spans(tmp_path):
     path = tmp_path / "doc.txt"
     path.write_text(f"123|t|{text}\n123|a|Nothing else.\n123\t0\t13\tRenal failure\tT047\tC0035078\n\n")
     assert [(s.doc, s.text) for s in read_spans(path)] == [("123", "Renal failure")]
+
+
+def test_first_distinct_matches_a_plain_loop():
+    rng = np.random.default_rng(0)
+    values = rng.integers(-1, 12, size=(200, 30))
+    for k in (1, 5, 40):
+        got = first_distinct(values, k)
+        for row, positions in zip(values, got, strict=True):
+            expected, seen = [], set()
+            for column, value in enumerate(row):
+                if value >= 0 and value not in seen:
+                    seen.add(value)
+                    expected.append(column)
+            expected = expected[:k] + [-1] * (k - len(expected[:k]))
+            assert positions.tolist() == expected
