@@ -4,8 +4,10 @@ fails loudly on bad input."""
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.integration.conftest import process_env
+from tests.integration.conftest import final_weights, medrepro, process_env
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +159,28 @@ def test_missing_real_data_is_one_clear_line(tmp_path, capsys):
     finally:
         os.chdir(cwd)
     assert not (tmp_path / "data").exists()
+
+
+def test_killed_training_resumes_to_the_uninterrupted_weights(smoke):
+    """SIGKILL after a checkpoint at step 8 of 18 (mid-epoch), then `--resume latest`: bitwise-equal
+    final weights, so the pair order, tokenisation and RNG streams continue exactly."""
+    overrides = [*OVERRIDES, "train.epochs=0.05", "train.eval_every_epochs=0.025", "train.save_every_steps=4",
+                 "train.log_every_steps=1", "train.early_stopping_patience=0"]
+    reference, killed = smoke / "runs" / "reference", smoke / "runs" / "killed"
+    medrepro(["cross_encoder", "train", "--out", str(reference), *overrides], smoke)
+    cmd = [sys.executable, "-m", "medrepro", "cross_encoder", "train", "--out", str(killed), *overrides]
+    proc = subprocess.Popen(cmd, cwd=smoke, env=process_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "step-00000008.pt").exists():
+        assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, "no checkpoint at step 8 within 300 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final.pt").exists(), "the run finished before the kill; the test proves nothing"
+    medrepro(["cross_encoder", "train", "--out", str(killed), "--resume", "latest", *overrides], smoke)
+    expected, got = final_weights(reference), final_weights(killed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    assert (killed / "model" / "config.json").is_file()
