@@ -13,6 +13,7 @@ shared machine. The ratios are what to compare across machines, not the absolute
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from medrepro import atomic, repro
 from medrepro.calibration import sigmoid
 
 
-def _best(fn, repeats: int) -> float:
+def _best(fn: Callable[[], float], repeats: int) -> float:
     return min(fn() for _ in range(repeats))
 
 

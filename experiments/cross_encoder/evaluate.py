@@ -10,10 +10,12 @@ bi-encoder's own order; a mention whose gold concept was not retrieved counts as
 from pathlib import Path
 
 import numpy as np
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from experiments.cross_encoder import model as cross
 from experiments.cross_encoder.config import CrossEncoderConfig
-from experiments.cross_encoder.mining import KINDS, read_candidates, read_pairs
+from experiments.cross_encoder.mining import KINDS, Pair, read_candidates, read_pairs
 from experiments.cross_encoder.prepare import read_mentions
 from experiments.cross_encoder.retrieval import device, read_names
 from experiments.cross_encoder.train import EXPORT_DIR
@@ -25,14 +27,16 @@ from medrepro.metrics import binary_metrics
 SCALERS = ("platt", "temperature")
 
 
-def _labels_logits(cfg: CrossEncoderConfig, model, tokenizer, split: str) -> tuple[list, np.ndarray, np.ndarray]:
+def _labels_logits(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                   split: str) -> tuple[list[Pair], np.ndarray, np.ndarray]:
     pairs = read_pairs(cfg.paths.mined, split)
     logits = cross.pair_logits(model, tokenizer, [(p.text, p.name) for p in pairs], cfg.eval.batch_size,
                                cfg.max_length)
     return pairs, np.array([p.label for p in pairs]), logits
 
 
-def linking(cfg: CrossEncoderConfig, model, tokenizer, scaler: Scaler) -> tuple[dict[str, float], np.ndarray]:
+def linking(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
+            scaler: Scaler) -> tuple[dict[str, float], np.ndarray]:
     """Accuracy at 1 and 5 of the bi-encoder order and of the re-ranked order over the linkable test
     mentions, and the pipeline figures on the re-ranked top candidate's calibrated probability.
     Returns the metrics and the per-mention hit@1 of the re-ranked order (for a bootstrap)."""
