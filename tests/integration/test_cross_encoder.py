@@ -184,3 +184,19 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(smoke):
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
     assert (killed / "model" / "config.json").is_file()
+
+
+def test_bench_reports_ratios_and_equal_scores(smoke, tmp_path):
+    from medrepro.cli import main
+
+    out = tmp_path / "bench.json"
+    cwd = Path.cwd()
+    try:
+        os.chdir(smoke)
+        assert main(["cross_encoder", "bench", "--out", str(out), "--pairs", "300", *OVERRIDES]) == 0
+    finally:
+        os.chdir(cwd)
+    result = json.loads(out.read_text())
+    assert result["pairs"] == 300 and result["score_max_abs_difference"] < 1e-5
+    for key in ("score_ratio", "search_ratio", "candidates_mentions_per_s", "mining_mentions_per_s"):
+        assert result[key] > 0, key
