@@ -1,8 +1,10 @@
 """Integration fixtures: a prepared synthetic ODIR workdir shared by the retclip pipeline tests."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,20 @@ def medrepro(args: list[str], cwd: Path, check: bool = True, launcher: list[str]
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
+
+
+def kill_when(args: list[str], cwd: Path, marker: Path, timeout_s: float = 300) -> None:
+    """Run `medrepro ARGS` in a fresh process and SIGKILL it as soon as `marker` exists (a checkpoint
+    file); fails if the process ends first or the file never appears."""
+    proc = subprocess.Popen([sys.executable, "-m", "medrepro", *args], cwd=cwd, env=process_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, f"no {marker.name} within {timeout_s:.0f} s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -4,10 +4,8 @@ fails loudly on bad input."""
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.integration.conftest import final_weights, medrepro, process_env
+from tests.integration.conftest import final_weights, kill_when, medrepro, process_env
 
 pytestmark = pytest.mark.integration
 
@@ -168,15 +166,8 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(smoke):
                  "train.log_every_steps=1", "train.early_stopping_patience=0"]
     reference, killed = smoke / "runs" / "reference", smoke / "runs" / "killed"
     medrepro(["cross_encoder", "train", "--out", str(reference), *overrides], smoke)
-    cmd = [sys.executable, "-m", "medrepro", "cross_encoder", "train", "--out", str(killed), *overrides]
-    proc = subprocess.Popen(cmd, cwd=smoke, env=process_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoints" / "step-00000008.pt").exists():
-        assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stderr.read().decode()}"
-        assert time.monotonic() < deadline, "no checkpoint at step 8 within 300 s"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(["cross_encoder", "train", "--out", str(killed), *overrides], smoke,
+              killed / "checkpoints" / "step-00000008.pt")
     assert not (killed / "final.pt").exists(), "the run finished before the kill; the test proves nothing"
     medrepro(["cross_encoder", "train", "--out", str(killed), "--resume", "latest", *overrides], smoke)
     expected, got = final_weights(reference), final_weights(killed)

@@ -1,15 +1,12 @@
 """The reproducibility bars: same seed → same bits; kill + resume → same bits; DDP ≈ one process."""
 
 import json
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from tests.integration.conftest import TRAIN_OVERRIDES, final_weights, medrepro, process_env
+from tests.integration.conftest import TRAIN_OVERRIDES, final_weights, kill_when, medrepro, process_env
 
 pytestmark = pytest.mark.integration
 
@@ -40,17 +37,8 @@ def test_killed_mid_epoch_then_resumed_is_bitwise_equal(retclip_workdir, referen
     5 steps per epoch and a checkpoint every 3 steps: steps 3, 6, 9, 12 are all inside an epoch.
     """
     run = retclip_workdir / "runs" / "killed"
-    cmd = [sys.executable, "-m", "medrepro", "retclip", "train", "--encoder", "pubmedbert", "--out", str(run),
-           *TRAIN_OVERRIDES, "train.save_every_steps=3"]
-    proc = subprocess.Popen(cmd, cwd=retclip_workdir, env=process_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not (run / "checkpoints" / "step-00000006.pt").exists():
-        assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stderr.read().decode()}"
-        assert time.monotonic() < deadline, "no checkpoint at step 6 within 300 s"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(["retclip", "train", "--encoder", "pubmedbert", "--out", str(run), *TRAIN_OVERRIDES,
+               "train.save_every_steps=3"], retclip_workdir, run / "checkpoints" / "step-00000006.pt")
     assert not (run / "final.pt").exists(), "the run finished before the kill; the test proves nothing"
 
     latest = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
