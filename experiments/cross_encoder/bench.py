@@ -4,12 +4,13 @@
     `CrossEncoder.predict` on the same exported model and the same pairs; the scores must agree.
 (b) mining: mentions/s of the FAISS search against exact search in torch (one matrix product and
     top-k over every name) on the same vectors at the same depth; then, in mentions/s, the candidate
-    lists (search and one concept per name group, `NameIndex.candidates`) and the whole mining path
-    (encode, search, draw negatives).
+    lists (search and one concept per name group, `NameIndex.candidates`) and the whole `mine`
+    command (encode, search, draw negatives, write the pairs).
 Each side is measured `repeats` times, alternating, and the best is kept, which damps the noise of a
 shared machine. The ratios are what to compare across machines, not the absolute rates.
 """
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -22,7 +23,7 @@ from sentence_transformers import CrossEncoder
 
 from experiments.cross_encoder import model as cross
 from experiments.cross_encoder.config import CrossEncoderConfig
-from experiments.cross_encoder.mining import TypePools, draw_negatives, hard_candidates, mine, read_pairs
+from experiments.cross_encoder.mining import mine, read_pairs
 from experiments.cross_encoder.prepare import prepare, read_concepts, read_mentions
 from experiments.cross_encoder.retrieval import BiEncoder, device, index_concepts, name_rows, read_index
 from medrepro import atomic, repro
@@ -65,7 +66,7 @@ def scoring_ratio(cfg: CrossEncoderConfig, workdir: Path, n_pairs: int, repeats:
     }
 
 
-def mining_ratio(cfg: CrossEncoderConfig, repeats: int) -> dict[str, float]:
+def mining_ratio(cfg: CrossEncoderConfig, workdir: Path, repeats: int) -> dict[str, float]:
     concepts = read_concepts(cfg.paths.prepared)
     mentions = read_mentions(cfg.paths.prepared)
     index = read_index(cfg.paths.index, concepts, cfg.index)
@@ -96,14 +97,10 @@ def mining_ratio(cfg: CrossEncoderConfig, repeats: int) -> dict[str, float]:
     faiss_s, torch_s = _best(time_faiss, repeats), _best(time_torch, repeats)
     candidates_s = _best(time_candidates, repeats)
 
-    position = {c.cui: i for i, c in enumerate(concepts)}
-    pools = TypePools(concepts)
+    # The real command, writing into the benchmark's directory rather than over the pipeline's outputs.
+    scratch = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, mined=str(workdir / "mined")))
     t0 = time.perf_counter()
-    cand, _, scores = index.candidates(encoder.encode([m.text for m in mentions]), k)
-    for i, m in enumerate(mentions):
-        if m.gold is not None:
-            draw_negatives(position[m.gold], hard_candidates(cand[i], scores[i], cfg.mining), pools, len(concepts),
-                           cfg.mining, np.random.default_rng([cfg.seed, i]))
+    mine(scratch)
     mining_s = time.perf_counter() - t0
     return {
         "mentions": len(mentions),
@@ -126,7 +123,7 @@ def run_benchmarks(cfg: CrossEncoderConfig, out: Path, n_pairs: int, repeats: in
     with tempfile.TemporaryDirectory(prefix="cross-encoder-bench-") as tmp:
         result = {
             **scoring_ratio(cfg, Path(tmp), n_pairs, repeats),
-            **mining_ratio(cfg, repeats),
+            **mining_ratio(cfg, Path(tmp), repeats),
             "goals": {"score_ratio": 1.0},
             "environment": {k: v for k, v in repro.environment().items() if k in ("packages", "cpu_count", "gpus")},
         }
