@@ -1,20 +1,27 @@
 """nox sessions: thin wrappers over the package's commands. Run them through ./dev, which puts the
-project's locked virtualenv first on PATH, so every session shares that one environment."""
+project's locked virtualenv first on PATH, so every session shares that one environment.
+
+The per-experiment sessions are parametrised over the suite's registry (experiments/*/experiment.py).
+"""
 
 from pathlib import Path
 
 import nox
 
+from medrepro.suite import registry
+
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "tests"]
-IMAGES = sorted(p.parent.name for p in Path("experiments").glob("*/Dockerfile"))
+EXPERIMENTS = registry.names()
+IMAGES = [name for name in EXPERIMENTS if registry.has_image(name)]
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over the whole tree, hadolint over every Dockerfile."""
+    """ruff over the whole tree, hadolint over every Dockerfile, dvc.yaml against the declarations."""
     session.run("ruff", "check", ".")
     session.run("hadolint", "images/base/Dockerfile", *(f"experiments/{name}/Dockerfile" for name in IMAGES))
+    session.run("medrepro", "pipeline", "--check")
 
 
 @nox.session
@@ -24,7 +31,7 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("exp", IMAGES)
+@nox.parametrize("exp", EXPERIMENTS)
 def smoke(session: nox.Session, exp: str) -> None:
     """An experiment's pipeline on synthetic data in smoke-out/<exp>/ (CPU, minutes)."""
     session.run("medrepro", exp, "smoke", "--out", f"smoke-out/{exp}", *session.posargs)
@@ -39,9 +46,19 @@ def repro(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("exp", IMAGES)
+def verify(session: nox.Session) -> None:
+    """The smoke pipeline from scratch in a copy of the work tree, compared bitwise with the committed
+    metrics; differences are printed as a table and fail the session."""
+    session.run("medrepro", "verify", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("exp", EXPERIMENTS)
 def bench(session: nox.Session, exp: str) -> None:
-    """Throughput ratios against same-process references, as JSON in bench/<exp>.json."""
+    """Throughput ratios against same-process references, as JSON in bench/<exp>.json. The experiment's
+    data stages run first (through DVC, so nothing is redone when the data is current)."""
+    last_data_stage = registry.get(exp).stages[-1].name.replace("-", "_")
+    session.run("dvc", "repro", f"{exp}_{last_data_stage}")
     session.run("medrepro", exp, "bench", "--out", f"bench/{exp}.json", *session.posargs)
 
 

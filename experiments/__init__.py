@@ -1,0 +1,1 @@
+"""The experiments of the suite, one package each (see README.md in this directory)."""

@@ -1,1 +1,1 @@
-"""cross_encoder: a cross-encoder re-ranker for UMLS entity linking on MedMentions."""
+"""cross_encoder: a SapBERT cross-encoder re-ranking UMLS concepts for MedMentions mentions."""

@@ -11,8 +11,6 @@ shared machine. The ratios are what to compare across machines, not the absolute
 """
 
 import dataclasses
-import json
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +22,12 @@ from sentence_transformers import CrossEncoder
 from experiments.cross_encoder import model as cross
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.mining import mine, read_pairs
-from experiments.cross_encoder.prepare import prepare, read_concepts, read_mentions
-from experiments.cross_encoder.retrieval import BiEncoder, device, index_concepts, name_rows, read_index
-from medrepro import atomic, repro
+from experiments.cross_encoder.prepare import read_concepts, read_mentions
+from experiments.cross_encoder.retrieval import BiEncoder, name_rows, read_index
+from medrepro import repro
 from medrepro.calibration import sigmoid
+from medrepro.device import default_device
+from medrepro.errors import DataError
 
 
 def _best(fn: Callable[[], float], repeats: int) -> float:
@@ -40,8 +40,8 @@ def scoring_ratio(cfg: CrossEncoderConfig, workdir: Path, n_pairs: int, repeats:
     model, tokenizer = cross.load(cfg.cross_encoder.path)
     exported = cross.export(model, tokenizer, workdir / "model", cfg.max_length)
     ours, tokenizer = cross.load(exported)
-    ours.to(device())
-    theirs = CrossEncoder(str(exported), device=str(device()), max_length=cfg.max_length)
+    ours.to(default_device())
+    theirs = CrossEncoder(str(exported), device=str(default_device()), max_length=cfg.max_length)
     batch = cfg.eval.batch_size
 
     def time_ours() -> float:
@@ -74,7 +74,7 @@ def mining_ratio(cfg: CrossEncoderConfig, workdir: Path, repeats: int) -> dict[s
     queries = encoder.encode([m.text for m in mentions])
     k = cfg.mining.candidates
     names, _ = name_rows(concepts)
-    vectors = torch.from_numpy(encoder.encode(names)).to(device())
+    vectors = torch.from_numpy(encoder.encode(names)).to(default_device())
     depth = min(len(names), k * 4)
 
     def time_faiss() -> float:
@@ -90,7 +90,7 @@ def mining_ratio(cfg: CrossEncoderConfig, workdir: Path, repeats: int) -> dict[s
     def time_torch() -> float:
         t0 = time.perf_counter()
         with torch.inference_mode():
-            top = (torch.from_numpy(queries).to(device()) @ vectors.T).topk(depth, dim=1).indices
+            top = (torch.from_numpy(queries).to(default_device()) @ vectors.T).topk(depth, dim=1).indices
             top.cpu()
         return time.perf_counter() - t0
 
@@ -115,18 +115,17 @@ def mining_ratio(cfg: CrossEncoderConfig, workdir: Path, repeats: int) -> dict[s
     }
 
 
-def run_benchmarks(cfg: CrossEncoderConfig, out: Path, n_pairs: int, repeats: int = 3) -> dict:
+def bench(cfg: CrossEncoderConfig, workdir: Path, n_pairs: int = 2000, repeats: int = 3) -> dict:
+    """Both ratios on the mined smoke data."""
     if not (Path(cfg.paths.mined) / "pairs_test.jsonl").is_file():
-        prepare(cfg)
-        index_concepts(cfg)
-        mine(cfg)
-    with tempfile.TemporaryDirectory(prefix="cross-encoder-bench-") as tmp:
-        result = {
-            **scoring_ratio(cfg, Path(tmp), n_pairs, repeats),
-            **mining_ratio(cfg, Path(tmp), repeats),
-            "goals": {"score_ratio": 1.0},
-            "environment": {k: v for k, v in repro.environment().items() if k in ("packages", "cpu_count", "gpus")},
-        }
-    atomic.write_json(out, result)
-    print(json.dumps({k: v for k, v in result.items() if k != "environment"}, indent=2))
-    return result
+        raise DataError(f"{cfg.paths.mined}/pairs_test.jsonl not found: the benchmark reads the mined data; run "
+                        "`medrepro cross_encoder prepare`, `index` and `mine` first")
+    scoring = scoring_ratio(cfg, workdir, n_pairs, repeats)
+    mining = mining_ratio(cfg, workdir, repeats)
+    rates = {**scoring, **mining}
+    return {
+        "setting": {k: rates.pop(k) for k in ("pairs", "mentions", "names", "index", "search_depth")},
+        "rates": {k: v for k, v in rates.items() if not k.endswith("_ratio")},
+        "ratios": {"score_ratio": scoring["score_ratio"], "search_ratio": mining["search_ratio"]},
+        "goals": {"score_ratio": 1.0},
+    }

@@ -3,8 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Literal
 
-from medrepro.tiny import EncoderConfig
-from medrepro.trainer import TrainConfig
+from medrepro.config_sections import EncoderConfig, RuntimeConfig, TrainConfig
 
 SAPBERT = "cambridgeltl/SapBERT-from-PubMedBERT-fulltext"
 
@@ -85,6 +84,7 @@ class EvalConfig:
 @dataclass
 class CrossEncoderConfig:
     seed: int = 0
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     # The bi-encoder that retrieves candidates ([CLS] pooling) and the cross-encoder's starting point.

@@ -17,14 +17,19 @@ from experiments.cross_encoder import model as cross
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.mining import KINDS, Pair, read_candidates, read_pairs
 from experiments.cross_encoder.prepare import read_mentions
-from experiments.cross_encoder.retrieval import device, read_names
+from experiments.cross_encoder.retrieval import read_names
 from experiments.cross_encoder.train import EXPORT_DIR
-from medrepro import atomic, bootstrap, plots
+from medrepro import atomic, bootstrap, checkpoint, plots
 from medrepro.calibration import Scaler, fit_scaler, sigmoid
-from medrepro.errors import DataError
+from medrepro.device import default_device
+from medrepro.errors import CheckpointError, DataError
 from medrepro.metrics import binary_metrics
+from medrepro.results import Evaluation
 
 SCALERS = ("platt", "temperature")
+# metrics.json: the headline under the suite's short names (intervals are in details.json).
+HEADLINE = {"f1": "f1", "auc": "roc_auc", "pr_auc": "pr_auc", "ece": "ece", "brier": "brier",
+            "acc1": "linking/acc_at_1", "bi_acc1": "linking/biencoder_acc_at_1"}
 
 
 def _labels_logits(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
@@ -77,9 +82,18 @@ def linking(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTrainedToke
     return result, cross_hits[:, 0].astype(float)
 
 
-def evaluate(cfg: CrossEncoderConfig, run: Path, out: Path) -> dict[str, float]:
-    model, tokenizer = cross.load(run / EXPORT_DIR)
-    model.to(device())
+def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which: str = "best") -> Evaluation:
+    """Evaluate the exported best checkpoint (`which="best"`) or a checkpoint file of the run."""
+    if which == "best":
+        model, tokenizer = cross.load(run / EXPORT_DIR)
+    else:
+        model, tokenizer = cross.load(cfg.cross_encoder.path)
+        try:
+            model.load_state_dict(checkpoint.load(which)["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{which} does not hold this cross-encoder's weights: "
+                                  f"{str(e).splitlines()[0][:200]}") from None
+    model.to(default_device())
     _, y_dev, z_dev = _labels_logits(cfg, model, tokenizer, "dev")
     test_pairs, y_test, z_test = _labels_logits(cfg, model, tokenizer, "test")
     scalers = {name: fit_scaler(name, z_dev, y_dev) for name in SCALERS}
@@ -126,9 +140,7 @@ def evaluate(cfg: CrossEncoderConfig, run: Path, out: Path) -> dict[str, float]:
         "linking": {**link, "rerank_top_k": cfg.eval.rerank_top_k, "calibration": cfg.eval.calibration,
                     "acc_at_1_ci": [acc1.low, acc1.high]},
     })
-    atomic.write_json(out / "info.json", {"data": cfg.data.source, "model": str(run / EXPORT_DIR),
-                                          "start": cfg.cross_encoder.path, "protocol": "mined test pairs; "
-                                          f"re-rank top {cfg.eval.rerank_top_k} candidates"})
-    # metrics.json last: its presence means the evaluation completed.
-    atomic.write_json(out / "metrics.json", metrics)
-    return metrics
+    info = {"data": cfg.data.source, "model": str(run / EXPORT_DIR) if which == "best" else str(which),
+            "start": cfg.cross_encoder.path,
+            "protocol": f"mined test pairs; re-rank top {cfg.eval.rerank_top_k} candidates"}
+    return Evaluation({short: metrics[name] for short, name in HEADLINE.items()}, metrics, info)

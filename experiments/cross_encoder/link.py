@@ -6,6 +6,7 @@ Each mention's candidates come from the bi-encoder index and are re-ranked by th
 `confidence` is the re-ranker's probability after the scaler fitted by `evaluate` on validation.
 """
 
+import argparse
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ from experiments.cross_encoder import model as cross
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.medmentions import read_pubtator, text_lines
 from experiments.cross_encoder.prepare import read_concepts
-from experiments.cross_encoder.retrieval import BiEncoder, device, read_index
+from experiments.cross_encoder.retrieval import BiEncoder, read_index
+from experiments.cross_encoder.train import EXPORT_DIR
 from medrepro import atomic
 from medrepro.calibration import Scaler
+from medrepro.device import default_device
 from medrepro.errors import DataError
 
 
@@ -68,6 +71,13 @@ def read_scaler(path: Path, method: str) -> Scaler:
     return Scaler(method, fitted[method]["a"], fitted[method]["b"])
 
 
+def link_command(cfg: CrossEncoderConfig, args: argparse.Namespace) -> int:
+    """`link`: the variant's exported model and calibration unless --model / --calibration are given."""
+    model = args.model or Path(cfg.paths.runs) / args.variant / EXPORT_DIR
+    calibration = args.calibration or Path(cfg.paths.results) / args.variant / "calibration.json"
+    return link(cfg, args.input, args.out, model, calibration, args.top)
+
+
 def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, calibration: Path, top: int) -> int:
     spans = read_spans(inputs)
     if not spans:
@@ -77,7 +87,7 @@ def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, cali
     encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
     scaler = read_scaler(calibration, cfg.eval.calibration)
     model, tokenizer = cross.load(model_dir)
-    model.to(device())
+    model.to(default_device())
 
     cand, rows, bi_scores = index.candidates(encoder.encode([s.text for s in spans]), cfg.eval.rerank_top_k)
     valid = cand >= 0

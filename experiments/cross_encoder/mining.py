@@ -17,6 +17,7 @@ are keyed by (seed, mention index), so a pair file does not depend on batch size
 which mentions are processed.
 """
 
+import argparse
 import json
 import time
 from collections import Counter
@@ -119,7 +120,7 @@ def best_names(encoder: BiEncoder, queries: np.ndarray, golds: np.ndarray, conce
     return out
 
 
-def mine(cfg: CrossEncoderConfig) -> dict:
+def mine(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> dict:
     """Write candidates.npz, pairs_{train,dev,test}.jsonl and mining.json (recall, sample mix)."""
     concepts = read_concepts(cfg.paths.prepared)
     mentions = read_mentions(cfg.paths.prepared)

@@ -9,6 +9,7 @@ prepared/
   models/          tiny local BERTs standing in for SapBERT (smoke profile only)
 """
 
+import argparse
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -61,7 +62,7 @@ def _sources(cfg: CrossEncoderConfig, out: Path) -> tuple[Path, Path, Path]:
     return _corpus_file(root), Path(cfg.data.split_dir or root), Path(cfg.data.umls_dir)
 
 
-def prepare(cfg: CrossEncoderConfig) -> Path:
+def prepare(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> Path:
     out = Path(cfg.paths.prepared)
     corpus, split_dir, umls_dir = _sources(cfg, out)
     pmids = medmentions.read_split_pmids(split_dir)

@@ -6,6 +6,7 @@ holds one vector per concept name; a mention's candidates are the concepts of it
 each concept once, scored by its best name.
 """
 
+import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from experiments.cross_encoder.config import CrossEncoderConfig, IndexConfig
 from experiments.cross_encoder.prepare import read_concepts
 from experiments.cross_encoder.umls import Concept
 from medrepro import atomic
+from medrepro.device import default_device
 from medrepro.errors import DataError
 
 INDEX_FILE = "names.faiss"
@@ -28,15 +30,11 @@ NAMES_FILE = "names.jsonl"
 META_FILE = "index.json"
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class BiEncoder:
     def __init__(self, path: str, max_length: int, batch_size: int) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         # SapBERT's pooler was never trained for its objective; [CLS] is read before it, so skip it.
-        self.model = AutoModel.from_pretrained(path, add_pooling_layer=False).to(device()).eval()
+        self.model = AutoModel.from_pretrained(path, add_pooling_layer=False).to(default_device()).eval()
         self.max_length = max_length
         self.batch_size = batch_size
 
@@ -187,7 +185,7 @@ def recall_at(gold: np.ndarray, candidates: np.ndarray, ks: tuple[int, ...]) -> 
     return {f"recall_at_{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks if k <= candidates.shape[1]}
 
 
-def index_concepts(cfg: CrossEncoderConfig) -> dict:
+def index_concepts(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> dict:
     """`index`: encode every concept name of prepared/concepts.jsonl into the FAISS index directory."""
     concepts = read_concepts(cfg.paths.prepared)
     encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)

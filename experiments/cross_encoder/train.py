@@ -18,7 +18,7 @@ from medrepro.trainer import FitResult, fit
 EXPORT_DIR = "model"
 
 
-def train(cfg: CrossEncoderConfig, out: Path, resume: str | None = None) -> FitResult:
+def train(cfg: CrossEncoderConfig, variant: str, out: Path, resume: str | None = None) -> FitResult:
     repro.seed_everything(cfg.seed, cfg.train.deterministic)  # before the classifier head is initialised
     model, tokenizer = cross.load(cfg.cross_encoder.path)
     train_pairs = read_pairs(cfg.paths.mined, "train")
@@ -36,7 +36,7 @@ def train(cfg: CrossEncoderConfig, out: Path, resume: str | None = None) -> FitR
 
     result = fit(model, cross.PairDataset(train_pairs), cfg.train, out, loss_fn=cross.loss_fn, seed=cfg.seed,
                  collate_fn=cross.collate(tokenizer, cfg.max_length), evaluate=evaluate, resume=resume,
-                 run_name="cross_encoder", run_config=cfg,
+                 run_name=f"cross_encoder-{variant}", run_config=cfg,
                  data=[Path(cfg.paths.mined) / f"pairs_{s}.jsonl" for s in ("train", "dev")])
     if PartialState().process_index != 0:
         return result

@@ -1,0 +1,1 @@
+"""retclip: RET-CLIP on ODIR-5K, three text encoders compared by zero-shot classification."""

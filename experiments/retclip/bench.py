@@ -10,9 +10,7 @@ noise of a shared machine. The ratios are what to compare across machines, not t
 
 import base64
 import io
-import json
 import math
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,10 +20,11 @@ from torch.utils.data import DataLoader
 
 from experiments.retclip.config import RetClipConfig
 from experiments.retclip.data import PairDataset, open_split
+from experiments.retclip.experiment import EXPERIMENT
 from experiments.retclip.model import RetClip, build_model
-from experiments.retclip.prepare import build, prepare
 from experiments.retclip.train import encoder_path
-from medrepro import atomic, optim, repro
+from medrepro import optim, repro
+from medrepro.errors import DataError
 from medrepro.sampling import StepBatchSampler
 from medrepro.trainer import Schedule, fit
 
@@ -54,12 +53,12 @@ def bare_loop(model: RetClip, train_set: PairDataset, cfg: RetClipConfig, schedu
     return time.perf_counter() - t0
 
 
-def training_ratio(cfg: RetClipConfig, encoder: str, workdir: Path, steps: int, repeats: int) -> dict[str, float]:
+def training_ratio(cfg: RetClipConfig, variant: str, workdir: Path, steps: int, repeats: int) -> dict[str, float]:
     lmdb = Path(cfg.paths.lmdb)
     tc = cfg.train
     tc.tracking.tensorboard = False
     tc.log_every_steps = steps
-    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, encoder), workdir / "open_clip")
+    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant), workdir / "open_clip")
     train_set = PairDataset(lmdb / "train", transform, tokenizer)
     schedule = Schedule.from_config(tc, len(train_set))
     tc.epochs = steps / schedule.steps_per_epoch
@@ -115,21 +114,18 @@ def data_ratio(lmdb_split: Path, workdir: Path, repeats: int) -> dict[str, float
     }
 
 
-def run_benchmarks(cfg: RetClipConfig, out: Path, steps: int, repeats: int = 3) -> dict[str, float]:
-    if not (Path(cfg.paths.lmdb) / "train").is_dir():
-        prepare(cfg)
-        build(cfg)
-    encoder = next(iter(cfg.encoders))
-    with tempfile.TemporaryDirectory(prefix="retclip-bench-") as tmp:
-        result = {
-            "encoder": encoder,
-            "steps": steps,
-            "batch_size": cfg.train.batch_size,
-            **training_ratio(cfg, encoder, Path(tmp), steps, repeats),
-            **data_ratio(Path(cfg.paths.lmdb) / "train", Path(tmp), repeats),
-            "goals": {"train_ratio": 0.95, "data_ratio": 1.0},
-            "environment": {k: v for k, v in repro.environment().items() if k in ("packages", "cpu_count", "gpus")},
-        }
-    atomic.write_json(out, result)
-    print(json.dumps({k: v for k, v in result.items() if k != "environment"}, indent=2))
-    return result
+def bench(cfg: RetClipConfig, workdir: Path, steps: int = 20, repeats: int = 3) -> dict:
+    """Both ratios on the prepared smoke data, with the first variant's encoder."""
+    lmdb = Path(cfg.paths.lmdb)
+    if not (lmdb / "train").is_dir():
+        raise DataError(f"{lmdb}/train not found: the benchmark reads the prepared data; run "
+                        "`medrepro retclip prepare` and `medrepro retclip build-lmdb` first")
+    variant = EXPERIMENT.variants[0]
+    train = training_ratio(cfg, variant, workdir, steps, repeats)
+    data = data_ratio(lmdb / "train", workdir, repeats)
+    return {
+        "setting": {"variant": variant, "steps": steps, "batch_size": cfg.train.batch_size, "repeats": repeats},
+        "rates": {k: v for k, v in {**train, **data}.items() if not k.endswith("_ratio")},
+        "ratios": {"train_ratio": train["train_ratio"], "data_ratio": data["data_ratio"]},
+        "goals": {"train_ratio": 0.95, "data_ratio": 1.0},
+    }

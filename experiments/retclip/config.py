@@ -4,8 +4,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from medrepro.tiny import EncoderConfig
-from medrepro.trainer import TrainConfig
+from medrepro.config_sections import EncoderConfig, RuntimeConfig, TrainConfig
 
 
 @dataclass
@@ -53,8 +52,10 @@ class EvalConfig:
 @dataclass
 class RetClipConfig:
     seed: int = 0
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    # One text encoder per variant (experiment.py lists the variants).
     encoders: dict[str, EncoderConfig] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

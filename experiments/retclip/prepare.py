@@ -1,5 +1,6 @@
 """`prepare` and `build-lmdb`: from the raw dataset (real or synthetic) to the LMDB tables."""
 
+import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -14,7 +15,7 @@ from medrepro.errors import ConfigError
 from medrepro.tiny import build_tiny_bert
 
 
-def prepare(cfg: RetClipConfig) -> Path:
+def prepare(cfg: RetClipConfig, args: argparse.Namespace | None = None) -> Path:
     """Read ODIR-5K (generating the synthetic twin first for `data.source: synthetic`) into patients.jsonl.
 
     In the synthetic profile, tiny text encoders are built here too, with vocabularies learned from the
@@ -56,9 +57,10 @@ def prepare(cfg: RetClipConfig) -> Path:
     return out
 
 
-def build(cfg: RetClipConfig, workers: int = 4) -> Path:
+def build(cfg: RetClipConfig, args: argparse.Namespace | None = None) -> Path:
     records = read_records(Path(cfg.paths.prepared) / "patients.jsonl")
     out = Path(cfg.paths.lmdb)
+    workers = args.workers if args is not None else 4
     counts = build_lmdb(records, out, cfg.data.lmdb_image_size, cfg.data.jpeg_quality, workers)
     print(f"wrote {out}: " + ", ".join(f"{s} {n} patients" for s, n in counts.items()))
     return out

@@ -12,16 +12,17 @@ from medrepro.errors import ConfigError
 from medrepro.trainer import FitResult, fit
 
 
-def encoder_path(cfg: RetClipConfig, encoder: str) -> str:
-    if encoder not in cfg.encoders:
-        raise ConfigError(f"unknown encoder {encoder!r}; the config defines {', '.join(sorted(cfg.encoders))}")
-    return cfg.encoders[encoder].path
+def encoder_path(cfg: RetClipConfig, variant: str) -> str:
+    """The text encoder of a variant: `encoders.<variant>.path`."""
+    if variant not in cfg.encoders:
+        raise ConfigError(f"the config has no encoders.{variant}; it defines {', '.join(sorted(cfg.encoders))}")
+    return cfg.encoders[variant].path
 
 
-def train(cfg: RetClipConfig, encoder: str, run_dir: Path, resume: str | None = None) -> FitResult:
+def train(cfg: RetClipConfig, variant: str, run_dir: Path, resume: str | None = None) -> FitResult:
     lmdb = Path(cfg.paths.lmdb)
     repro.seed_everything(cfg.seed, cfg.train.deterministic)  # before the towers are initialised
-    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, encoder), run_dir / "open_clip")
+    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant), run_dir / "open_clip")
     train_set = PairDataset(lmdb / "train", transform, tokenizer)
     prompts = load_prompts(Path(cfg.prompts) if cfg.prompts else None)
 
@@ -35,5 +36,5 @@ def train(cfg: RetClipConfig, encoder: str, run_dir: Path, resume: str | None = 
                 if k in summary}
 
     return fit(model, train_set, cfg.train, run_dir, loss_fn=loss_fn, seed=cfg.seed, evaluate=evaluate,
-               after_step=RetClip.clamp_logit_scales, resume=resume, run_name=f"retclip-{encoder}",
+               after_step=RetClip.clamp_logit_scales, resume=resume, run_name=f"retclip-{variant}",
                run_config=cfg, data=[lmdb / "train", lmdb / "valid"])

@@ -2,6 +2,6 @@
 
 import sys
 
-from medrepro.cli import main
+from medrepro.suite.cli import main
 
 sys.exit(main())

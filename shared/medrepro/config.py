@@ -99,9 +99,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def to_plain(cfg: Any) -> dict[str, Any]:
+    """The config as plain dicts and lists, as YAML writes it."""
+    return _plain(to_dict(cfg))
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config (after overrides and defaults) beside a run's outputs."""
-    atomic.write_text(path, yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
+    atomic.write_text(path, yaml.safe_dump(to_plain(cfg), sort_keys=False))
 
 
 def _plain(value: Any) -> Any:

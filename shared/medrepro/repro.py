@@ -1,5 +1,6 @@
 """Seeding, deterministic mode, and the manifest every run writes beside its outputs."""
 
+import datetime
 import hashlib
 import importlib.metadata
 import os
@@ -15,20 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrepro import atomic
+from medrepro import atomic, runtime
 from medrepro.errors import DataError
 
 _SHA256SUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 
-# Packages whose versions decide the numbers a run produces.
-MANIFEST_PACKAGES = (
-    "torch", "torchvision", "numpy", "transformers", "tokenizers", "open_clip_torch", "accelerate",
-    "scikit-learn", "lmdb", "webdataset", "faiss-cpu", "pillow", "medrepro",
-)
-
-
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch, and make torch pick deterministic kernels.
+
+    Thread counts and CPU kernel levels are set earlier, from the config's `runtime` section, by
+    `medrepro.runtime.pin` (they must be in place before torch loads); the manifest records them.
 
     DataLoaders get their own generators (see `medrepro.data`), so creating one never draws from
     the global stream that dropout uses; that is what lets a resumed run match an uninterrupted one.
@@ -89,26 +86,23 @@ def sha256_tree(path: str | Path) -> str:
 
 def environment() -> dict[str, Any]:
     """What produced a result: package versions, code version, hardware and container image."""
-    versions = {}
-    for name in MANIFEST_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    # Every installed distribution: scipy, torchmetrics or faiss change numbers as surely as torch.
+    versions = {dist.metadata["Name"]: dist.version for dist in importlib.metadata.distributions()}
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "runtime": runtime.state(),
         "cuda": torch.version.cuda if gpus else None,
         "gpus": gpus,
-        "packages": versions,
+        "packages": dict(sorted(versions.items(), key=lambda kv: kv[0].lower())),
         "git": _git_state(),
         "image": {key.lower(): os.environ[key] for key in ("MEDREPRO_IMAGE", "MEDREPRO_IMAGE_REVISION")
                   if key in os.environ},
         "argv": sys.argv,
+        "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -7,7 +7,6 @@ checkpoint does; only the name is a local directory instead of a hub id.
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,31 +14,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from medrepro import atomic
+from medrepro.config_sections import TinyBertConfig
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-@dataclass
-class TinyBertConfig:
-    hidden_size: int = 64
-    layers: int = 2
-    heads: int = 2
-    intermediate_size: int = 128
-    vocab_size: int = 512
-    max_position: int = 128
-    lowercase: bool = True
-    dropout: float = 0.1
-    seed: int = 0
-
-
-@dataclass
-class EncoderConfig:
-    """Where an experiment's pretrained encoder comes from."""
-
-    # A hub id (full profiles) or a local directory in `save_pretrained` layout.
-    path: str
-    # When set, the experiment's `prepare` builds a tiny BERT at `path` from its synthetic text (smoke profiles).
-    tiny: TinyBertConfig | None = None
 
 
 def wordpiece_vocab(corpus: Iterable[str], size: int, lowercase: bool) -> dict[str, int]:

@@ -7,20 +7,12 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
-@dataclass
-class TrackingConfig:
-    tensorboard: bool = True
-    mlflow: bool = False
-    # Empty means a local store inside the run directory, so nothing leaves the machine by default.
-    mlflow_tracking_uri: str = ""
-    mlflow_experiment: str = "medrepro"
+from medrepro.config_sections import TrackingConfig
 
 
 def format_duration(seconds: float) -> str:

@@ -21,9 +21,9 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -32,43 +32,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from medrepro import atomic, checkpoint, config, optim, repro
+from medrepro.config_sections import TrainConfig
 from medrepro.errors import CheckpointError
 from medrepro.sampling import StepBatchSampler, steps_per_epoch
-from medrepro.tracking import Progress, Tracker, TrackingConfig
-
-
-@dataclass
-class TrainConfig:
-    epochs: float = 1.0
-    # Global samples per optimizer step, summed over processes and accumulation micro-steps.
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_steps: int = 0
-    warmup_epochs: float = 0.0
-    min_lr_ratio: float = 0.0
-    clip_grad_norm: float = 0.0
-    precision: Literal["no", "fp16", "bf16"] = "no"
-    eval_every_epochs: float = 1.0
-    save_every_steps: int = 0
-    keep_last: int = 3
-    best_metric: str = "val/loss"
-    best_mode: Literal["min", "max"] = "min"
-    # Evaluations without improvement before stopping; 0 never stops early.
-    early_stopping_patience: int = 0
-    log_every_steps: int = 10
-    num_workers: int = 0
-    deterministic: bool = True
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    def __post_init__(self) -> None:
-        if self.warmup_steps and self.warmup_epochs:
-            raise ValueError("give warmup_steps or warmup_epochs, not both")
-        if self.epochs <= 0 or self.batch_size <= 0 or self.grad_accum <= 0:
-            raise ValueError("epochs, batch_size and grad_accum must be positive")
+from medrepro.tracking import Progress, Tracker
 
 
 @dataclass

@@ -1,16 +1,24 @@
-"""Integration fixtures: a prepared synthetic ODIR workdir shared by the retclip pipeline tests."""
+"""Integration fixtures.
+
+`reproduced`: `medrepro verify` once per test session: the whole smoke pipeline reproduced by `dvc repro`
+in a scratch copy of the work tree (traced, for the stage-dependency test). Every experiment's
+end-to-end checks read that one run; nothing runs the pipeline twice.
+`retclip_workdir`: a tiny prepared retclip dataset for the training reproducibility tests.
+"""
 
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+TRACE_HOOK = Path(__file__).with_name("trace")
 
 # Small enough for seconds per run, large enough that an epoch has several optimizer steps:
 # 120 patients → 84 train pairs → 5 steps of 16 per epoch.
@@ -20,9 +28,9 @@ TRAIN_OVERRIDES = ["train.epochs=3", "train.batch_size=16", "train.eval_every_ep
 
 
 def process_env(**extra: str) -> dict[str, str]:
-    """One thread count for every run: bitwise CPU equality holds only at a fixed thread count,
-    since the order of a parallel reduction depends on it. Hash seeds stay random, as for users."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+    """The caller's environment: the smoke configs pin threads and CPU kernels themselves (their
+    `runtime` section). Hash seeds stay random, as for users."""
+    return {**os.environ, **extra}
 
 
 def medrepro(args: list[str], cwd: Path, check: bool = True, launcher: list[str] | None = None,
@@ -65,19 +73,27 @@ def retclip_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference_run(retclip_workdir: Path) -> Path:
     """One uninterrupted single-process run; other tests must reproduce it bit for bit."""
     run = retclip_workdir / "runs" / "reference"
-    medrepro(["retclip", "train", "--encoder", "pubmedbert", "--out", str(run), *TRAIN_OVERRIDES], retclip_workdir)
+    medrepro(["retclip", "train", "--variant", "pubmedbert", "--out", str(run), *TRAIN_OVERRIDES], retclip_workdir)
     return run
 
 
-@pytest.fixture(scope="session")
-def host_smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`medrepro retclip smoke` for one encoder, in this process, as the image's default command runs it."""
-    from medrepro.cli import main
+@dataclass
+class Reproduced:
+    workdir: Path
+    verify: subprocess.CompletedProcess
+    trace_dir: Path
 
-    out = tmp_path_factory.mktemp("host-smoke")
-    cwd = Path.cwd()
-    try:
-        assert main(["retclip", "smoke", "--out", str(out), "--encoders", "pubmedbert"]) == 0
-    finally:
-        os.chdir(cwd)  # smoke works from inside --out
-    return out
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Reproduced:
+    """`medrepro verify` into a kept work directory, every medrepro process traced."""
+    root = tmp_path_factory.mktemp("verify")
+    workdir, trace_dir = root / "work", root / "trace"
+    trace_dir.mkdir()
+    env = process_env(PYTHONPATH=os.pathsep.join([str(TRACE_HOOK), os.environ.get("PYTHONPATH", "")]),
+                      MEDREPRO_TRACE_DIR=str(trace_dir),
+                      PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([sys.executable, "-m", "medrepro", "verify", "--workdir", str(workdir)], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+    assert (workdir / "dvc.lock").is_file(), f"verify did not get to run the pipeline:\n{proc.stderr[-4000:]}"
+    return Reproduced(workdir, proc, trace_dir)

@@ -1,9 +1,8 @@
-"""The cross_encoder pipeline on synthetic data: it learns, mines correctly, exports, links, and
-fails loudly on bad input."""
+"""The cross_encoder pipeline on synthetic data (the `reproduced` smoke run): it learns, mines
+correctly, exports, links, and fails loudly on bad input."""
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -17,22 +16,10 @@ from tests.integration.conftest import final_weights, kill_when, medrepro, proce
 
 pytestmark = pytest.mark.integration
 
-# Smaller than the smoke profile, still enough mentions for the learning check to be far from chance.
-OVERRIDES = ["data.synthetic_documents=200", "train.epochs=6", "train.tracking.tensorboard=false",
-             "eval.bootstrap=200"]
-
-
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medrepro.cli import main
-
-    out = tmp_path_factory.mktemp("cross-encoder-smoke")
-    cwd = Path.cwd()
-    try:
-        assert main(["cross_encoder", "smoke", "--out", str(out), *OVERRIDES]) == 0
-    finally:
-        os.chdir(cwd)  # smoke works from inside --out
-    return out
+def smoke(reproduced) -> Path:
+    """The work directory of the verified smoke pipeline."""
+    return reproduced.workdir
 
 
 def results(smoke: Path) -> Path:
@@ -40,7 +27,7 @@ def results(smoke: Path) -> Path:
 
 
 def test_smoke_learns_far_above_a_trivial_classifier(smoke):
-    m = json.loads((results(smoke) / "metrics.json").read_text())
+    m = json.loads((results(smoke) / "details.json").read_text())
     # Answering "match" for every pair gives F1 = 2p / (1 + p) at positive rate p (about 0.2 here).
     trivial = 2 * m["positive_rate"] / (1 + m["positive_rate"])
     assert m["f1_ci_low"] > 2 * trivial, m
@@ -86,7 +73,7 @@ def test_export_scores_the_same_in_transformers_and_sentence_transformers(smoke)
     from sentence_transformers import CrossEncoder
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model_dir = smoke / "runs" / "cross_encoder" / "model"
+    model_dir = smoke / "runs" / "cross_encoder" / "sapbert" / "model"
     pairs = [tuple(json.loads(line)[k] for k in ("text", "name")) for line in
              (smoke / "data" / "cross_encoder" / "mined" / "pairs_test.jsonl").read_text().splitlines()[:300]]
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
@@ -101,19 +88,11 @@ def test_export_scores_the_same_in_transformers_and_sentence_transformers(smoke)
 
 
 def test_link_ranks_candidates_with_calibrated_confidence(smoke, tmp_path):
-    from medrepro.cli import main
-
     corpus = smoke / "data" / "cross_encoder" / "prepared" / "synthetic" / "medmentions" / "corpus_pubtator.txt"
     first_doc = corpus.read_text().split("\n\n")[0] + "\n\n"
     (tmp_path / "doc.txt").write_text(first_doc)
     out = tmp_path / "linked.jsonl"
-    cwd = Path.cwd()
-    try:
-        os.chdir(smoke)
-        assert main(["cross_encoder", "link", "--input", str(tmp_path / "doc.txt"), "--out", str(out), "--top", "3",
-                     *OVERRIDES]) == 0
-    finally:
-        os.chdir(cwd)
+    medrepro(["cross_encoder", "link", "--input", str(tmp_path / "doc.txt"), "--out", str(out), "--top", "3"], smoke)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == len(first_doc.strip().splitlines()) - 2
     for line in lines:
@@ -123,7 +102,7 @@ def test_link_ranks_candidates_with_calibrated_confidence(smoke, tmp_path):
 
 
 def test_prepare_index_mine_are_identical_across_processes(tmp_path):
-    script = ("import sys; from medrepro.cli import main\n"
+    script = ("import sys; from medrepro.suite.cli import main\n"
               "args = ['data.synthetic_documents=40', 'data.synthetic_concepts=120']\n"
               "for command in ('prepare', 'index', 'mine'):\n"
               "    assert main(['cross_encoder', command, *args]) == 0\n")
@@ -140,30 +119,23 @@ def test_prepare_index_mine_are_identical_across_processes(tmp_path):
     assert digests[0] == digests[1]
 
 
-def test_missing_real_data_is_one_clear_line(tmp_path, capsys):
-    from medrepro.cli import main
-
-    cwd = Path.cwd()
-    try:
-        os.chdir(tmp_path)
-        assert main(["cross_encoder", "prepare", "data.source=medmentions"]) == 2
-        assert "data.medmentions_dir is empty" in capsys.readouterr().err
-        assert main(["cross_encoder", "prepare", "data.source=medmentions", f"data.medmentions_dir={tmp_path}",
-                     f"data.umls_dir={tmp_path}"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.count("\n") == 0 and "corpus_pubtator.txt" in err
-        assert main(["cross_encoder", "mine"]) == 2
-        assert "run `medrepro cross_encoder prepare` first" in capsys.readouterr().err
-    finally:
-        os.chdir(cwd)
+def test_missing_real_data_is_one_clear_line(tmp_path):
+    proc = medrepro(["cross_encoder", "prepare", "data.source=medmentions"], tmp_path, check=False)
+    assert proc.returncode == 2 and "data.medmentions_dir is empty" in proc.stderr
+    proc = medrepro(["cross_encoder", "prepare", "data.source=medmentions", f"data.medmentions_dir={tmp_path}",
+                     f"data.umls_dir={tmp_path}"], tmp_path, check=False)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.count("\n") == 0 and "corpus_pubtator.txt" in err
+    proc = medrepro(["cross_encoder", "mine"], tmp_path, check=False)
+    assert proc.returncode == 2 and "run `medrepro cross_encoder prepare` first" in proc.stderr
     assert not (tmp_path / "data").exists()
 
 
 def test_killed_training_resumes_to_the_uninterrupted_weights(smoke):
-    """SIGKILL after a checkpoint at step 8 of 18 (mid-epoch), then `--resume latest`: bitwise-equal
-    final weights, so the pair order, tokenisation and RNG streams continue exactly."""
-    overrides = [*OVERRIDES, "train.epochs=0.05", "train.eval_every_epochs=0.025", "train.save_every_steps=4",
-                 "train.log_every_steps=1", "train.early_stopping_patience=0"]
+    """SIGKILL after a mid-epoch checkpoint at step 8, then `--resume latest`: bitwise-equal final
+    weights, so the pair order, tokenisation and RNG streams continue exactly."""
+    overrides = ["train.epochs=0.03", "train.eval_every_epochs=0.015", "train.save_every_steps=4",
+                 "train.log_every_steps=1", "train.early_stopping_patience=0", "train.tracking.tensorboard=false"]
     reference, killed = smoke / "runs" / "reference", smoke / "runs" / "killed"
     medrepro(["cross_encoder", "train", "--out", str(reference), *overrides], smoke)
     kill_when(["cross_encoder", "train", "--out", str(killed), *overrides], smoke,
@@ -178,16 +150,9 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(smoke):
 
 
 def test_bench_reports_ratios_and_equal_scores(smoke, tmp_path):
-    from medrepro.cli import main
-
     out = tmp_path / "bench.json"
-    cwd = Path.cwd()
-    try:
-        os.chdir(smoke)
-        assert main(["cross_encoder", "bench", "--out", str(out), "--pairs", "300", *OVERRIDES]) == 0
-    finally:
-        os.chdir(cwd)
+    medrepro(["cross_encoder", "bench", "--out", str(out)], smoke)
     result = json.loads(out.read_text())
-    assert result["pairs"] == 300 and result["score_max_abs_difference"] < 1e-5
-    for key in ("score_ratio", "search_ratio", "candidates_mentions_per_s", "mining_mentions_per_s"):
-        assert result[key] > 0, key
+    assert result["setting"]["pairs"] > 0 and result["rates"]["score_max_abs_difference"] < 1e-5
+    assert result["ratios"]["score_ratio"] > 0 and result["ratios"]["search_ratio"] > 0
+    assert result["rates"]["candidates_mentions_per_s"] > 0 and result["rates"]["mining_mentions_per_s"] > 0

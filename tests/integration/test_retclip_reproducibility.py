@@ -19,15 +19,15 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 def test_same_seed_two_processes_bitwise_equal(retclip_workdir, reference_run):
     again = retclip_workdir / "runs" / "again"
-    medrepro(["retclip", "train", "--encoder", "pubmedbert", "--out", str(again), *TRAIN_OVERRIDES], retclip_workdir)
+    medrepro(["retclip", "train", "--variant", "pubmedbert", "--out", str(again), *TRAIN_OVERRIDES], retclip_workdir)
     assert_bitwise_equal(final_weights(reference_run), final_weights(again))
 
     results = []
     for run in (reference_run, again):
         out = retclip_workdir / "results" / run.name
-        medrepro(["retclip", "evaluate", "--encoder", "pubmedbert", "--run", str(run), "--out", str(out),
+        medrepro(["retclip", "evaluate", "--variant", "pubmedbert", "--run", str(run), "--out", str(out),
                   "eval.bootstrap=50"], retclip_workdir)
-        results.append(json.loads((out / "metrics.json").read_text()))
+        results.append(json.loads((out / "details.json").read_text()))
     assert results[0] == results[1]
 
 
@@ -37,7 +37,7 @@ def test_killed_mid_epoch_then_resumed_is_bitwise_equal(retclip_workdir, referen
     5 steps per epoch and a checkpoint every 3 steps: steps 3, 6, 9, 12 are all inside an epoch.
     """
     run = retclip_workdir / "runs" / "killed"
-    kill_when(["retclip", "train", "--encoder", "pubmedbert", "--out", str(run), *TRAIN_OVERRIDES,
+    kill_when(["retclip", "train", "--variant", "pubmedbert", "--out", str(run), *TRAIN_OVERRIDES,
                "train.save_every_steps=3"], retclip_workdir, run / "checkpoints" / "step-00000006.pt")
     assert not (run / "final.pt").exists(), "the run finished before the kill; the test proves nothing"
 
@@ -45,13 +45,13 @@ def test_killed_mid_epoch_then_resumed_is_bitwise_equal(retclip_workdir, referen
     state = torch.load(latest, weights_only=True)["train_state"]
     assert state["step_in_epoch"] != 0, "the checkpoint resumed from must be mid-epoch"
 
-    medrepro(["retclip", "train", "--encoder", "pubmedbert", "--out", str(run), "--resume", "latest",
+    medrepro(["retclip", "train", "--variant", "pubmedbert", "--out", str(run), "--resume", "latest",
               *TRAIN_OVERRIDES, "train.save_every_steps=3"], retclip_workdir)
     assert_bitwise_equal(final_weights(reference_run), final_weights(run))
 
 
 def test_restarting_without_resume_refuses_to_overwrite(retclip_workdir, reference_run):
-    proc = medrepro(["retclip", "train", "--encoder", "pubmedbert", "--out", str(reference_run), *TRAIN_OVERRIDES],
+    proc = medrepro(["retclip", "train", "--variant", "pubmedbert", "--out", str(reference_run), *TRAIN_OVERRIDES],
                     retclip_workdir, check=False)
     assert proc.returncode == 2
     assert "already holds checkpoints" in proc.stderr and "--resume latest" in proc.stderr
@@ -67,9 +67,9 @@ def test_two_process_ddp_matches_one_process(retclip_workdir):
     overrides = [*TRAIN_OVERRIDES, "train.epochs=2", "train.log_every_steps=1"]
     single = retclip_workdir / "runs" / "ddp-1"
     double = retclip_workdir / "runs" / "ddp-2"
-    medrepro(["retclip", "train", "--encoder", "biobert", "--out", str(single), *overrides], retclip_workdir)
+    medrepro(["retclip", "train", "--variant", "biobert", "--out", str(single), *overrides], retclip_workdir)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
-    medrepro(["retclip", "train", "--encoder", "biobert", "--out", str(double), *overrides], retclip_workdir,
+    medrepro(["retclip", "train", "--variant", "biobert", "--out", str(double), *overrides], retclip_workdir,
              launcher=torchrun)
 
     manifest = json.loads((double / "manifest.json").read_text())

@@ -1,9 +1,10 @@
 """The command line turns bad input into one line on stderr and exit status 2, with no partial output."""
 
 import pytest
+import yaml
 
 from experiments.retclip.synthetic import write_synthetic_odir
-from medrepro.cli import main
+from medrepro.suite.cli import main
 
 
 def run(argv, capsys):
@@ -50,10 +51,20 @@ def test_build_lmdb_before_prepare(capsys, tmp_path, monkeypatch):
     assert code == 2 and "patients.jsonl" in err and "prepare" in err
 
 
-def test_unknown_encoder(capsys, tmp_path, monkeypatch):
+def test_unknown_variant_lists_the_choices(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, err = run(["retclip", "train", "--encoder", "gpt"], capsys)
-    assert code == 2 and "gpt" in err and "pubmedbert" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["retclip", "train", "--variant", "gpt"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "gpt" in err and "pubmedbert" in err
+
+
+def test_config_command_prints_the_resolved_config_and_runs_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["cross_encoder", "config", "train.lr=0.5"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["lr"] == 0.5 and printed["runtime"] == {"threads": 1, "cpu_kernels": "avx2"}
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_experiment_and_help(capsys):
@@ -65,5 +76,5 @@ def test_unknown_experiment_and_help(capsys):
         main(["retclip", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("prepare", "build-lmdb", "train", "evaluate", "smoke", "bench"):
+    for command in ("prepare", "build-lmdb", "train", "evaluate", "smoke", "bench", "config"):
         assert command in out

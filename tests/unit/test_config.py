@@ -9,8 +9,8 @@ import yaml
 
 from experiments.retclip.config import EncoderConfig, RetClipConfig
 from medrepro.config import load_config, save_config
+from medrepro.config_sections import TinyBertConfig
 from medrepro.errors import ConfigError
-from medrepro.tiny import TinyBertConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "retclip" / "configs"
 

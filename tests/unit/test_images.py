@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from medrepro import images
+from medrepro.suite import images
 
 
 @pytest.fixture(autouse=True)
@@ -30,12 +30,12 @@ def test_experiment_build_builds_on_the_same_version_of_base():
 
 
 def test_run_without_gpu_has_no_gpu_flags(tmp_path):
-    cmd = images.run_command("medrepro/retclip:0.1.0", ["train", "--encoder", "x"], out_dir=tmp_path,
+    cmd = images.run_command("medrepro/retclip:0.1.0", ["train", "--variant", "x"], out_dir=tmp_path,
                              user=(1234, 5678))
     assert "--gpus" not in cmd and "--shm-size" not in cmd
     assert cmd[cmd.index("--user") + 1] == "1234:5678"
     assert f"{tmp_path.resolve()}:/out" in cmd
-    assert cmd[-4:] == ["medrepro/retclip:0.1.0", "train", "--encoder", "x"], "arguments follow the image"
+    assert cmd[-4:] == ["medrepro/retclip:0.1.0", "train", "--variant", "x"], "arguments follow the image"
 
 
 def test_run_with_gpu_adds_gpus_and_large_shm(tmp_path):
@@ -82,5 +82,5 @@ def test_exec_passes_everything_after_the_experiment_through(monkeypatch):
     seen = {}
     monkeypatch.setattr(images, "exec_in", lambda name, runner, args: seen.update(name=name, runner=runner,
                                                                                    args=args) or 0)
-    assert images.main(["exec", "--runner", "docker", "retclip", "train", "--encoder", "x", "train.lr=1"]) == 0
-    assert seen == {"name": "retclip", "runner": "docker", "args": ["train", "--encoder", "x", "train.lr=1"]}
+    assert images.main(["exec", "--runner", "docker", "retclip", "train", "--variant", "x", "train.lr=1"]) == 0
+    assert seen == {"name": "retclip", "runner": "docker", "args": ["train", "--variant", "x", "train.lr=1"]}

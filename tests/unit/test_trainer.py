@@ -8,7 +8,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from medrepro import checkpoint
-from medrepro.trainer import TrainConfig, fit
+from medrepro.config_sections import TrainConfig
+from medrepro.trainer import fit
 
 
 def data(n: int = 64) -> TensorDataset:

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medrepro import __version__, atomic
-from medrepro import cli as medrepro_cli
 from medrepro.errors import MedreproError
+from medrepro.suite import registry
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = registry.repo_root()
 PUBLIC_OS_BASE = "python:3.11-slim-bookworm"
 LOCAL_OS_BASE = "medrepro/debian:bookworm"
 BASE = "medrepro/base"
@@ -42,8 +42,8 @@ def docker() -> list[str]:
     return [os.environ.get("MEDREPRO_DOCKER", "docker")]
 
 
-def experiments_with_images(repo: Path = REPO) -> list[str]:
-    return sorted(p.parent.name for p in (repo / "experiments").glob("*/Dockerfile"))
+def experiments_with_images() -> list[str]:
+    return [name for name in registry.names() if registry.has_image(name)]
 
 
 def tag(name: str, version: str = __version__) -> str:
@@ -174,7 +174,9 @@ def smoke(name: str, out_dir: Path) -> Path:
 def exec_in(name: str, runner: str, args: Sequence[str]) -> int:
     """Run `medrepro NAME ARGS` on the host, or in NAME's image with the current directory at /work."""
     if runner == "host":
-        return medrepro_cli.main([name, *args])
+        from medrepro.suite.commands import run
+
+        return run(registry.get(name), args)
     cwd = Path.cwd()
     return _run(run_command(tag(name), args, workdir=cwd, gpus=gpu_runtime_available(), user=owner(cwd)),
                 check=False)

@@ -1,0 +1,48 @@
+"""cross_encoder in the suite: its commands and pipeline (see experiments/README.md)."""
+
+import argparse
+from pathlib import Path
+
+from medrepro.suite.spec import Command, Experiment, Stage
+
+VARIANTS = ("sapbert",)
+
+
+def _link_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", type=Path, required=True,
+                        help='PubTator file, or JSON lines {"id", "text", "spans": [[start, end]]}')
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines, one mention a line")
+    parser.add_argument("--variant", choices=VARIANTS, default=VARIANTS[0],
+                        help="whose exported model and calibration to use (default: %(default)s)")
+    parser.add_argument("--model", type=Path, help="exported cross-encoder (default: <paths.runs>/<variant>/model)")
+    parser.add_argument("--calibration", type=Path,
+                        help="calibration.json from evaluate (default: <paths.results>/<variant>/calibration.json)")
+    parser.add_argument("--top", type=int, default=5, help="candidates per mention in the output")
+
+
+EXPERIMENT = Experiment(
+    name="cross_encoder",
+    summary="A SapBERT cross-encoder re-ranking UMLS concepts for MedMentions mentions",
+    config="experiments.cross_encoder.config:CrossEncoderConfig",
+    # The cross-encoder's starting point: SapBERT in the full profile, its tiny stand-in in smoke.
+    variants=VARIANTS,
+    stages=(
+        Stage("prepare", "MedMentions + UMLS (or synthetic twins) → concepts and mentions",
+              "experiments.cross_encoder.prepare:prepare", outs=("paths.prepared",)),
+        Stage("index", "encode every concept name with the bi-encoder into a FAISS index",
+              "experiments.cross_encoder.retrieval:index_concepts", outs=("paths.index",),
+              deps=("paths.prepared",)),
+        Stage("mine", "candidates per mention, recall@k, and training pairs with hard negatives",
+              "experiments.cross_encoder.mining:mine", outs=("paths.mined",),
+              deps=("paths.prepared", "paths.index")),
+    ),
+    train="experiments.cross_encoder.train:train",
+    evaluate="experiments.cross_encoder.evaluate:evaluate",
+    bench="experiments.cross_encoder.bench:bench",
+    val_metric="f1",
+    evaluate_outs=("calibration.json", "evaluation_results.json"),
+    commands=(
+        Command("link", "PubTator or JSON-lines spans → ranked CUIs with calibrated confidence",
+                "experiments.cross_encoder.link:link_command", arguments=_link_arguments),
+    ),
+)

@@ -1,0 +1,94 @@
+"""Config sections every experiment shares: training, tracking, runtime and pretrained encoders.
+
+Plain dataclasses with no heavy imports, so that a command loads and checks its config in a fraction
+of a second, before torch is imported (and before the runtime settings below must be in force).
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class TrackingConfig:
+    tensorboard: bool = True
+    mlflow: bool = False
+    # Empty means a local store inside the run directory, so nothing leaves the machine by default.
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "medrepro"
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    # Global samples per optimizer step, summed over processes and accumulation micro-steps.
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    clip_grad_norm: float = 0.0
+    precision: Literal["no", "fp16", "bf16"] = "no"
+    eval_every_epochs: float = 1.0
+    save_every_steps: int = 0
+    keep_last: int = 3
+    best_metric: str = "val/loss"
+    best_mode: Literal["min", "max"] = "min"
+    # Evaluations without improvement before stopping; 0 never stops early.
+    early_stopping_patience: int = 0
+    log_every_steps: int = 10
+    num_workers: int = 0
+    deterministic: bool = True
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps and self.warmup_epochs:
+            raise ValueError("give warmup_steps or warmup_epochs, not both")
+        if self.epochs <= 0 or self.batch_size <= 0 or self.grad_accum <= 0:
+            raise ValueError("epochs, batch_size and grad_accum must be positive")
+
+
+@dataclass
+class RuntimeConfig:
+    """How the process computes, set before torch loads (see `medrepro.runtime`).
+
+    A profile whose numbers are committed fixes both: the thread count decides the order of parallel
+    sums, and the CPU kernel level decides the vector width of every reduction, so either one left
+    free changes the last bits of a result from one machine to the next.
+    """
+
+    # Intra-op CPU threads for torch, OpenMP and MKL; 0 keeps their default (one per core).
+    threads: int = 0
+    # The instruction set of torch's and MKL's CPU kernels: "avx2" gives the same bits on every x86-64
+    # machine since 2013, AVX-512 or not; "" lets each machine use its best (faster, not portable).
+    cpu_kernels: Literal["", "avx2"] = ""
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"runtime.threads must be 0 (the default) or positive, got {self.threads}")
+
+
+@dataclass
+class TinyBertConfig:
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 2
+    intermediate_size: int = 128
+    vocab_size: int = 512
+    max_position: int = 128
+    lowercase: bool = True
+    dropout: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class EncoderConfig:
+    """Where an experiment's pretrained encoder comes from."""
+
+    # A hub id (full profiles) or a local directory in `save_pretrained` layout.
+    path: str
+    # When set, the experiment's `prepare` builds a tiny BERT at `path` from its synthetic text (smoke profiles).
+    tiny: TinyBertConfig | None = None

@@ -1,0 +1,127 @@
+"""The command line of one experiment, built from its declaration (see `medrepro.suite.cli`)."""
+
+import argparse
+import copy
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from medrepro import atomic, config, runtime
+from medrepro.suite import registry
+from medrepro.suite.spec import Command, Experiment, resolve
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--profile", default="smoke", choices=("smoke", "full"),
+                       help="configs/<profile>.yaml of the experiment (default: smoke)")
+    group.add_argument("--config", type=Path, help="a config file instead of a profile")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def _add_variant(parser: argparse.ArgumentParser, experiment: Experiment) -> None:
+    only = experiment.variants[0] if len(experiment.variants) == 1 else None
+    parser.add_argument("--variant", choices=experiment.variants, required=only is None, default=only,
+                        help="which variant" + (f" (default: {only})" if only else ""))
+
+
+def _add_command(commands: argparse._SubParsersAction, command: Command) -> None:
+    p = commands.add_parser(command.name, help=command.help)
+    if command.arguments is not None:
+        command.arguments(p)
+    add_config_args(p)
+
+
+def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
+    name = experiment.name
+    parser = argparse.ArgumentParser(prog=f"medrepro {name}", description=experiment.summary)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for stage in experiment.stages:
+        _add_command(commands, stage)
+
+    p = commands.add_parser("train", help=f"train one variant into <paths.runs>/<variant> (runs/{name}/...)")
+    _add_variant(p, experiment)
+    p.add_argument("--out", type=Path, help="run directory (default: <paths.runs>/<variant>)")
+    p.add_argument("--resume", help="`latest` or a checkpoint path")
+    add_config_args(p)
+
+    p = commands.add_parser("evaluate", help=f"test metrics, intervals and plots into results/{name}/<variant>")
+    _add_variant(p, experiment)
+    p.add_argument("--run", type=Path, help="run directory (default: <paths.runs>/<variant>)")
+    p.add_argument("--out", type=Path, help="results directory (default: <paths.results>/<variant>)")
+    p.add_argument("--checkpoint", default="best", help="`best` or a checkpoint path")
+    add_config_args(p)
+
+    for command in experiment.commands:
+        _add_command(commands, command)
+
+    p = commands.add_parser("smoke", help="the whole pipeline on synthetic data in --out (CPU, minutes)")
+    p.add_argument("--out", type=Path, default=Path("smoke-out") / name, help="directory for every output")
+    p.add_argument("--variants", help=f"comma-separated subset of {','.join(experiment.variants)}")
+    add_config_args(p)
+
+    p = commands.add_parser("bench", help="throughput ratios against same-process references, as JSON")
+    p.add_argument("--out", type=Path, default=Path("bench") / f"{name}.json")
+    add_config_args(p)
+
+    p = commands.add_parser("config", help="print the resolved config (profile, file and overrides); run nothing")
+    add_config_args(p)
+    return parser
+
+
+def run(experiment: Experiment, argv: Sequence[str]) -> int:
+    args = build_parser(experiment).parse_args(argv)
+    path = args.config or registry.experiments_dir() / experiment.name / "configs" / f"{args.profile}.yaml"
+    cfg = config.load_config(experiment.config_class(), path, args.overrides)
+    runtime.pin(cfg.runtime)
+
+    if args.command == "config":
+        print(yaml.safe_dump(config.to_plain(cfg), sort_keys=False), end="")
+    elif args.command == "smoke":
+        from medrepro.suite import smoke
+
+        variants = args.variants.split(",") if args.variants else list(experiment.variants)
+        smoke.run(experiment, args.out, variants, args)
+    elif args.command == "train":
+        run_dir = args.out or Path(cfg.paths.runs) / args.variant
+        resolve(experiment.train)(cfg, args.variant, run_dir, args.resume)
+    elif args.command == "evaluate":
+        _evaluate(experiment, cfg, args)
+    elif args.command == "bench":
+        _bench(experiment, cfg, args.out)
+    else:
+        command = next(c for c in (*experiment.stages, *experiment.commands) if c.name == args.command)
+        resolve(command.run)(cfg, args)
+    return 0
+
+
+def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> None:
+    from medrepro import results
+
+    run_dir = args.run or Path(cfg.paths.runs) / args.variant
+    out = args.out or Path(cfg.paths.results) / args.variant
+    evaluation = resolve(experiment.evaluate)(cfg, args.variant, run_dir, out, args.checkpoint)
+    results.write_evaluation(out, evaluation, run_dir)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluation.headline.items())
+    print(f"{experiment.name} {args.variant}: {shown}\nresults in {out}/ (metrics.json, details.json, plots/)")
+
+
+def _bench(experiment: Experiment, cfg: object, out: Path) -> None:
+    import json
+
+    from medrepro import repro
+
+    with tempfile.TemporaryDirectory(prefix=f"{experiment.name}-bench-") as tmp:
+        # A copy: a benchmark may shorten training or redirect outputs without touching the caller's config.
+        result = resolve(experiment.bench)(copy.deepcopy(cfg), Path(tmp))
+    # One shape for every experiment: what was measured, the rates, and the ratios with their goals.
+    if set(result) != {"setting", "rates", "ratios", "goals"} or not set(result["goals"]) <= set(result["ratios"]):
+        raise ValueError(f"{experiment.bench} must return setting, rates, ratios and goals (a subset of ratios); "
+                         f"got {sorted(result)}")
+    env = repro.environment()
+    result["environment"] = {k: env[k] for k in ("packages", "cpu_count", "gpus", "runtime")}
+    atomic.write_json(out, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "environment"}, indent=2))
+    print(f"wrote {out}")

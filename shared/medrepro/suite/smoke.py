@@ -1,0 +1,53 @@
+"""`medrepro <experiment> smoke`: the experiment's DVC stages, run in order into one directory.
+
+Each stage runs as its own `python -m medrepro ...` process with the output directory as its working
+directory, exactly as DVC runs it from the repository root: the same commands, the same relative
+paths, and no change to this process's working directory.
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from medrepro.errors import MedreproError
+from medrepro.suite.pipeline import pipeline_commands
+from medrepro.suite.spec import Experiment
+
+
+def run(experiment: Experiment, out: Path, variants: list[str], args: argparse.Namespace) -> None:
+    unknown = sorted(set(variants) - set(experiment.variants))
+    if unknown:
+        raise MedreproError(f"--variants: {experiment.name} has no variant {unknown[0]!r} "
+                            f"(it has {', '.join(experiment.variants)})")
+    config_args = ["--config", str(args.config.resolve())] if args.config else ["--profile", args.profile]
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for argv in pipeline_commands(experiment, variants):
+        if argv[0] == "train" and _has_checkpoints(out, experiment, argv, config_args, args.overrides):
+            argv = [*argv, "--resume", "latest"]  # an interrupted smoke run continues where it stopped
+        command = [experiment.name, *argv, *config_args, *args.overrides]
+        _medrepro(command, out)
+    _medrepro(["report", "--results", "results", "--experiments", experiment.name], out)
+    print(f"smoke: finished in {time.perf_counter() - t0:.0f}s; results in {out.resolve() / 'results'}",
+          file=sys.stderr)
+
+
+def _medrepro(command: list[str], cwd: Path) -> None:
+    print(f"smoke: medrepro {' '.join(command)}", file=sys.stderr, flush=True)
+    code = subprocess.run([sys.executable, "-m", "medrepro", *command], cwd=cwd).returncode
+    if code != 0:
+        raise MedreproError(f"`medrepro {' '.join(command)}` failed with exit status {code} (in {cwd})")
+
+
+def _has_checkpoints(out: Path, experiment: Experiment, train_argv: list[str], config_args: list[str],
+                     overrides: list[str]) -> bool:
+    from medrepro import checkpoint, config
+    from medrepro.suite import registry
+
+    path = Path(config_args[1]) if config_args[0] == "--config" else (
+        registry.experiments_dir() / experiment.name / "configs" / f"{config_args[1]}.yaml")
+    cfg = config.load_config(experiment.config_class(), path, overrides)
+    variant = train_argv[train_argv.index("--variant") + 1]
+    return bool(checkpoint.step_checkpoints(out / cfg.paths.runs / variant / "checkpoints"))

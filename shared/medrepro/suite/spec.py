@@ -1,0 +1,72 @@
+"""What an experiment declares in `experiments/<name>/experiment.py`: its commands and pipeline.
+
+Everything else is derived from this declaration: the `medrepro <name> ...` command line, the DVC
+stages, the smoke run, the nox sessions, the image list and the results table. Functions are named
+as "module:function" strings so that reading a declaration imports nothing heavy.
+"""
+
+import argparse
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def resolve(target: str) -> Any:
+    """"package.module:attribute" → the attribute."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command of the experiment's command line, called as `function(cfg, args)`."""
+
+    name: str
+    help: str
+    run: str
+    # Adds the command's own options to its argparse parser.
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+@dataclass(frozen=True)
+class Stage(Command):
+    """A data stage of the pipeline: runs once per profile, before training, and writes `outs`.
+
+    `outs` and `deps` name config keys (e.g. "paths.lmdb") whose default values are the paths, so
+    the paths are written once, in the config.
+    """
+
+    outs: tuple[str, ...] = ()
+    deps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment of the suite.
+
+    Conventions every experiment follows (see experiments/README.md):
+      train(cfg, variant, run_dir, resume)             → a run in runs/<name>/<variant>/
+      evaluate(cfg, variant, run_dir, out_dir, which)  → an `Evaluation` for results/<name>/<variant>/
+      bench(cfg, workdir)                              → a `Benchmark`
+    The config class has `seed`, `runtime`, `paths.runs` and `paths.results`.
+    """
+
+    name: str
+    summary: str
+    config: str
+    variants: tuple[str, ...]
+    # Data stages in pipeline order; the first is `prepare`.
+    stages: tuple[Stage, ...]
+    train: str
+    evaluate: str
+    bench: str
+    # The validation metric charted across commits (a column of curves/val.csv, e.g. "f1").
+    val_metric: str
+    # Files the evaluation writes into the variant's results directory besides the standard ones.
+    evaluate_outs: tuple[str, ...] = ()
+    # Commands outside the pipeline (e.g. `link`).
+    commands: tuple[Command, ...] = field(default_factory=tuple)
+
+    def config_class(self) -> type:
+        return resolve(self.config)

@@ -1,0 +1,40 @@
+"""dvc.yaml is generated from the declarations, and each stage's code dependencies follow its imports."""
+
+from medrepro.suite import pipeline, registry
+
+ROOT = registry.repo_root()
+
+
+def test_dvc_yaml_is_current():
+    assert (ROOT / "dvc.yaml").read_text() == pipeline.generate(ROOT), "dvc.yaml is stale: run `medrepro pipeline`"
+
+
+def test_code_dependencies_follow_the_imports_of_each_stage():
+    train = pipeline.experiment_modules(["experiments.retclip.train"], "retclip", ROOT)
+    assert "experiments/retclip/model.py" in train and "experiments/retclip/zeroshot.py" in train
+    # Evaluation code is not imported by training: editing it must not re-run training.
+    assert "experiments/retclip/evaluate.py" not in train
+    evaluate = pipeline.experiment_modules(["experiments.retclip.evaluate"], "retclip", ROOT)
+    assert "experiments/retclip/evaluate.py" in evaluate and "experiments/retclip/train.py" in evaluate
+    # Imports inside functions count too.
+    mining = pipeline.experiment_modules(["experiments.cross_encoder.mining"], "cross_encoder", ROOT)
+    assert "experiments/cross_encoder/retrieval.py" in mining
+
+
+def test_every_stage_depends_on_the_library_its_config_and_data_files():
+    stages = pipeline.experiment_stages(registry.get("retclip"), ROOT)
+    for name in ("retclip_prepare", "retclip_build_lmdb"):
+        deps = stages[name]["deps"]
+        assert {"shared/medrepro", "experiments/retclip/configs/${profile}.yaml",
+                "experiments/retclip/prompts.yaml", "experiments/retclip/experiment.py"} <= set(deps)
+    train = stages["retclip_train"]["do"]
+    assert {"data/retclip/prepared", "data/retclip/lmdb"} <= set(train["deps"])
+    assert train["outs"] == ["runs/retclip/${item}"]
+    evaluate = stages["retclip_evaluate"]["do"]
+    assert evaluate["metrics"] == [{"results/retclip/${item}/metrics.json": {"cache": False}}]
+
+
+def test_smoke_runs_the_stages_in_pipeline_order():
+    commands = pipeline.pipeline_commands(registry.get("cross_encoder"), ["sapbert"])
+    assert commands == [["prepare"], ["index"], ["mine"], ["train", "--variant", "sapbert"],
+                        ["evaluate", "--variant", "sapbert"]]

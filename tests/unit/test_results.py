@@ -1,0 +1,27 @@
+"""Result files of an evaluation: the headline last, training curves from the run's log."""
+
+import json
+
+import pytest
+
+from medrepro.results import Evaluation, training_curves, write_evaluation
+
+
+def test_curves_keep_the_last_value_of_a_step_logged_twice(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    rows = [{"step": 1, "train/loss": 3.0, "train/lr": 0.1}, {"step": 2, "train/loss": 2.0, "train/lr": 0.2},
+            {"step": 2, "val/f1": 0.5}, {"step": 2, "train/loss": 2.5, "train/lr": 0.2}]  # resumed at step 1
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = training_curves(log)
+    assert curves["train"] == "step,loss,lr\n1,3.0,0.1\n2,2.5,0.2\n"
+    assert curves["val"] == "step,f1\n2,0.5\n"
+
+
+def test_write_evaluation_writes_every_file_and_refuses_an_undefined_headline(tmp_path):
+    out = tmp_path / "results"
+    write_evaluation(out, Evaluation({"acc": 0.5}, {"accuracy": 0.5, "n": 10.0}, {"data": "synthetic"}), tmp_path)
+    assert json.loads((out / "metrics.json").read_text()) == {"acc": 0.5}
+    assert json.loads((out / "details.json").read_text())["n"] == 10.0
+    with pytest.raises(ValueError, match="acc"):
+        write_evaluation(tmp_path / "bad", Evaluation({"acc": float("nan")}, {}, {}), tmp_path)
+    assert not (tmp_path / "bad" / "metrics.json").exists()
