@@ -58,7 +58,7 @@ def training_ratio(cfg: RetClipConfig, variant: str, workdir: Path, steps: int, 
     tc = cfg.train
     tc.tracking.tensorboard = False
     tc.log_every_steps = steps
-    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant), workdir / "open_clip")
+    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant))
     train_set = PairDataset(lmdb / "train", transform, tokenizer)
     schedule = Schedule.from_config(tc, len(train_set))
     tc.epochs = steps / schedule.steps_per_epoch

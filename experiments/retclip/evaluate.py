@@ -19,7 +19,7 @@ HEADLINE = {"acc": "accuracy", "bal_acc": "balanced_accuracy", "f1_macro": "f1_m
 
 
 def evaluate(cfg: RetClipConfig, variant: str, run_dir: Path, out_dir: Path, which: str = "best") -> Evaluation:
-    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant), run_dir / "open_clip")
+    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant))
     ckpt = run_dir / "checkpoints" / "best.pt" if which == "best" else Path(which)
     saved = checkpoint.load(ckpt)
     model.load_state_dict(saved["model"])

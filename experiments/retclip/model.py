@@ -9,7 +9,9 @@ symmetric contrastive losses, all against the same report text.
 """
 
 import dataclasses
+import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import open_clip
@@ -96,14 +98,19 @@ def open_clip_config(cfg: ModelConfig, encoder: str) -> dict:
     return {"embed_dim": cfg.embed_dim, "vision_cfg": {**base["vision_cfg"], **cfg.vision_cfg}, "text_cfg": text_cfg}
 
 
-def build_model(cfg: ModelConfig, encoder: str, config_dir: Path,
-                ) -> tuple[RetClip, open_clip.tokenizer.HFTokenizer, nn.Module]:
-    """Build RET-CLIP, its tokenizer and its eval image transform; the open_clip config lands in config_dir."""
+def build_model(cfg: ModelConfig, encoder: str) -> tuple[RetClip, open_clip.tokenizer.HFTokenizer, nn.Module]:
+    """Build RET-CLIP, its tokenizer and its eval image transform.
+
+    open_clip builds models only from registered config files; the config is registered under a
+    name made from its content, from a temporary directory (open_clip keeps what it read), so
+    nothing is written beside the run and the name is the same on every machine.
+    """
     clip_cfg = open_clip_config(cfg, encoder)
-    name = "RetClip-" + config_dir.resolve().as_posix().strip("/").replace("/", "-")
-    config_dir.mkdir(parents=True, exist_ok=True)
-    (config_dir / f"{name}.json").write_text(json.dumps(clip_cfg, indent=2))
-    open_clip.add_model_config(config_dir)
+    text = json.dumps(clip_cfg, indent=2, sort_keys=True)
+    name = "RetClip-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    with tempfile.TemporaryDirectory(prefix="retclip-open-clip-") as tmp:
+        (Path(tmp) / f"{name}.json").write_text(text)
+        open_clip.add_model_config(tmp)
     try:
         clip = open_clip.create_model(name, pretrained_text=True)
     except OSError as e:

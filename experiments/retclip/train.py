@@ -22,7 +22,7 @@ def encoder_path(cfg: RetClipConfig, variant: str) -> str:
 def train(cfg: RetClipConfig, variant: str, run_dir: Path, resume: str | None = None) -> FitResult:
     lmdb = Path(cfg.paths.lmdb)
     repro.seed_everything(cfg.seed, cfg.train.deterministic)  # before the towers are initialised
-    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant), run_dir / "open_clip")
+    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant))
     train_set = PairDataset(lmdb / "train", transform, tokenizer)
     prompts = load_prompts(Path(cfg.prompts) if cfg.prompts else None)
 

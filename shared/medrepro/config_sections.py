@@ -62,9 +62,10 @@ class RuntimeConfig:
 
     # Intra-op CPU threads for torch, OpenMP and MKL; 0 keeps their default (one per core).
     threads: int = 0
-    # The instruction set of torch's and MKL's CPU kernels: "avx2" gives the same bits on every x86-64
-    # machine since 2013, AVX-512 or not; "" lets each machine use its best (faster, not portable).
-    cpu_kernels: Literal["", "avx2"] = ""
+    # CPU kernels of torch, oneDNN, MKL, numpy and OpenBLAS: "portable" pins each to an AVX2-level,
+    # vendor-neutral code path, so every x86-64 machine with AVX2 (Intel or AMD, with AVX-512 or
+    # not) computes the same bits; "" lets each machine use its fastest kernels.
+    cpu_kernels: Literal["", "portable"] = ""
 
     def __post_init__(self) -> None:
         if self.threads < 0:

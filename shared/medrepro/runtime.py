@@ -1,7 +1,7 @@
 """Pin how the process computes on CPU: thread counts and kernel instruction sets.
 
-torch, OpenMP, MKL and oneDNN read these settings once, when they load, so `pin` must run before
-torch is imported; the command line calls it right after loading the config, and the variables
+torch, numpy, OpenMP, MKL, oneDNN and OpenBLAS read these settings once, when they load, so `pin`
+must run before torch or numpy is imported; the command line calls it right after loading the config, and the variables
 pass on to every child process (DataLoader workers, process pools, `torchrun`).
 """
 
@@ -10,15 +10,21 @@ import sys
 
 from medrepro.config_sections import RuntimeConfig
 
-# Each library's own switch for its kernel level, at the "avx2" setting.
+# Each library's own switch for its kernel level, at the "portable" setting. Each was measured to
+# change results on an AVX-512 machine when left free (see README, Reproducibility).
 _KERNEL_ENV = {
-    "avx2": {
-        "ATEN_CPU_CAPABILITY": "avx2",  # torch's vectorised ATen kernels
-        "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility (BLAS in torch)
-        "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN (linear, conv and friends on CPU)
+    "portable": {
+        "ATEN_CPU_CAPABILITY": "avx2",  # torch's vectorised ATen kernels (softmax, reductions, ...)
+        "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN kernels in torch (gelu and friends)
+        # MKL (torch's BLAS): only the COMPATIBLE branch gives the same bits on Intel and AMD CPUs;
+        # MKL_CBWR=AVX2 holds on Intel only. It cost 16 % on the smoke trainings.
+        "MKL_CBWR": "COMPATIBLE",
+        # numpy's runtime-dispatched AVX-512 loops (float64 exp and log differ) and OpenBLAS' kernel.
+        "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+        "OPENBLAS_CORETYPE": "Haswell",
     },
 }
-_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def environment(cfg: RuntimeConfig) -> dict[str, str]:
@@ -49,5 +55,5 @@ def state() -> dict[str, object]:
     return {
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "env": {key: os.environ[key] for key in (*_THREAD_ENV, *_KERNEL_ENV["avx2"]) if key in os.environ},
+        "env": {key: os.environ[key] for key in (*_THREAD_ENV, *_KERNEL_ENV["portable"]) if key in os.environ},
     }

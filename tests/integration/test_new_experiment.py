@@ -79,7 +79,7 @@ def evaluate(cfg, variant, run_dir, out_dir, which):
 def bench(cfg, workdir):
     return {"setting": {}, "rates": {}, "ratios": {"ratio": 1.0}, "goals": {"ratio": 1.0}}
 ''',
-    "configs/smoke.yaml": "seed: 0\nruntime: {threads: 1, cpu_kernels: avx2}\n",
+    "configs/smoke.yaml": "seed: 0\nruntime: {threads: 1, cpu_kernels: portable}\n",
     "configs/full.yaml": "seed: 0\ncount: 1000\n",
     "reference.yaml": "title: counting\ncolumns:\n  - {metric: accuracy, label: Accuracy}\nreference: {}\nnotes: ''\n",
     "README.md": "# toy\n",

@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import REPO
-
 pytestmark = pytest.mark.integration
 
 
@@ -105,8 +103,3 @@ def test_every_stage_reads_only_its_dependencies_and_writes_only_its_outputs(rep
     expected = {name for name in lock if not name.endswith("_image") and name != "report"}
     assert expected <= seen, f"no trace of {sorted(expected - seen)}"
 
-
-def test_dvc_yaml_is_what_the_declarations_generate():
-    from medrepro.suite import pipeline
-
-    assert (REPO / "dvc.yaml").read_text() == pipeline.generate(REPO), "run `medrepro pipeline`"

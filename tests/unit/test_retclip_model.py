@@ -42,7 +42,7 @@ def model_config(**overrides) -> ModelConfig:
 @pytest.fixture
 def built(bert_dir, tmp_path):
     torch.manual_seed(0)
-    return build_model(model_config(), str(bert_dir), tmp_path / "open_clip")
+    return build_model(model_config(), str(bert_dir))
 
 
 def batch(tokenizer, n=4, seed=0):
@@ -145,8 +145,7 @@ def test_clamp_logit_scales(built):
 
 
 def test_max_logit_scale_from_config(bert_dir, tmp_path):
-    model, _, _ = build_model(model_config(max_logit_scale=3.0, init_logit_scale=5.0), str(bert_dir),
-                              tmp_path / "oc")
+    model, _, _ = build_model(model_config(max_logit_scale=3.0, init_logit_scale=5.0), str(bert_dir))
     model.clamp_logit_scales()
     assert [model.logit_scales[h].item() for h in HEADS] == pytest.approx([3.0] * 3)
 
@@ -154,23 +153,23 @@ def test_max_logit_scale_from_config(bert_dir, tmp_path):
 def test_unknown_vision_cfg_key(bert_dir, tmp_path):
     cfg = model_config(vision_cfg={**VISION, "patchsize": 8})
     with pytest.raises(ConfigError, match="'patchsize'"):
-        build_model(cfg, str(bert_dir), tmp_path / "oc")
+        build_model(cfg, str(bert_dir))
 
 
 def test_unknown_vision_model(bert_dir, tmp_path):
     with pytest.raises(ConfigError, match="ViT-Nope-99"):
-        build_model(model_config(vision_model="ViT-Nope-99"), str(bert_dir), tmp_path / "oc")
+        build_model(model_config(vision_model="ViT-Nope-99"), str(bert_dir))
 
 
 def test_missing_encoder_directory(tmp_path):
     missing = tmp_path / "no_such_encoder"
     with pytest.raises(ConfigError) as info:
-        build_model(model_config(), str(missing), tmp_path / "oc")
+        build_model(model_config(), str(missing))
     assert str(missing) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_vision_cfg_override_is_applied(bert_dir, tmp_path):
-    model, _, _ = build_model(model_config(vision_cfg={**VISION, "layers": 2}), str(bert_dir), tmp_path / "oc")
+    model, _, _ = build_model(model_config(vision_cfg={**VISION, "layers": 2}), str(bert_dir))
     assert len(model.visual.transformer.resblocks) == 2
     assert model.visual.image_size == (32, 32)
 

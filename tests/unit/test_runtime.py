@@ -10,15 +10,15 @@ from medrepro.config_sections import RuntimeConfig
 
 def test_environment_of_each_setting():
     assert runtime.environment(RuntimeConfig()) == {}
-    env = runtime.environment(RuntimeConfig(threads=1, cpu_kernels="avx2"))
+    env = runtime.environment(RuntimeConfig(threads=1, cpu_kernels="portable"))
     assert env["OMP_NUM_THREADS"] == "1" and env["ATEN_CPU_CAPABILITY"] == "avx2"
 
 
 def test_pinned_in_a_fresh_process_before_torch_loads():
     script = ("import json; from medrepro import runtime; from medrepro.config_sections import RuntimeConfig\n"
-              "runtime.pin(RuntimeConfig(threads=1, cpu_kernels='avx2'))\n"
+              "runtime.pin(RuntimeConfig(threads=1, cpu_kernels='portable'))\n"
               "print(json.dumps(runtime.state()))")
     state = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                                       check=True).stdout)
     assert state["torch_threads"] == 1 and state["cpu_capability"] == "AVX2"
-    assert state["env"]["MKL_CBWR"] == "AVX2"
+    assert state["env"]["MKL_CBWR"] == "COMPATIBLE" and state["env"]["OPENBLAS_NUM_THREADS"] == "1"

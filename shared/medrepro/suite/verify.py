@@ -2,13 +2,13 @@
 
 The work tree as git would clone it (tracked files plus untracked ones that are not ignored) is
 copied into a scratch directory, its results/ removed, and `dvc repro` runs the whole smoke pipeline
-there; the user's own data, runs and results are never touched. Every committed file under results/
-is then compared byte for byte with its reproduction. Differences are printed as a table (file,
-metric, committed, reproduced) and the command exits 1.
+there; the user's own data, runs and results are never touched. Every committed file under results/,
+and dvc.lock (the hashes of every stage's inputs and outputs), is then compared byte for byte with
+its reproduction, so a fresh clone's `dvc repro` is known to leave `git status` clean. Differences
+are printed as a table (file, metric, committed, reproduced) and the command exits 1.
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -63,6 +63,11 @@ def reproduce(repo: Path, workdir: Path) -> None:
 
 
 def _flat(value: object, prefix: str = "") -> dict[str, object]:
+    """Nested mappings and lists → dotted keys; list entries with a `path` (dvc.lock's deps and outs)
+    are keyed by it."""
+    if isinstance(value, list):
+        value = {item["path"] if isinstance(item, dict) and "path" in item else str(i): item
+                 for i, item in enumerate(value)}
     if isinstance(value, dict):
         out: dict[str, object] = {}
         for key, item in value.items():
@@ -81,8 +86,9 @@ def differences(committed_root: Path, reproduced_root: Path, files: Sequence[str
             continue
         if old.read_bytes() == new.read_bytes():
             continue
-        if name.endswith(".json"):
-            a, b = _flat(json.loads(old.read_text())), _flat(json.loads(new.read_text()))
+        if name.endswith((".json", ".lock", ".yaml")):
+            # JSON is YAML; dvc.lock is YAML.
+            a, b = _flat(yaml.safe_load(old.read_text())), _flat(yaml.safe_load(new.read_text()))
             changed = [(k, repr(a.get(k, "—")), repr(b.get(k, "—"))) for k in sorted(set(a) | set(b))
                        if a.get(k, "—") != b.get(k, "—")]
             rows += [(name, *row) for row in changed] or [(name, "(formatting)", "", "")]
@@ -106,7 +112,7 @@ def main(argv: Sequence[str]) -> int:
                         help="where to reproduce (kept afterwards); default: a temporary directory, removed")
     args = parser.parse_args(argv)
     repo = registry.repo_root()
-    committed = sorted(name for name in worktree_files(repo) if name.startswith("results/"))
+    committed = sorted(name for name in worktree_files(repo) if name.startswith("results/") or name == "dvc.lock")
     if not committed:
         raise MedreproError("no committed results/ to verify: run `./dev repro` and commit its results first")
 
