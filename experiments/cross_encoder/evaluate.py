@@ -88,8 +88,10 @@ def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which:
         model, tokenizer = cross.load(run / EXPORT_DIR)
     else:
         model, tokenizer = cross.load(cfg.cross_encoder.path)
+        saved = checkpoint.load(which)
+        checkpoint.check_variant(saved, variant, which)
         try:
-            model.load_state_dict(checkpoint.load(which)["model"])
+            model.load_state_dict(saved["model"])
         except RuntimeError as e:
             raise CheckpointError(f"{which} does not hold this cross-encoder's weights: "
                                   f"{str(e).splitlines()[0][:200]}") from None

@@ -53,8 +53,13 @@ def _json_spans(path: Path) -> Iterator[Span]:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataError(f"line {where} is not a JSON object with id, text and spans ({e}); expected "
                             '{"id": "doc1", "text": "...", "spans": [[start, end], ...]}') from None
+        if not isinstance(text, str) or not isinstance(spans, list):
+            raise DataError(f"line {where}: text must be a string and spans a list of [start, end] pairs, got "
+                            f"{type(text).__name__} and {type(spans).__name__}")
         for span in spans:
-            if (not isinstance(span, list) or len(span) != 2 or not all(isinstance(x, int) for x in span)
+            # bool is an int in Python: [true, 2] must not pass as a span.
+            if (not isinstance(span, list) or len(span) != 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)
                     or not 0 <= span[0] < span[1] <= len(text)):
                 raise DataError(f"line {where}: span {span!r} is not [start, end] with 0 <= start < end <= "
                                 f"{len(text)} (the text's length)")

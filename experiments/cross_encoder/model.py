@@ -15,10 +15,18 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from experiments.cross_encoder.mining import Pair
 from medrepro import atomic
+from medrepro.errors import DataError
 
 
 def load(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """The classifier (a fresh one-logit head on an encoder, or an exported cross-encoder) and its tokenizer."""
+    """The classifier (a fresh one-logit head on an encoder, or an exported cross-encoder) and its tokenizer.
+
+    `path` is a hub id or a local directory; a path that names a missing local directory (the export
+    of a run that has not trained yet) is one line, not a hub error about repository ids.
+    """
+    if (str(path).startswith((".", "/")) or Path(path).parent.is_dir()) and not Path(path).is_dir():
+        raise DataError(f"model directory {path} not found: train first (`medrepro cross_encoder train`), "
+                        "or pass the directory of an exported cross-encoder")
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
     return model, AutoTokenizer.from_pretrained(str(path))
 

@@ -37,7 +37,7 @@ def train(cfg: CrossEncoderConfig, variant: str, out: Path, resume: str | None =
     result = fit(model, cross.PairDataset(train_pairs), cfg.train, out, loss_fn=cross.loss_fn, seed=cfg.seed,
                  collate_fn=cross.collate(tokenizer, cfg.max_length), evaluate=evaluate, resume=resume,
                  run_name=f"cross_encoder-{variant}", run_config=cfg,
-                 data=[Path(cfg.paths.mined) / f"pairs_{s}.jsonl" for s in ("train", "dev")])
+                 data=[Path(cfg.paths.mined) / f"pairs_{s}.jsonl" for s in ("train", "dev")], variant=variant)
     if PartialState().process_index != 0:
         return result
     best = checkpoint.load(out / "checkpoints" / "best.pt")

@@ -22,6 +22,7 @@ def evaluate(cfg: RetClipConfig, variant: str, run_dir: Path, out_dir: Path, whi
     model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant))
     ckpt = run_dir / "checkpoints" / "best.pt" if which == "best" else Path(which)
     saved = checkpoint.load(ckpt)
+    checkpoint.check_variant(saved, variant, ckpt)
     model.load_state_dict(saved["model"])
     model.to(default_device())
     prompts = load_prompts(Path(cfg.prompts) if cfg.prompts else None)

@@ -37,4 +37,4 @@ def train(cfg: RetClipConfig, variant: str, run_dir: Path, resume: str | None = 
 
     return fit(model, train_set, cfg.train, run_dir, loss_fn=loss_fn, seed=cfg.seed, evaluate=evaluate,
                after_step=RetClip.clamp_logit_scales, resume=resume, run_name=f"retclip-{variant}",
-               run_config=cfg, data=[lmdb / "train", lmdb / "valid"])
+               run_config=cfg, data=[lmdb / "train", lmdb / "valid"], variant=variant)

@@ -39,6 +39,14 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def check_variant(saved: dict[str, Any], variant: str, path: str | Path) -> None:
+    """Refuse weights trained for another variant (their vocabularies may well have the same size)."""
+    trained = (saved.get("identity") or {}).get("values", {}).get("variant")
+    if trained != variant:
+        raise CheckpointError(f"{path} holds weights of variant {trained!r}, not {variant!r}: evaluate it with "
+                              f"--variant {trained}, or name a checkpoint of {variant!r}")
+
+
 def step_checkpoints(directory: str | Path) -> list[Path]:
     """Step checkpoints in `directory`, oldest first."""
     directory = Path(directory)

@@ -6,6 +6,7 @@ file and the key, instead of being silently ignored the way open_clip ignores un
 """
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -37,14 +38,32 @@ def load_config(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     for item in overrides:
         apply_override(raw, item, cls)
-    return from_dict(cls, raw, source=str(path))
+    try:
+        return from_dict(cls, raw, source=str(path))
+    except ConfigError as e:
+        # A bad value given on the command line is the command line's fault, not the file's.
+        item = _override_for(e.key, overrides)
+        if item is None:
+            raise
+        raise ConfigError(f"override {item!r}: {str(e).removeprefix(f'{path}: ')}", e.key) from None
+
+
+def _override_for(key: str | None, overrides: Sequence[str]) -> str | None:
+    """The override that set `key`, or a key under it, or the section `key` is inside."""
+    if key is None:
+        return None
+    for item in reversed(overrides):
+        name = item.partition("=")[0]
+        if name == key or name.startswith(f"{key}.") or key.startswith(f"{name}."):
+            return item
+    return None
 
 
 def apply_override(raw: dict[str, Any], item: str, cls: type) -> None:
     """Set `a.b.c=value` in the raw mapping; the value is parsed as YAML (`3`, `1e-4`, `[1, 2]`)."""
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+        raise ConfigError(f"override {item!r} is not of the form key.sub=value")
     try:
         value = yaml.safe_load(text) if text else ""
     except yaml.YAMLError:
@@ -56,13 +75,13 @@ def apply_override(raw: dict[str, Any], item: str, cls: type) -> None:
         if dataclasses.is_dataclass(node_type):
             hints = _field_types(node_type)
             if part not in hints:
-                raise ConfigError(f"override '{item}': unknown key '{where}' (known: {', '.join(sorted(hints))})")
+                raise ConfigError(f"override {item!r}: unknown key '{where}' (known: {', '.join(sorted(hints))})")
             child_type = hints[part]
         elif _is_dict(node_type):
             args = typing.get_args(node_type)  # a free key of a dict[str, X] (or untyped) field
             child_type = args[1] if len(args) == 2 else Any
         else:
-            raise ConfigError(f"override '{item}': '{'.'.join(parts[:depth])}' has no sub-keys")
+            raise ConfigError(f"override {item!r}: '{'.'.join(parts[:depth])}' has no sub-keys")
         if depth == len(parts) - 1:
             node[part] = value
             return
@@ -76,23 +95,23 @@ def apply_override(raw: dict[str, Any], item: str, cls: type) -> None:
 def from_dict(cls: type[T], data: Any, source: str = "<config>", prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping, checking keys and types recursively."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: {prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{source}: {prefix or 'config'}: expected a mapping, got {type(data).__name__}", prefix)
     hints = _field_types(cls)
     unknown = sorted(set(data) - set(hints))
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{source}: unknown key '{where}' (known here: {', '.join(sorted(hints))})")
+        raise ConfigError(f"{source}: unknown key '{where}' (known here: {', '.join(sorted(hints))})", where)
     kwargs = {}
     for field in dataclasses.fields(cls):
         key = f"{prefix}.{field.name}" if prefix else field.name
         if field.name in data:
             kwargs[field.name] = _convert(hints[field.name], data[field.name], source, key)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{source}: missing required key '{key}'")
+            raise ConfigError(f"{source}: missing required key '{key}'", key)
     try:
         return cls(**kwargs)
-    except ValueError as e:  # __post_init__ checks of cross-field constraints
-        raise ConfigError(f"{source}: {prefix or 'config'}: {e}") from None
+    except ValueError as e:  # __post_init__ checks of ranges and cross-field constraints
+        raise ConfigError(f"{source}: {prefix or 'config'}: {e}", prefix or None) from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -150,12 +169,12 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
                 return _convert(arg, value, source, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[-1] if errors else f"{source}: {key}: unexpected None")
+        raise ConfigError(errors[-1] if errors else f"{source}: {key}: unexpected None", key)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, source, key)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{source}: {key}: expected one of {list(args)}, got {value!r}")
+            raise ConfigError(f"{source}: {key}: expected one of {list(args)}, got {value!r}", key)
         return value
     if origin is dict:
         if not isinstance(value, Mapping):
@@ -170,7 +189,7 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
             raise _type_error(source, key, "a list", value)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
-                raise ConfigError(f"{source}: {key}: expected {len(args)} items, got {len(value)}")
+                raise ConfigError(f"{source}: {key}: expected {len(args)} items, got {len(value)}", key)
             pairs = enumerate(zip(args, value, strict=True))
             return tuple(_convert(a, v, source, f"{key}[{i}]") for i, (a, v) in pairs)
         item_type = args[0] if args else Any
@@ -190,6 +209,9 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
             return float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _type_error(source, key, "a number", value)
+        if not math.isfinite(value):
+            # `.nan` and `.inf` are valid YAML floats, and no setting here means anything with them.
+            raise _type_error(source, key, "a finite number", value)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -199,4 +221,4 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
 
 
 def _type_error(source: str, key: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(f"{source}: {key}: expected {expected}, got {value!r}")
+    return ConfigError(f"{source}: {key}: expected {expected}, got {value!r}", key)

@@ -42,13 +42,34 @@ class TrainConfig:
     log_every_steps: int = 10
     num_workers: int = 0
     deterministic: bool = True
+    # Resume a checkpoint although the settings that define the run changed (more epochs, another lr):
+    # the changes are printed and recorded in the manifest. Without it such a resume is refused.
+    allow_config_change: bool = False
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
+        # Ranges and meaning, not only types: each of these once ran on and failed later, or silently.
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "lr": self.lr, "eval_every_epochs": self.eval_every_epochs,
+                    "log_every_steps": self.log_every_steps, "keep_last": self.keep_last}
+        not_negative = {"weight_decay": self.weight_decay, "warmup_steps": self.warmup_steps,
+                        "warmup_epochs": self.warmup_epochs, "clip_grad_norm": self.clip_grad_norm,
+                        "save_every_steps": self.save_every_steps, "num_workers": self.num_workers,
+                        "early_stopping_patience": self.early_stopping_patience}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        for name, value in not_negative.items():
+            if value < 0:
+                raise ValueError(f"{name} must be 0 or more, got {value}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
         if self.warmup_steps and self.warmup_epochs:
             raise ValueError("give warmup_steps or warmup_epochs, not both")
-        if self.epochs <= 0 or self.batch_size <= 0 or self.grad_accum <= 0:
-            raise ValueError("epochs, batch_size and grad_accum must be positive")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}")
 
 
 @dataclass

@@ -11,7 +11,11 @@ class MedreproError(Exception):
 
 
 class ConfigError(MedreproError):
-    """An unknown key, a wrong type or an unreadable config file."""
+    """An unknown key, a wrong type or value, or an unreadable config file; `key` names the config key."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class DataError(MedreproError):
@@ -19,4 +23,8 @@ class DataError(MedreproError):
 
 
 class CheckpointError(MedreproError):
-    """A missing or corrupt checkpoint."""
+    """A missing or corrupt checkpoint, or one that belongs to another run."""
+
+
+class RunError(MedreproError):
+    """A run directory in use by another process, or a run that did not complete."""

@@ -107,10 +107,11 @@ def environment() -> dict[str, Any]:
 
 
 def write_manifest(path: str | Path, data: Iterable[str | Path] = (), extra: dict[str, Any] | None = None,
-                   ) -> dict[str, Any]:
-    """Write `manifest.json`: the environment plus SHA-256 checksums of the data a run read."""
+                   checksums: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write `manifest.json`: the environment plus SHA-256 checksums of the data a run read (given, or
+    computed from `data`)."""
     manifest = environment()
-    manifest["data"] = {str(p): sha256_tree(p) for p in data}
+    manifest["data"] = checksums if checksums is not None else {str(p): sha256_tree(p) for p in data}
     if extra:
         manifest.update(extra)
     atomic.write_json(path, manifest)

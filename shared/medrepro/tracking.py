@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from medrepro import atomic
 from medrepro.config_sections import TrackingConfig
 
 
@@ -33,10 +34,20 @@ def memory_in_use() -> str:
 
 
 class Tracker:
-    def __init__(self, run_dir: str | Path, cfg: TrackingConfig, run_name: str, params: dict[str, Any]):
+    def __init__(self, run_dir: str | Path, cfg: TrackingConfig, run_name: str, params: dict[str, Any],
+                 resumed_at: int | None = None):
+        """`resumed_at`: the step a resumed run continues from; log lines after it (written by the
+        interrupted run past its last checkpoint) are dropped, since they are about to be redone.
+        A fresh run starts a fresh log."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_file = open(self.run_dir / "train_log.jsonl", "a")  # noqa: SIM115 - closed in close()
+        log = self.run_dir / "train_log.jsonl"
+        kept = ""
+        if resumed_at is not None and log.is_file():
+            kept = "".join(line + "\n" for line in log.read_text().splitlines()
+                           if line.strip() and json.loads(line)["step"] <= resumed_at)
+        atomic.write_text(log, kept)
+        self.log_file = open(log, "a")  # noqa: SIM115 - closed in close()
         self.tb = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -20,7 +20,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,9 @@ from accelerate.utils import broadcast_object_list, gather_object, send_to_devic
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from medrepro import atomic, checkpoint, config, optim, repro
+from medrepro import atomic, checkpoint, config, optim, repro, run_guard
 from medrepro.config_sections import TrainConfig
-from medrepro.errors import CheckpointError
+from medrepro.errors import CheckpointError, ConfigError
 from medrepro.sampling import StepBatchSampler, steps_per_epoch
 from medrepro.tracking import Progress, Tracker
 
@@ -70,7 +70,8 @@ class Schedule:
     def from_config(cls, cfg: TrainConfig, n_samples: int) -> "Schedule":
         spe = steps_per_epoch(n_samples, cfg.batch_size)
         if spe == 0:
-            raise ValueError(f"{n_samples} training samples are fewer than one global batch of {cfg.batch_size}")
+            raise ConfigError(f"train.batch_size {cfg.batch_size} is larger than the {n_samples} training samples: "
+                              "lower train.batch_size", "train.batch_size")
         warmup = cfg.warmup_steps or round(cfg.warmup_epochs * spe)
         return cls(
             steps_per_epoch=spe,
@@ -107,22 +108,40 @@ def fit(
     run_name: str = "run",
     run_config: Any = None,
     data: Sequence[str | Path] = (),
+    variant: str = "",
 ) -> FitResult:
     """Train; `run_config` (the experiment's resolved config) and the checksums of `data` are written
-    beside the run as config.yaml and manifest.json."""
+    beside the run as config.yaml and manifest.json once the run is known to be valid (a refused
+    resume changes nothing). The main process holds the run directory's lock throughout, and writes
+    complete.json last."""
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
     accelerator = make_accelerator(cfg.precision)
+    with ExitStack() as held:
+        if accelerator.is_main_process:
+            held.enter_context(run_guard.exclusive(run_dir))
+        return _fit(model, train_set, cfg, run_dir, accelerator, loss_fn=loss_fn, seed=seed, collate_fn=collate_fn,
+                    evaluate=evaluate, after_step=after_step, resume=resume, run_name=run_name,
+                    run_config=run_config, data=data, variant=variant)
+
+
+def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, accelerator: Accelerator, *,
+         loss_fn: LossFn, seed: int, collate_fn: Callable | None, evaluate: Callable | None,
+         after_step: Callable | None, resume: str | None, run_name: str, run_config: Any,
+         data: Sequence[str | Path], variant: str) -> FitResult:
+    ckpt_dir = run_dir / "checkpoints"
     repro.seed_everything(seed, cfg.deterministic)
     if resume is None and checkpoint.step_checkpoints(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir} already holds checkpoints: pass --resume latest to continue "
                               "that run, or choose another output directory")
-    if accelerator.is_main_process:
-        config.save_config(run_config if run_config is not None else cfg, run_dir / "config.yaml")
-        repro.write_manifest(run_dir / "manifest.json", data,
-                             extra={"processes": accelerator.num_processes,
-                                    "distributed": str(accelerator.distributed_type)})
-
+    if cfg.batch_size % (cfg.grad_accum * accelerator.num_processes):
+        raise ConfigError(f"train.batch_size {cfg.batch_size} must be a multiple of train.grad_accum "
+                          f"({cfg.grad_accum}) × processes ({accelerator.num_processes})", "train.batch_size")
+    # The data checksums are computed once, on the main process, and shared: every process then
+    # makes the same decision about a resume.
+    checksums = [{str(p): repro.sha256_tree(p) for p in data} if accelerator.is_main_process else None]
+    checksums = broadcast_object_list(checksums)[0]
+    current = run_guard.identity(run_config if run_config is not None else {"train": dataclasses.asdict(cfg)},
+                                variant, checksums)
     schedule = Schedule.from_config(cfg, len(train_set))
     optimizer = optim.build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
     scheduler = optim.build_scheduler(optimizer, schedule.warmup_steps, schedule.total_steps, cfg.schedule,
@@ -131,15 +150,23 @@ def fit(
     raw_model = accelerator.unwrap_model(model)
     manager = checkpoint.CheckpointManager(ckpt_dir, cfg.keep_last, cfg.best_metric, cfg.best_mode)
 
-    state = TrainState()
+    state, changes = TrainState(), []
     if resume is not None:
-        state = _restore(checkpoint.resolve_resume(resume, ckpt_dir), raw_model, optimizer, scheduler,
-                         accelerator)
+        resume_from = checkpoint.resolve_resume(resume, ckpt_dir)
+        state, changes = _restore(resume_from, raw_model, optimizer, scheduler, accelerator, current,
+                                  cfg.allow_config_change)
 
     tracker = None
     if accelerator.is_main_process:
+        (run_dir / run_guard.COMPLETE_FILE).unlink(missing_ok=True)  # complete again only when this run ends
+        config.save_config(run_config if run_config is not None else cfg, run_dir / "config.yaml")
+        repro.write_manifest(run_dir / "manifest.json", checksums=checksums,
+                             extra={"processes": accelerator.num_processes, "variant": variant,
+                                    "distributed": str(accelerator.distributed_type), "identity": current["hash"],
+                                    "resumed_from_step": state.step if resume is not None else None,
+                                    "config_changes_allowed": changes})
         params = config.to_dict(run_config) if run_config is not None else {"train": dataclasses.asdict(cfg)}
-        tracker = Tracker(run_dir, cfg.tracking, run_name, params)
+        tracker = Tracker(run_dir, cfg.tracking, run_name, params, state.step if resume is not None else None)
     progress = Progress(schedule.total_steps, state.step, cfg.batch_size, schedule.steps_per_epoch)
     running_loss = torch.zeros((), device=accelerator.device)
     running_steps = 0
@@ -183,9 +210,9 @@ def fit(
             last = state.step == schedule.total_steps
             if evaluate is not None and (state.step % schedule.eval_every == 0 or last):
                 _evaluate_and_track(model, raw_model, evaluate, state, manager, cfg, accelerator, tracker)
-                _save(manager, state, raw_model, optimizer, scheduler, accelerator, track_best=True)
+                _save(manager, state, raw_model, optimizer, scheduler, accelerator, current, track_best=True)
             elif (cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or last:
-                _save(manager, state, raw_model, optimizer, scheduler, accelerator, track_best=False)
+                _save(manager, state, raw_model, optimizer, scheduler, accelerator, current, track_best=False)
             if last or state.stopped_early:
                 break
         else:
@@ -195,9 +222,10 @@ def fit(
     loop_seconds = time.perf_counter() - t_start
     result = FitResult(state, loop_seconds, (state.step - start_step) * cfg.batch_size / max(loop_seconds, 1e-9))
     if accelerator.is_main_process:
-        checkpoint.save(run_dir / "final.pt", {"model": raw_model.state_dict(),
+        checkpoint.save(run_dir / "final.pt", {"model": raw_model.state_dict(), "identity": current,
                                                "train_state": dataclasses.asdict(state)})
         atomic.write_json(run_dir / "fit.json", dataclasses.asdict(result))
+        run_guard.mark_complete(run_dir, variant, current["hash"], state.step, state.best_step)
     if tracker is not None:
         tracker.close()
     accelerator.wait_for_everyone()
@@ -246,7 +274,8 @@ def _evaluate_and_track(model: nn.Module, raw_model: nn.Module, evaluate: Callab
 
 
 def _save(manager: checkpoint.CheckpointManager, state: TrainState, raw_model: nn.Module,
-          optimizer: torch.optim.Optimizer, scheduler: Any, accelerator: Accelerator, track_best: bool) -> None:
+          optimizer: torch.optim.Optimizer, scheduler: Any, accelerator: Accelerator, identity: dict[str, Any],
+          track_best: bool) -> None:
     rng_states = gather_object([repro.rng_state()]) if accelerator.num_processes > 1 else [repro.rng_state()]
     if accelerator.is_main_process:
         payload = {
@@ -256,6 +285,7 @@ def _save(manager: checkpoint.CheckpointManager, state: TrainState, raw_model: n
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "rng": rng_states,
             "train_state": dataclasses.asdict(state),
+            "identity": identity,
         }
         path = manager.save_step(state.step, payload)
         if track_best and state.best_step == state.step:
@@ -264,8 +294,9 @@ def _save(manager: checkpoint.CheckpointManager, state: TrainState, raw_model: n
 
 
 def _restore(path: Path, raw_model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-             accelerator: Accelerator) -> TrainState:
+             accelerator: Accelerator, current: dict[str, Any], allow_change: bool) -> tuple[TrainState, list[str]]:
     saved = checkpoint.load(path)
+    changes = run_guard.check_resume(saved.get("identity"), current, path, allow_change)
     try:
         raw_model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -281,5 +312,6 @@ def _restore(path: Path, raw_model: nn.Module, optimizer: torch.optim.Optimizer,
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} does not match this run: {str(e).splitlines()[0][:200]}") from None
     Progress.emit(f"resumed from {path} at step {state.step} (epoch {state.epoch}, "
-                  f"step {state.step_in_epoch} of the epoch)")
-    return state
+                  f"step {state.step_in_epoch} of the epoch)"
+                  + (f"; deliberate config changes: {'; '.join(changes)}" if changes else ""))
+    return state, changes

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from medrepro.errors import ConfigError
 from medrepro.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 from medrepro.trainer import Schedule, TrainConfig
 
@@ -163,7 +164,7 @@ def test_schedule_eval_every_fraction_and_at_least_one():
 
 
 def test_schedule_rejects_fewer_samples_than_a_batch():
-    with pytest.raises(ValueError, match="fewer than one global batch"):
+    with pytest.raises(ConfigError, match=r"train\.batch_size 64 is larger than the 63 training samples"):
         Schedule.from_config(TrainConfig(batch_size=64), 63)
     assert Schedule.from_config(TrainConfig(batch_size=64), 64).steps_per_epoch == 1
 

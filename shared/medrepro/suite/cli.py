@@ -13,6 +13,7 @@ plus the experiment's own commands. A command loads and checks its config, pins 
 Errors in the user's input (`MedreproError`) become one line on stderr and exit status 2.
 """
 
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -53,4 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(registry.get(name), rest)
     except MedreproError as e:
         print(f"medrepro: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"medrepro: error: no space left on the device holding {e.filename or 'an output'}: free space "
+              "there or point the config's paths elsewhere", file=sys.stderr)
         return 2

@@ -4,11 +4,12 @@ import argparse
 import copy
 import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import yaml
 
-from medrepro import atomic, config, runtime
+from medrepro import atomic, config, run_guard, runtime
 from medrepro.suite import registry
 from medrepro.suite.spec import Command, Experiment, resolve
 
@@ -93,19 +94,41 @@ def run(experiment: Experiment, argv: Sequence[str]) -> int:
         _bench(experiment, cfg, args.out)
     else:
         command = next(c for c in (*experiment.stages, *experiment.commands) if c.name == args.command)
-        resolve(command.run)(cfg, args)
+        # A data stage replaces its outputs as a whole; one writer at a time.
+        outs = [_config_value(cfg, key) for key in getattr(command, "outs", ())]
+        with ExitStack() as held:
+            for out in outs:
+                held.enter_context(run_guard.exclusive_output(out))
+            resolve(command.run)(cfg, args)
     return 0
+
+
+def _config_value(cfg: object, key: str) -> Path:
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return Path(value)
 
 
 def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> None:
     from medrepro import results
 
-    run_dir = args.run or Path(cfg.paths.runs) / args.variant
+    run = args.run or Path(cfg.paths.runs) / args.variant
     out = args.out or Path(cfg.paths.results) / args.variant
-    evaluation = resolve(experiment.evaluate)(cfg, args.variant, run_dir, out, args.checkpoint)
-    results.write_evaluation(out, evaluation, run_dir)
+    # The best checkpoint only of a finished run of this variant; a named checkpoint is the user's call,
+    # and the results say so.
+    complete = args.checkpoint == "best"
+    if complete:
+        run_guard.completed(run, args.variant)
+    with run_guard.exclusive_output(out):
+        evaluation = resolve(experiment.evaluate)(cfg, args.variant, run, out, args.checkpoint)
+        evaluation.info["run"] = {"complete": complete, "checkpoint": args.checkpoint}
+        results.write_evaluation(out, evaluation, run)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluation.headline.items())
     print(f"{experiment.name} {args.variant}: {shown}\nresults in {out}/ (metrics.json, details.json, plots/)")
+    if not complete:
+        print(f"note: evaluated the named checkpoint {args.checkpoint}, not a finished run's best; "
+              "`medrepro report` leaves these results out")
 
 
 def _bench(experiment: Experiment, cfg: object, out: Path) -> None:

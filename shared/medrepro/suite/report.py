@@ -50,6 +50,11 @@ def experiment_section(name: str, variants: Sequence[str], results_dir: Path, re
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"cannot read the results of {name}/{variant} in {results_dir}: {e}; "
                             "re-run its evaluate stage") from None
+        if not info.get("run", {}).get("complete", False):
+            # Evaluated from a named checkpoint of a run that may not have finished: not a result.
+            lines.append("| " + " | ".join([variant, "incomplete run, not reported", *("" for _ in columns),
+                                             str(ref)]) + " |")
+            continue
         lines.append("| " + " | ".join([variant, info.get("data", "?"), *(_cell(metrics, c) for c in columns),
                                          str(ref)]) + " |")
     lines += ["", reference.get("notes", "").strip(), ""]

@@ -1,0 +1,142 @@
+"""What a run directory guarantees: one writer at a time, checkpoints that belong to its config, and a
+mark written last when the run completed.
+
+    .lock           held (flock) by the process writing the directory; the pid is inside, for messages
+    complete.json   written last by a finished run: variant, identity hash, final and best step
+
+The lock is an advisory `flock` on an open file: the kernel releases it when the holder exits, however
+it exits, so a lock left by a killed run is simply taken over; no pid guessing is needed.
+
+The identity of a run is its resolved config without the settings that do not change what is
+learned (paths, threads, logging, checkpoint cadence, evaluation batch size...), plus the variant
+and the checksums of the data it reads. Every checkpoint carries it; resuming with another identity
+is refused unless `train.allow_config_change` says the change is deliberate.
+"""
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from medrepro import atomic
+from medrepro.errors import CheckpointError, ConfigError, RunError
+
+LOCK_FILE = ".lock"
+COMPLETE_FILE = "complete.json"
+# Settings that change how a run is executed or recorded, not what it learns: whole sections, fields of
+# the training section wherever it sits, and a few keys of experiments' own sections.
+NOT_IDENTITY_SECTIONS = {"paths", "runtime", "tracking"}
+NOT_IDENTITY_FIELDS = {"log_every_steps", "num_workers", "save_every_steps", "keep_last", "allow_config_change"}
+NOT_IDENTITY_KEYS = {"eval.batch_size", "eval.bootstrap", "index.batch_size", "index.gpu"}
+
+
+@contextmanager
+def exclusive(directory: str | Path, what: str = "run directory") -> Iterator[Path]:
+    """Hold the lock of `directory` (created if need be) for the block; a second holder gets one line."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} is a file, not a {what}: remove it or choose another directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    with _held(directory / LOCK_FILE, directory, what):
+        yield directory
+
+
+@contextmanager
+def exclusive_output(path: str | Path) -> Iterator[Path]:
+    """Hold a lock beside `path` (`.<name>.lock`) while a stage replaces it as a whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _held(path.parent / f".{path.name}.lock", path, "output directory"):
+        yield path
+
+
+@contextmanager
+def _held(lock_file: Path, directory: Path, what: str) -> Iterator[None]:
+    with open(lock_file, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunError(f"{directory} is in use by {holder}: wait for it to finish, or choose another "
+                           f"{what}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def identity(run_config: Any, variant: str, data_checksums: Mapping[str, str]) -> dict[str, Any]:
+    """{"values": flat settings that define the run, "hash": their SHA-256}."""
+    from medrepro.config import to_plain
+
+    plain = to_plain(run_config) if dataclasses.is_dataclass(run_config) else run_config
+    values = {k: v for k, v in _flat(plain).items() if _defines_the_run(k)}
+    values["variant"] = variant
+    values.update({f"data:{path}": digest for path, digest in sorted(data_checksums.items())})
+    text = json.dumps(values, sort_keys=True, default=str)
+    return {"values": values, "hash": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def _defines_the_run(key: str) -> bool:
+    parts = key.split(".")
+    return not (NOT_IDENTITY_SECTIONS & set(parts[:-1]) or parts[-1] in NOT_IDENTITY_FIELDS
+                or key in NOT_IDENTITY_KEYS)
+
+
+def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`key: saved → current` for every setting that differs."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {saved.get(k, '(unset)')} → {current.get(k, '(unset)')}" for k in keys
+            if saved.get(k) != current.get(k)]
+
+
+def check_resume(saved: Mapping[str, Any] | None, current: Mapping[str, Any], checkpoint: Path,
+                 allow_change: bool) -> list[str]:
+    """Refuse to resume `checkpoint` under another identity unless allowed; returns the changes."""
+    if saved is None:
+        raise CheckpointError(f"{checkpoint} records no run identity (written by an older medrepro): start a new "
+                              "run, or resume it with train.allow_config_change=true")
+    changed = differences(saved["values"], current["values"])
+    if changed and not allow_change:
+        shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise CheckpointError(f"{checkpoint} belongs to another config ({shown}): resume with the config it was "
+                              "trained with, start a new run (--out), or pass train.allow_config_change=true if "
+                              "the change is deliberate")
+    return changed
+
+
+def mark_complete(run_dir: Path, variant: str, identity_hash: str, step: int, best_step: int) -> None:
+    atomic.write_json(run_dir / COMPLETE_FILE, {"variant": variant, "identity": identity_hash, "step": step,
+                                                 "best_step": best_step})
+
+
+def completed(run_dir: str | Path, variant: str) -> dict[str, Any]:
+    """The completion mark of a finished run of `variant`; one line if it is missing or for another variant."""
+    path = Path(run_dir) / COMPLETE_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir} holds no finished run ({COMPLETE_FILE} missing): resume it with "
+                       "`train --resume latest`, or evaluate a named checkpoint with --checkpoint PATH")
+    mark = json.loads(path.read_text())
+    if mark.get("variant") != variant:
+        raise RunError(f"{run_dir} is a run of variant {mark.get('variant')!r}, not {variant!r}: pass the "
+                       "matching --variant, or --run with that variant's run directory")
+    return mark
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}

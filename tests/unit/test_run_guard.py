@@ -1,0 +1,114 @@
+"""Runs that cannot be corrupted: one writer per run directory, checkpoints that belong to the config,
+a completion mark, and a log that a restart does not double."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from medrepro import run_guard
+from medrepro.config_sections import TrackingConfig, TrainConfig
+from medrepro.errors import CheckpointError, ConfigError, RunError
+from medrepro.trainer import fit
+
+
+def test_a_second_writer_gets_one_line_naming_the_holder(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from medrepro import run_guard
+        with run_guard.exclusive({str(tmp_path)!r}):
+            print("held", flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunError, match=rf"in use by pid {holder.pid}") as info, run_guard.exclusive(tmp_path):
+            pass
+        assert "\n" not in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed: its lock went with it, and the directory is free again.
+    with run_guard.exclusive(tmp_path):
+        pass
+
+
+def test_a_file_where_the_run_directory_should_be(tmp_path):
+    (tmp_path / "run").write_text("not a directory")
+    with pytest.raises(ConfigError, match="is a file, not a run directory"), run_guard.exclusive(tmp_path / "run"):
+        pass
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return nn.functional.mse_loss(self.linear(x).squeeze(-1), y), {}
+
+
+def data() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 4, generator=g)
+    return TensorDataset(x, x.sum(dim=1))
+
+
+def train(run, lr=0.01, epochs=2.0, resume=None, **extra):
+    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=lr, save_every_steps=2, log_every_steps=1,
+                      tracking=TrackingConfig(tensorboard=False), **extra)
+    torch.manual_seed(0)
+    return fit(Tiny(), data(), cfg, run, loss_fn=lambda m, b: m(*b), seed=0, resume=resume,
+               run_config=cfg, variant="tiny")
+
+
+def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path):
+    run = tmp_path / "run"
+    train(run)
+    config_before = (run / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match=r"lr: 0.01 → 0.5") as info:
+        train(run, lr=0.5, resume="latest")
+    assert "allow_config_change" in str(info.value) and "\n" not in str(info.value)
+    assert (run / "config.yaml").read_text() == config_before, "a refused resume must not rewrite config.yaml"
+
+
+def test_a_deliberate_change_resumes_and_is_recorded(tmp_path):
+    run = tmp_path / "run"
+    train(run)
+    train(run, epochs=3.0, resume="latest", allow_config_change=True)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config_changes_allowed"] == ["epochs: 2.0 → 3.0"]
+    assert json.loads((run / "complete.json").read_text())["step"] == 12
+
+
+def test_completion_mark_and_variant(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(RunError, match="holds no finished run"):
+        run_guard.completed(run, "tiny")
+    train(run)
+    assert run_guard.completed(run, "tiny")["step"] == 8
+    with pytest.raises(RunError, match="variant 'tiny', not 'other'"):
+        run_guard.completed(run, "other")
+
+
+def test_a_restart_starts_a_fresh_log_and_a_resume_drops_the_redone_steps(tmp_path):
+    run = tmp_path / "run"
+    train(run)
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+    # Resume from step 6: the lines of steps 7 and 8 are redone, not doubled.
+    (run / "checkpoints" / "step-00000008.pt").unlink()
+    train(run, resume="latest")
+    again = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert again == steps
+
+
+def test_batch_size_larger_than_the_data_is_one_config_line(tmp_path):
+    cfg = TrainConfig(epochs=1.0, batch_size=64, tracking=TrackingConfig(tensorboard=False))
+    with pytest.raises(ConfigError, match=r"train\.batch_size 64 is larger than the 32 training samples"):
+        fit(Tiny(), data(), cfg, tmp_path / "run", loss_fn=lambda m, b: m(*b), seed=0)
