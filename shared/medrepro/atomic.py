@@ -4,6 +4,7 @@ Every result, checkpoint and plot goes through here so that a run killed mid-wri
 that a later stage could mistake for a good output.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from medrepro.errors import OutOfSpaceError
 
 
 def _umask() -> int:
@@ -34,8 +37,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as e:
+        size = tmp_path.stat().st_size if tmp_path.exists() else 0
+        if _out_of_space(e, path.parent):
+            raise OutOfSpaceError(f"no space left on the device holding {path} ({size} bytes written before it "
+                                  f"filled, {shutil.disk_usage(path.parent).free} free): free space there or point "
+                                  "the config's paths elsewhere") from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _out_of_space(error: BaseException, directory: Path) -> bool:
+    """ENOSPC, or a library's own write failure on a full filesystem (torch.save raises a RuntimeError
+    such as "basic_ios::clear: iostream error" or "file write failed")."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return shutil.disk_usage(directory).free < 1 << 20
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

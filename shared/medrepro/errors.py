@@ -28,3 +28,7 @@ class CheckpointError(MedreproError):
 
 class RunError(MedreproError):
     """A run directory in use by another process, or a run that did not complete."""
+
+
+class OutOfSpaceError(MedreproError):
+    """A write that filled its filesystem."""

@@ -112,3 +112,24 @@ def test_batch_size_larger_than_the_data_is_one_config_line(tmp_path):
     cfg = TrainConfig(epochs=1.0, batch_size=64, tracking=TrackingConfig(tensorboard=False))
     with pytest.raises(ConfigError, match=r"train\.batch_size 64 is larger than the 32 training samples"):
         fit(Tiny(), data(), cfg, tmp_path / "run", loss_fn=lambda m, b: m(*b), seed=0)
+
+
+def test_a_full_disk_is_one_line_naming_the_path(tmp_path):
+    from medrepro import atomic, checkpoint
+    from medrepro.errors import OutOfSpaceError
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount rights) to fill a filesystem")
+    try:
+        with pytest.raises(OutOfSpaceError, match=r"no space left on the device holding .*big\.bin") as info:
+            atomic.write_bytes(small / "big.bin", b"x" * (1 << 20))
+        assert "\n" not in str(info.value) and not list(small.iterdir()), "nothing partial is left behind"
+        # torch.save reports a full disk as a RuntimeError from its zip writer.
+        with pytest.raises(OutOfSpaceError, match=r"step\.pt"):
+            checkpoint.save(small / "step.pt", {"model": {"w": torch.zeros(1 << 18)}})
+    finally:
+        subprocess.run(["umount", "--lazy", str(small)], check=False)
