@@ -4,6 +4,8 @@
     (same model initialisation, same batches, same optimizer and schedule); goal ≥ 0.95.
 (b) data: patients/s reading both eyes from the LMDB (get + base64 + JPEG decode) against reading
     the very same JPEG bytes from one file per eye; goal ≥ 1.0.
+(c) checksum: records/s of the imgs table's `get` (LMDB read, digest check, unpickle, validation)
+    against the same gets with the digest check switched off; the cost of the check alone, no goal.
 Each side is measured `repeats` times, alternating, and the best of each is kept, which damps the
 noise of a shared machine. The ratios are what to compare across machines, not the absolute rates.
 """
@@ -25,6 +27,7 @@ from experiments.retclip.model import RetClip, build_model
 from experiments.retclip.train import encoder_path
 from medrepro import optim, repro
 from medrepro.errors import DataError
+from medrepro.lmdb_store import LmdbTable
 from medrepro.sampling import StepBatchSampler
 from medrepro.trainer import Schedule, fit
 
@@ -105,17 +108,32 @@ def data_ratio(lmdb_split: Path, workdir: Path, repeats: int) -> dict[str, float
                     image.convert("RGB")
         return time.perf_counter() - t0
 
+    unverified = LmdbTable(imgs.path, imgs.count_key, imgs.validate, imgs.hint, verify=False)
+
+    def gets(table: LmdbTable) -> float:
+        t0 = time.perf_counter()
+        for key in keys:
+            table.get(key)
+        return time.perf_counter() - t0
+
     best_lmdb = min(from_lmdb() for _ in range(repeats))
     best_files = min(from_files() for _ in range(repeats))
+    best_get = {"verified": float("inf"), "unverified": float("inf")}
+    for _ in range(repeats):
+        best_get["verified"] = min(best_get["verified"], gets(imgs))
+        best_get["unverified"] = min(best_get["unverified"], gets(unverified))
     return {
         "data_patients_per_s_lmdb": len(keys) / best_lmdb,
         "data_patients_per_s_files": len(keys) / best_files,
         "data_ratio": best_files / best_lmdb,
+        "data_gets_per_s_verified": len(keys) / best_get["verified"],
+        "data_gets_per_s_unverified": len(keys) / best_get["unverified"],
+        "checksum_ratio": best_get["unverified"] / best_get["verified"],
     }
 
 
 def bench(cfg: RetClipConfig, workdir: Path, steps: int = 20, repeats: int = 3) -> dict:
-    """Both ratios on the prepared smoke data, with the first variant's encoder."""
+    """The three ratios on the prepared smoke data, with the first variant's encoder."""
     lmdb = Path(cfg.paths.lmdb)
     if not (lmdb / "train").is_dir():
         raise DataError(f"{lmdb}/train not found: the benchmark reads the prepared data; run "
@@ -126,6 +144,7 @@ def bench(cfg: RetClipConfig, workdir: Path, steps: int = 20, repeats: int = 3) 
     return {
         "setting": {"variant": variant, "steps": steps, "batch_size": cfg.train.batch_size, "repeats": repeats},
         "rates": {k: v for k, v in {**train, **data}.items() if not k.endswith("_ratio")},
-        "ratios": {"train_ratio": train["train_ratio"], "data_ratio": data["data_ratio"]},
+        "ratios": {"train_ratio": train["train_ratio"], "data_ratio": data["data_ratio"],
+                   "checksum_ratio": data["checksum_ratio"]},
         "goals": {"train_ratio": 0.95, "data_ratio": 1.0},
     }

@@ -7,6 +7,11 @@ build:     patients.jsonl → lmdb/<split>/{imgs,pairs,labels}, the upstream RET
              pairs:  index → pickled (patient id, text id, text), plus `num_samples`
              labels: patient id → pickled {"left": [...], "right": [...]}, plus `num_labels`
                      (our addition: zero-shot evaluation needs per-eye labels next to the images)
+             meta:   `patients_sha256` → pickled sha256 of the patients.jsonl built from, plus
+                     `num_meta` (our addition: proves the three splits come from one prepare run)
+           All splits are built in a temporary sibling of lmdb/ and swapped in together, so an
+           interrupted build leaves the previous complete LMDB, never a new train split beside old
+           valid and test splits.
 """
 
 import base64
@@ -26,11 +31,12 @@ from tqdm import tqdm
 from experiments.retclip import odir
 from experiments.retclip.odir import SPLITS
 from experiments.retclip.prompts import Prompts, report_text
-from medrepro import atomic
+from medrepro import atomic, repro
 from medrepro.errors import DataError
 from medrepro.lmdb_store import LmdbTable, write_table
 
 BUILD_HINT = "`medrepro retclip build-lmdb`"
+FINGERPRINT_KEY = "patients_sha256"
 
 
 @dataclass(frozen=True)
@@ -121,30 +127,59 @@ def _check_label_record(key: str, value: Any) -> None:
         raise ValueError(f"expected {{'left': [...], 'right': [...]}} with labels from {odir.CLASSES}")
 
 
-def build_lmdb(records: list[Record], out_dir: Path, size: int, quality: int, workers: int = 4) -> dict[str, int]:
-    """Write lmdb/<split>/{imgs,pairs,labels} for every split; returns patients per split."""
+def _check_meta_record(key: str, value: Any) -> None:
+    if key != FINGERPRINT_KEY or not (isinstance(value, str) and len(value) == 64):
+        raise ValueError(f"expected only '{FINGERPRINT_KEY}' → a sha256 hex digest")
+
+
+def prepared_fingerprint(patients: Path) -> str:
+    """What every split records of the prepared data it was built from: the sha256 of patients.jsonl."""
+    return repro.sha256_file(patients)
+
+
+def build_lmdb(records: list[Record], out_dir: Path, size: int, quality: int, fingerprint: str,
+               workers: int = 4) -> dict[str, int]:
+    """Write lmdb/<split>/{imgs,pairs,labels,meta} for every split, all or nothing; returns patients per split.
+
+    `fingerprint` is `prepared_fingerprint` of the patients.jsonl that `records` come from.
+    """
     counts = {}
-    for split in SPLITS:
-        rows = [r for r in records if r.split == split]
-        jobs = [(r.left_image, r.right_image, size, quality) for r in rows]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            encoded = list(tqdm(pool.map(_encode_pair, jobs, chunksize=16), total=len(jobs),
-                                desc=f"lmdb {split}", disable=None))
-        split_dir = out_dir / split
-        write_table(split_dir / "imgs", ((str(r.id), pair) for r, pair in zip(rows, encoded, strict=True)),
-                    "num_images", _check_image_record)
-        write_table(split_dir / "pairs", ((str(i), (r.id, i, r.text)) for i, r in enumerate(rows)),
-                    "num_samples", _check_pair_record)
-        write_table(split_dir / "labels", ((str(r.id), {"left": r.left_labels, "right": r.right_labels})
-                                           for r in rows), "num_labels", _check_label_record)
-        counts[split] = len(rows)
+    with atomic.atomic_dir(out_dir) as tmp:
+        for split in SPLITS:
+            rows = [r for r in records if r.split == split]
+            jobs = [(r.left_image, r.right_image, size, quality) for r in rows]
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                encoded = list(tqdm(pool.map(_encode_pair, jobs, chunksize=16), total=len(jobs),
+                                    desc=f"lmdb {split}", disable=None))
+            split_dir = tmp / split
+            write_table(split_dir / "imgs", ((str(r.id), pair) for r, pair in zip(rows, encoded, strict=True)),
+                        "num_images", _check_image_record)
+            write_table(split_dir / "pairs", ((str(i), (r.id, i, r.text)) for i, r in enumerate(rows)),
+                        "num_samples", _check_pair_record)
+            write_table(split_dir / "labels", ((str(r.id), {"left": r.left_labels, "right": r.right_labels})
+                                               for r in rows), "num_labels", _check_label_record)
+            write_table(split_dir / "meta", [(FINGERPRINT_KEY, fingerprint)], "num_meta", _check_meta_record)
+            counts[split] = len(rows)
     return counts
 
 
 def open_split(split_dir: Path) -> tuple[LmdbTable, LmdbTable, LmdbTable]:
+    """The imgs, pairs and labels tables of one split, once all splits beside it prove one prepare run."""
+    _check_fingerprints(split_dir.parent)
     return (LmdbTable(split_dir / "imgs", "num_images", _check_image_record, hint=BUILD_HINT),
             LmdbTable(split_dir / "pairs", "num_samples", _check_pair_record, hint=BUILD_HINT),
             LmdbTable(split_dir / "labels", "num_labels", _check_label_record, hint=BUILD_HINT))
+
+
+def _check_fingerprints(lmdb_dir: Path) -> None:
+    # Training on one prepare run's train split and evaluating on another's test split could leak
+    # patients across splits without any error, so a mixed LMDB is refused outright.
+    found = {split: LmdbTable(lmdb_dir / split / "meta", "num_meta", _check_meta_record, hint=BUILD_HINT)
+             .get(FINGERPRINT_KEY) for split in SPLITS}
+    if len(set(found.values())) > 1:
+        seen = ", ".join(f"{split} {digest[:12]}" for split, digest in found.items())
+        raise DataError(f"the LMDB splits under {lmdb_dir} come from different prepare runs (patients.jsonl "
+                        f"sha256 {seen}); re-run {BUILD_HINT}")
 
 
 def decode_eye(b64: str, where: str) -> Image.Image:

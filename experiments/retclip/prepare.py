@@ -7,7 +7,7 @@ from pathlib import Path
 
 from experiments.retclip import odir
 from experiments.retclip.config import RetClipConfig
-from experiments.retclip.data import SPLITS, build_lmdb, make_records, read_records, write_records
+from experiments.retclip.data import SPLITS, build_lmdb, make_records, prepared_fingerprint, read_records, write_records
 from experiments.retclip.prompts import class_prompts, load_prompts
 from experiments.retclip.synthetic import write_synthetic_odir
 from medrepro import atomic, repro
@@ -58,9 +58,11 @@ def prepare(cfg: RetClipConfig, args: argparse.Namespace | None = None) -> Path:
 
 
 def build(cfg: RetClipConfig, args: argparse.Namespace | None = None) -> Path:
-    records = read_records(Path(cfg.paths.prepared) / "patients.jsonl")
+    patients = Path(cfg.paths.prepared) / "patients.jsonl"
+    records = read_records(patients)
     out = Path(cfg.paths.lmdb)
     workers = args.workers if args is not None else 4
-    counts = build_lmdb(records, out, cfg.data.lmdb_image_size, cfg.data.jpeg_quality, workers)
+    counts = build_lmdb(records, out, cfg.data.lmdb_image_size, cfg.data.jpeg_quality,
+                        prepared_fingerprint(patients), workers)
     print(f"wrote {out}: " + ", ".join(f"{s} {n} patients" for s, n in counts.items()))
     return out

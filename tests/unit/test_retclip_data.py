@@ -1,9 +1,11 @@
 """RET-CLIP's LMDB tables (upstream layout), the datasets reading them, and patients.jsonl."""
 
 import base64
+import hashlib
 import io
 import json
 import pickle
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,15 +16,27 @@ from open_clip.tokenizer import HFTokenizer
 from PIL import Image
 from torchvision import transforms
 
+from experiments.retclip import data as retclip_data
 from experiments.retclip import odir
-from experiments.retclip.data import EyeDataset, PairDataset, Record, build_lmdb, read_records, write_records
+from experiments.retclip.data import (
+    EyeDataset,
+    PairDataset,
+    Record,
+    build_lmdb,
+    open_split,
+    prepared_fingerprint,
+    read_records,
+    write_records,
+)
 from medrepro.errors import DataError
-from medrepro.lmdb_store import DEFAULT_MAP_SIZE
+from medrepro.lmdb_store import DEFAULT_MAP_SIZE, DIGESTS_DB, record_digest
+from medrepro.repro import sha256_tree
 from medrepro.tiny import TinyBertConfig, build_tiny_bert
 
 SIZE = 24
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 TRANSFORM = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])
+FINGERPRINT = "a" * 64
 
 
 def jpeg(path: Path, size: tuple[int, int], color) -> str:
@@ -68,7 +82,7 @@ def records(tmp_path) -> list[Record]:
 @pytest.fixture
 def lmdb_dir(tmp_path, records) -> Path:
     out = tmp_path / "lmdb"
-    assert build_lmdb(records, out, SIZE, 90, workers=1) == {"train": 4, "valid": 1, "test": 1}
+    assert build_lmdb(records, out, SIZE, 90, FINGERPRINT, workers=1) == {"train": 4, "valid": 1, "test": 1}
     return out
 
 
@@ -82,20 +96,27 @@ def tokenizer(tmp_path_factory):
 
 
 def raw_items(path: Path) -> dict[bytes, bytes]:
+    """The main database as an upstream reader sees it, less the name of the digests sub-database."""
     env = lmdb.open(str(path), readonly=True, lock=False, subdir=True)
     try:
         with env.begin() as txn:
-            return dict(txn.cursor().iternext())
+            items = dict(txn.cursor().iternext())
     finally:
         env.close()
+    del items[DIGESTS_DB.encode()]
+    return items
 
 
-def raw_put(path: Path, key: bytes, value: bytes) -> None:
-    env = lmdb.open(str(path), map_size=DEFAULT_MAP_SIZE, subdir=True)
+def raw_put(path: Path, key: bytes, value: bytes, digest: bool = False) -> None:
+    """Overwrite a record; with `digest`, its digest too, as a writer that skips validation would."""
+    env = lmdb.open(str(path), map_size=DEFAULT_MAP_SIZE, subdir=True, max_dbs=1)
     try:
+        digests = env.open_db(DIGESTS_DB.encode())
         with env.begin(write=True) as txn:
             assert txn.get(key) is not None
             txn.put(key, value)
+            if digest:
+                txn.put(key, record_digest(key, value), db=digests)
     finally:
         env.close()
 
@@ -114,7 +135,7 @@ def dominant(tensor: torch.Tensor) -> int:
 
 def test_build_writes_the_three_tables_per_split(lmdb_dir):
     for split in ("train", "valid", "test"):
-        assert sorted(p.name for p in (lmdb_dir / split).iterdir()) == ["imgs", "labels", "pairs"]
+        assert sorted(p.name for p in (lmdb_dir / split).iterdir()) == ["imgs", "labels", "meta", "pairs"]
     assert sorted(p.name for p in lmdb_dir.iterdir()) == ["test", "train", "valid"]
 
 
@@ -161,7 +182,7 @@ def test_labels_table(lmdb_dir):
 def test_build_rejects_unknown_label(tmp_path, records):
     bad = [*records[:1], record(9, "train", records[0].left_image, records[0].right_image, ["X"], [], "t")]
     with pytest.raises(DataError, match="'9'"):
-        build_lmdb(bad, tmp_path / "bad", SIZE, 90, workers=1)
+        build_lmdb(bad, tmp_path / "bad", SIZE, 90, FINGERPRINT, workers=1)
 
 
 def test_build_unreadable_image_names_it(tmp_path, records):
@@ -169,7 +190,7 @@ def test_build_unreadable_image_names_it(tmp_path, records):
     broken.write_bytes(b"not a jpeg")
     bad = [record(9, "train", str(broken), records[0].right_image, ["N"], ["N"], "t")]
     with pytest.raises(DataError, match=r"broken\.jpg"):
-        build_lmdb(bad, tmp_path / "bad", SIZE, 90, workers=1)
+        build_lmdb(bad, tmp_path / "bad", SIZE, 90, FINGERPRINT, workers=1)
 
 
 # --------------------------------------------------------------------------------------- datasets
@@ -243,11 +264,59 @@ def test_corrupt_jpeg_inside_valid_record(lmdb_dir, tokenizer):
     items = raw_items(imgs)
     left, _ = pickle.loads(items[b"3"])
     bad_right = base64.urlsafe_b64encode(b"\xff\xd8\xff\xe0" + b"\x00" * 40).decode("ascii")
-    raw_put(imgs, b"3", pickle.dumps((left, bad_right)))
+    raw_put(imgs, b"3", pickle.dumps((left, bad_right)), digest=True)
     data = PairDataset(lmdb_dir / "train", TRANSFORM, tokenizer)
     with pytest.raises(DataError) as info:
         data[1]  # pair 1 → patient 3
     assert str(imgs) in str(info.value) and "record 3" in str(info.value)
+
+
+def test_every_split_records_the_fingerprint(lmdb_dir):
+    for split in ("train", "valid", "test"):
+        items = raw_items(lmdb_dir / split / "meta")
+        assert items.pop(b"num_meta") == b"1"
+        assert pickle.loads(items[b"patients_sha256"]) == FINGERPRINT
+
+
+def test_prepared_fingerprint_is_the_sha256_of_patients(tmp_path, records):
+    path = tmp_path / "patients.jsonl"
+    write_records(path, records)
+    assert prepared_fingerprint(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_splits_from_different_prepare_runs_are_refused(tmp_path, records, lmdb_dir, tokenizer):
+    other = tmp_path / "other"
+    build_lmdb(records, other, SIZE, 90, "b" * 64, workers=1)
+    shutil.rmtree(lmdb_dir / "valid")
+    shutil.copytree(other / "valid", lmdb_dir / "valid")
+    for open_it in (lambda: open_split(lmdb_dir / "test"),
+                    lambda: PairDataset(lmdb_dir / "train", TRANSFORM, tokenizer),
+                    lambda: EyeDataset(lmdb_dir / "test", TRANSFORM, "left")):
+        with pytest.raises(DataError) as info:
+            open_it()
+        message = str(info.value)
+        assert "different prepare runs" in message and str(lmdb_dir) in message and "build-lmdb" in message
+        assert "valid bbbbbbbbbbbb" in message and "train aaaaaaaaaaaa" in message and "\n" not in message
+
+
+def test_interrupted_build_leaves_the_previous_lmdb_untouched(tmp_path, records, lmdb_dir, monkeypatch):
+    before = sha256_tree(lmdb_dir)
+    written = []
+
+    def write_then_die(path, *args, **kwargs):
+        if path.parent.name == "valid":  # the train split is complete: the process dies here
+            raise KeyboardInterrupt
+        written.append(path)
+        return write_table(path, *args, **kwargs)
+
+    write_table = retclip_data.write_table
+    monkeypatch.setattr(retclip_data, "write_table", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        build_lmdb(records, lmdb_dir, SIZE, 90, "b" * 64, workers=1)
+    assert [p.name for p in written] == ["imgs", "pairs", "labels", "meta"]
+    assert sha256_tree(lmdb_dir) == before
+    assert [p.name for p in lmdb_dir.parent.iterdir() if p.name.startswith(".")] == []
+    open_split(lmdb_dir / "train")  # still one consistent prepare run
 
 
 # ------------------------------------------------------------------------------------ patients.jsonl
