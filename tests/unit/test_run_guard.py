@@ -133,3 +133,27 @@ def test_a_full_disk_is_one_line_naming_the_path(tmp_path):
             checkpoint.save(small / "step.pt", {"model": {"w": torch.zeros(1 << 18)}})
     finally:
         subprocess.run(["umount", "--lazy", str(small)], check=False)
+
+
+def test_weights_of_another_variant_are_refused(tmp_path):
+    from medrepro import checkpoint
+
+    run = tmp_path / "run"
+    train(run)
+    saved = checkpoint.load(run / "final.pt")
+    checkpoint.check_variant(saved, "tiny", run / "final.pt")
+    with pytest.raises(CheckpointError, match="holds weights of variant 'tiny', not 'biobert'"):
+        checkpoint.check_variant(saved, "biobert", run / "final.pt")
+
+
+def test_the_report_leaves_out_results_of_an_unfinished_run(tmp_path):
+    from medrepro.suite.report import experiment_section
+
+    for variant, complete in (("a", True), ("b", False)):
+        out = tmp_path / variant
+        out.mkdir()
+        (out / "details.json").write_text(json.dumps({"accuracy": 0.9}))
+        (out / "info.json").write_text(json.dumps({"data": "synthetic", "run": {"complete": complete}}))
+    reference = {"title": "t", "columns": [{"metric": "accuracy", "label": "Accuracy"}], "notes": ""}
+    text = experiment_section("x", ["a", "b"], tmp_path, reference)
+    assert "| a | synthetic | 0.900 |" in text and "| b | incomplete run, not reported |" in text
