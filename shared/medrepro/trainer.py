@@ -114,6 +114,10 @@ def fit(
     ckpt_dir = run_dir / "checkpoints"
     accelerator = make_accelerator(cfg.precision)
     repro.seed_everything(seed, cfg.deterministic)
+    if accelerator.is_main_process:
+        # Temporaries of a run killed mid-write; only the main process writes here, so none is in use.
+        atomic.clean_orphans(run_dir)
+        atomic.clean_orphans(ckpt_dir)
     if resume is None and checkpoint.step_checkpoints(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir} already holds checkpoints: pass --resume latest to continue "
                               "that run, or choose another output directory")

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -241,3 +243,86 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+# ------------------------------------------------------------------------------ power loss and kills
+
+
+@pytest.fixture
+def fsyncs(monkeypatch) -> list[int]:
+    """The inode of every file or directory os.fsync is called on, in order."""
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def test_file_is_fsynced_before_the_rename_and_its_directory_after(tmp_path, monkeypatch):
+    path = tmp_path / "m.json"
+    events: list[tuple[int, bool]] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        events.append((os.fstat(fd).st_ino, path.exists()))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic.write_json(path, {"a": 1})
+    assert events == [(path.stat().st_ino, False), (tmp_path.stat().st_ino, True)]
+
+
+def test_atomic_dir_fsyncs_its_files_and_the_parent(tmp_path, fsyncs):
+    target = tmp_path / "table"
+    with atomic.atomic_dir(target) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a.txt").write_text("a")
+        (tmp / "b.txt").write_text("b")
+    synced = set(fsyncs)
+    for path in (target / "sub" / "a.txt", target / "sub", target / "b.txt", target, tmp_path):
+        assert path.stat().st_ino in synced, path
+    assert fsyncs[-1] == tmp_path.stat().st_ino
+
+
+def kill_mid_write(path: Path) -> None:
+    """Start an atomic write of `path` in a fresh process and SIGKILL it halfway through."""
+    script = ("import os, signal, sys\n"
+              "from medrepro import atomic\n"
+              "def writer(tmp):\n"
+              "    tmp.write_bytes(b'half a checkpoint')\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n"
+              "atomic.write_with(sys.argv[1], writer)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(path)])
+    assert proc.returncode == -9
+
+
+def test_orphans_of_a_killed_write_are_cleaned(tmp_path):
+    atomic.write_bytes(tmp_path / "step-00000001.pt", b"a complete checkpoint")
+    kill_mid_write(tmp_path / "step-00000002.pt")
+    orphans = [n for n in names(tmp_path) if n.startswith(".step-00000002.pt.") and n.endswith(".tmp")]
+    assert len(orphans) == 1, "the failure: a killed write leaves its temporary behind"
+    assert atomic.clean_orphans(tmp_path) == [tmp_path / orphans[0]]
+    assert names(tmp_path) == ["step-00000001.pt"]
+
+
+def test_clean_orphans_of_directory_writes(tmp_path):
+    (tmp_path / "kept").mkdir()
+    (tmp_path / ".kept.old").mkdir()  # replaced and killed before the old version was removed
+    (tmp_path / ".table.ab_cd123.tmp").mkdir()  # killed while being built
+    (tmp_path / ".table.ab_cd123.tmp" / "part").write_text("x")
+    (tmp_path / ".restored.old").mkdir()  # killed between the two renames: the only copy left
+    (tmp_path / ".restored.old" / "data").write_text("old")
+    (tmp_path / ".hidden.old").write_text("a file, not an atomic_dir leftover")
+    (tmp_path / ".config.yaml").write_text("not a temporary")
+    removed = atomic.clean_orphans(tmp_path)
+    assert removed == [tmp_path / ".kept.old", tmp_path / ".table.ab_cd123.tmp"]
+    assert names(tmp_path) == [".config.yaml", ".hidden.old", "kept", "restored"]
+    assert (tmp_path / "restored" / "data").read_text() == "old"
+
+
+def test_clean_orphans_of_missing_directory(tmp_path):
+    assert atomic.clean_orphans(tmp_path / "nope") == []

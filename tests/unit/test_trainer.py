@@ -100,3 +100,12 @@ def test_mlflow_and_tensorboard_record_the_run(tmp_path):
     runs = mlflow.search_runs(experiment_names=["medrepro"], output_format="list")
     assert runs and "train_loss" in runs[0].data.metrics and "val_loss" in runs[0].data.metrics
     assert runs[0].data.params["train.lr"] == "0.05"
+
+
+def test_start_cleans_orphans_of_a_killed_write(tmp_path):
+    orphans = [tmp_path / ".fit.json.a1b2c3d4.tmp", tmp_path / "checkpoints" / ".step-00000004.pt.x_y9z8w7.tmp"]
+    for orphan in orphans:
+        orphan.parent.mkdir(parents=True, exist_ok=True)
+        orphan.write_bytes(b"half a file")
+    fit(make_model(), data(), config(), tmp_path, loss_fn=mse, seed=0)
+    assert not any(orphan.exists() for orphan in orphans)
