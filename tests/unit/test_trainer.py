@@ -109,3 +109,21 @@ def test_start_cleans_orphans_of_a_killed_write(tmp_path):
         orphan.write_bytes(b"half a file")
     fit(make_model(), data(), config(), tmp_path, loss_fn=mse, seed=0)
     assert not any(orphan.exists() for orphan in orphans)
+
+
+def test_resume_latest_skips_a_corrupt_checkpoint_and_ends_bitwise_equal(tmp_path, capsys):
+    cfg = config(save_every_steps=2)
+    fit(make_model(), data(), cfg, tmp_path, loss_fn=mse, seed=0)
+    reference = checkpoint.load(tmp_path / "final.pt")["model"]
+    newest = tmp_path / "checkpoints" / "step-00000008.pt"
+    corrupted = bytearray(newest.read_bytes())
+    corrupted[len(corrupted) // 2] ^= 0x01
+    newest.write_bytes(corrupted)
+    capsys.readouterr()
+
+    fit(make_model(), data(), cfg, tmp_path, loss_fn=mse, seed=0, resume="latest")
+    err = capsys.readouterr().err
+    assert "--resume latest: skipping step-00000008.pt: checkpoint" in err
+    assert "resumed from" in err and "step-00000006.pt at step 6" in err
+    resumed = checkpoint.load(tmp_path / "final.pt")["model"]
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
