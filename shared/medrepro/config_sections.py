@@ -40,6 +40,10 @@ class TrainConfig:
     # Evaluations without improvement before stopping; 0 never stops early.
     early_stopping_patience: int = 0
     log_every_steps: int = 10
+    # Consecutive optimizer steps with a non-finite (nan or inf) loss tolerated before the run stops:
+    # 0 stops at the first; N > 0 rides out N in a row, e.g. the steps an fp16 grad scaler skips while it
+    # lowers its scale. No checkpoint is ever written while the model's weights are not all finite.
+    nonfinite_patience: int = 0
     num_workers: int = 0
     deterministic: bool = True
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -49,6 +53,8 @@ class TrainConfig:
             raise ValueError("give warmup_steps or warmup_epochs, not both")
         if self.epochs <= 0 or self.batch_size <= 0 or self.grad_accum <= 0:
             raise ValueError("epochs, batch_size and grad_accum must be positive")
+        if self.nonfinite_patience < 0:
+            raise ValueError(f"train.nonfinite_patience must be 0 or positive, got {self.nonfinite_patience}")
 
 
 @dataclass

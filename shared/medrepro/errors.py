@@ -20,3 +20,7 @@ class DataError(MedreproError):
 
 class CheckpointError(MedreproError):
     """A missing or corrupt checkpoint."""
+
+
+class TrainingError(MedreproError):
+    """A run that cannot go on, such as a diverged loss."""

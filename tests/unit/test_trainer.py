@@ -9,6 +9,7 @@ from torch.utils.data import TensorDataset
 
 from medrepro import checkpoint
 from medrepro.config_sections import TrainConfig
+from medrepro.errors import ConfigError, TrainingError
 from medrepro.trainer import fit
 
 
@@ -100,6 +101,78 @@ def test_mlflow_and_tensorboard_record_the_run(tmp_path):
     runs = mlflow.search_runs(experiment_names=["medrepro"], output_format="list")
     assert runs and "train_loss" in runs[0].data.metrics and "val_loss" in runs[0].data.metrics
     assert runs[0].data.params["train.lr"] == "0.05"
+
+
+# ------------------------------------------------------------------------------- integrity and divergence
+
+
+def loss_at(bad_steps: set[int], poison: bool):
+    """mse, except at the given optimizer steps (grad_accum 1): a nan loss that, with `poison`, also makes
+    every gradient nan (a real divergence) or, without, has zero gradient (a step a grad scaler skips)."""
+    calls = 0
+
+    def loss_fn(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        nonlocal calls
+        calls += 1
+        loss, extras = mse(model, batch)
+        if calls not in bad_steps:
+            return loss, extras
+        if poison:
+            return loss * float("nan"), extras
+        return torch.where(torch.tensor(True), torch.tensor(float("nan")), loss), extras
+
+    return loss_fn
+
+
+def assert_no_nonfinite_checkpoint(run_dir) -> list[str]:
+    assert not (run_dir / "final.pt").exists()
+    found = checkpoint.step_checkpoints(run_dir / "checkpoints")
+    for path in found:
+        assert all(torch.isfinite(t).all() for t in checkpoint.load(path)["model"].values()), path
+    return [p.name for p in found]
+
+
+def test_nan_loss_stops_the_run_before_a_nan_checkpoint(tmp_path):
+    cfg = config(save_every_steps=1, keep_last=10)
+    with pytest.raises(TrainingError) as info:
+        fit(make_model(), data(), cfg, tmp_path, loss_fn=loss_at({3}, poison=True), seed=0)
+    message = str(info.value)
+    assert message.startswith("training diverged: loss is nan at step 3 (train.nonfinite_patience 0); lower train.lr")
+    assert message.endswith(f"the last good checkpoint is {tmp_path / 'checkpoints' / 'step-00000002.pt'}")
+    assert "\n" not in message
+    assert assert_no_nonfinite_checkpoint(tmp_path) == ["step-00000001.pt", "step-00000002.pt"]
+
+
+def test_huge_learning_rate_stops_the_run(tmp_path):
+    with pytest.raises(TrainingError, match=r"^training diverged: loss is (inf|nan) at step \d+ .*; no checkpoint"):
+        fit(make_model(), data(), config(lr=1e30, save_every_steps=2), tmp_path, loss_fn=mse, seed=0)
+    assert_no_nonfinite_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(("bad_steps", "patience", "stops_at"),
+                         [({3}, 0, 3), ({3}, 1, None), ({3, 4}, 1, 4), ({3, 5}, 1, None), ({3, 4}, 2, None)])
+def test_nonfinite_patience_counts_consecutive_steps(tmp_path, bad_steps, patience, stops_at):
+    cfg = config(nonfinite_patience=patience, log_every_steps=1)
+    loss_fn = loss_at(bad_steps, poison=False)
+    if stops_at is None:
+        assert fit(make_model(), data(), cfg, tmp_path, loss_fn=loss_fn, seed=0).state.step == 8
+    else:
+        with pytest.raises(TrainingError, match=f"loss is nan at step {stops_at} "):
+            fit(make_model(), data(), cfg, tmp_path, loss_fn=loss_fn, seed=0)
+
+
+def test_nonfinite_weights_are_never_checkpointed(tmp_path):
+    """A tolerated nan loss whose gradients poison the weights: the save right after it refuses."""
+    cfg = config(save_every_steps=1, keep_last=10, nonfinite_patience=5)
+    with pytest.raises(TrainingError, match="model weights are not finite at step 3, not checkpointed") as info:
+        fit(make_model(), data(), cfg, tmp_path, loss_fn=loss_at({3}, poison=True), seed=0)
+    assert str(info.value).endswith("step-00000002.pt")
+    assert assert_no_nonfinite_checkpoint(tmp_path) == ["step-00000001.pt", "step-00000002.pt"]
+
+
+def test_negative_patience_is_rejected():
+    with pytest.raises(ConfigError, match=r"train\.nonfinite_patience must be 0 or positive, got -1"):
+        config(nonfinite_patience=-1)
 
 
 def test_start_cleans_orphans_of_a_killed_write(tmp_path):
