@@ -1,12 +1,18 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a partial one.
 
 Every result, checkpoint and plot goes through here so that a run killed mid-write leaves nothing
-that a later stage could mistake for a good output.
+that a later stage could mistake for a good output. The new data is fsynced before the rename and the
+directory after it: without the first, a power loss can leave the new name pointing at blocks never
+written (a zero-length or zero-filled file); without the second, the rename itself can be lost.
+
+A killed write leaves its temporary beside the target (`.NAME.XXXXXXXX.tmp`, and `.NAME.old` for a
+directory being replaced); `clean_orphans` removes them when the next run starts.
 """
 
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,6 +31,28 @@ def _umask() -> int:
     return umask
 
 
+# The names mkstemp/mkdtemp give temporaries here: a dot, the target's name, 8 random characters.
+_TMP_NAME = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")
+_OLD_NAME = re.compile(r"^\.(.+)\.old$")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's data and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and directory under `root`, children before their directory."""
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            _fsync(Path(dirpath, name))
+        _fsync(Path(dirpath))
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -36,7 +64,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
+        _fsync(path.parent)
     except (OSError, RuntimeError) as e:
         size = tmp_path.stat().st_size if tmp_path.exists() else 0
         if _out_of_space(e, path.parent):
@@ -84,13 +114,46 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
+        _fsync_tree(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
+            _fsync(path.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+            _fsync(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_orphans(directory: str | Path) -> list[Path]:
+    """Remove what killed atomic writes left in `directory` (not below it); return what was removed.
+
+    A `.NAME.old` directory whose NAME is missing is the previous version of a directory whose
+    replacement was killed between its two renames: it is moved back to NAME rather than deleted.
+    Call this only when no other process is writing into `directory`.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in sorted(directory.iterdir()):
+        old = _OLD_NAME.match(entry.name)
+        if old and entry.is_dir() and not entry.is_symlink():
+            target = entry.with_name(old.group(1))
+            if target.exists():
+                shutil.rmtree(entry)
+                removed.append(entry)
+            else:
+                os.replace(entry, target)
+        elif _TMP_NAME.match(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    _fsync(directory)
+    return removed

@@ -40,6 +40,10 @@ class TrainConfig:
     # Evaluations without improvement before stopping; 0 never stops early.
     early_stopping_patience: int = 0
     log_every_steps: int = 10
+    # Consecutive optimizer steps with a non-finite (nan or inf) loss tolerated before the run stops:
+    # 0 stops at the first; N > 0 rides out N in a row, e.g. the steps an fp16 grad scaler skips while it
+    # lowers its scale. No checkpoint is ever written while the model's weights are not all finite.
+    nonfinite_patience: int = 0
     num_workers: int = 0
     deterministic: bool = True
     # Resume a checkpoint although the settings that define the run changed (more epochs, another lr):
@@ -70,6 +74,8 @@ class TrainConfig:
             raise ValueError("give warmup_steps or warmup_epochs, not both")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}")
+        if self.nonfinite_patience < 0:
+            raise ValueError(f"nonfinite_patience must be 0 or more, got {self.nonfinite_patience}")
 
 
 @dataclass

@@ -32,3 +32,7 @@ class RunError(MedreproError):
 
 class OutOfSpaceError(MedreproError):
     """A write that filled its filesystem."""
+
+
+class TrainingError(MedreproError):
+    """A run that cannot go on, such as a diverged loss."""

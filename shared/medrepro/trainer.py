@@ -9,6 +9,8 @@ One function, `fit`, that a reader can hold in their head:
         every log_every_steps: progress line + trackers
         every eval_every_epochs (fractional) and at the end: evaluate, keep the best, early stopping,
         checkpoint; every save_every_steps: checkpoint
+        before each of those: stop if the loss diverged (see `_Divergence`); before each checkpoint:
+        stop if any weight is not finite
 
 The experiment supplies the model, a map-style dataset, a collate function, `loss_fn(model, batch)`
 and optionally `evaluate(model)` and `after_step(model)`. Epochs, warmup and evaluation intervals are
@@ -33,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medrepro import atomic, checkpoint, config, optim, repro, run_guard
 from medrepro.config_sections import TrainConfig
-from medrepro.errors import CheckpointError, ConfigError
+from medrepro.errors import CheckpointError, ConfigError, TrainingError
 from medrepro.sampling import StepBatchSampler, steps_per_epoch
 from medrepro.tracking import Progress, Tracker
 
@@ -130,6 +132,10 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
          data: Sequence[str | Path], variant: str) -> FitResult:
     ckpt_dir = run_dir / "checkpoints"
     repro.seed_everything(seed, cfg.deterministic)
+    if accelerator.is_main_process:
+        # Temporaries of a run killed mid-write; only the main process writes here, so none is in use.
+        atomic.clean_orphans(run_dir)
+        atomic.clean_orphans(ckpt_dir)
     if resume is None and checkpoint.step_checkpoints(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir} already holds checkpoints: pass --resume latest to continue "
                               "that run, or choose another output directory")
@@ -151,9 +157,10 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
     manager = checkpoint.CheckpointManager(ckpt_dir, cfg.keep_last, cfg.best_metric, cfg.best_mode)
 
     state, changes = TrainState(), []
+    last_checkpoint = None
     if resume is not None:
-        resume_from = checkpoint.resolve_resume(resume, ckpt_dir)
-        state, changes = _restore(resume_from, raw_model, optimizer, scheduler, accelerator, current,
+        last_checkpoint = checkpoint.resolve_resume(resume, ckpt_dir)
+        state, changes = _restore(last_checkpoint, raw_model, optimizer, scheduler, accelerator, current,
                                   cfg.allow_config_change)
 
     tracker = None
@@ -170,6 +177,7 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
     progress = Progress(schedule.total_steps, state.step, cfg.batch_size, schedule.steps_per_epoch)
     running_loss = torch.zeros((), device=accelerator.device)
     running_steps = 0
+    divergence = _Divergence(cfg.nonfinite_patience, accelerator.device)
     start_step, t_start = state.step, time.perf_counter()
 
     model.train()
@@ -178,6 +186,7 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
         micro_batches = iter(loader)
         for _ in range(schedule.steps_per_epoch - state.step_in_epoch):
             extras: dict[str, torch.Tensor] = {}
+            step_loss = torch.zeros((), device=accelerator.device)
             for micro in range(cfg.grad_accum):
                 batch = send_to_device(next(micro_batches), accelerator.device)
                 sync = micro == cfg.grad_accum - 1
@@ -185,6 +194,7 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
                     loss, extras = loss_fn(model, batch)
                 accelerator.backward(loss / cfg.grad_accum)
                 running_loss += loss.detach() / cfg.grad_accum
+                step_loss += loss.detach()
             if cfg.clip_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
             optimizer.step()
@@ -196,8 +206,17 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
             state.step += 1
             state.step_in_epoch += 1
             running_steps += 1
+            divergence.update(state.step, step_loss)
 
-            if state.step % cfg.log_every_steps == 0 or state.step == schedule.total_steps:
+            last = state.step == schedule.total_steps
+            logging = state.step % cfg.log_every_steps == 0 or last
+            evaluating = evaluate is not None and (state.step % schedule.eval_every == 0 or last)
+            saving = evaluating or bool(cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or last
+            if logging or saving:
+                divergence.check(accelerator, last_checkpoint)
+            if saving:  # before evaluating too: metrics of non-finite weights fail in confusing ways
+                _require_finite_weights(raw_model, state.step, last_checkpoint)
+            if logging:
                 mean_loss = accelerator.reduce(running_loss, "mean").item() / running_steps
                 running_loss.zero_()
                 running_steps = 0
@@ -207,12 +226,11 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
                     tracker.log(state.step, {"train/loss": mean_loss, "train/lr": lr,
                                              **{f"train/{k}": float(v.detach()) for k, v in extras.items()}})
 
-            last = state.step == schedule.total_steps
-            if evaluate is not None and (state.step % schedule.eval_every == 0 or last):
+            if evaluating:
                 _evaluate_and_track(model, raw_model, evaluate, state, manager, cfg, accelerator, tracker)
-                _save(manager, state, raw_model, optimizer, scheduler, accelerator, current, track_best=True)
-            elif (cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or last:
-                _save(manager, state, raw_model, optimizer, scheduler, accelerator, current, track_best=False)
+            if saving:
+                _save(manager, state, raw_model, optimizer, scheduler, accelerator, current, track_best=evaluating)
+                last_checkpoint = manager.step_path(state.step)
             if last or state.stopped_early:
                 break
         else:
@@ -222,6 +240,7 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
     loop_seconds = time.perf_counter() - t_start
     result = FitResult(state, loop_seconds, (state.step - start_step) * cfg.batch_size / max(loop_seconds, 1e-9))
     if accelerator.is_main_process:
+        # The weights of the last step checkpoint (or of the one resumed from), already checked finite.
         checkpoint.save(run_dir / "final.pt", {"model": raw_model.state_dict(), "identity": current,
                                                "train_state": dataclasses.asdict(state)})
         atomic.write_json(run_dir / "fit.json", dataclasses.asdict(result))
@@ -271,6 +290,50 @@ def _evaluate_and_track(model: nn.Module, raw_model: nn.Module, evaluate: Callab
     decision = broadcast_object_list(decision)
     for key, value in decision[0].items():
         setattr(state, key, value)
+
+
+class _Divergence:
+    """Counts consecutive optimizer steps with a non-finite loss on the device, so that a step costs no
+    GPU sync; `check` syncs once and stops the run once more than `patience` came in a row."""
+
+    def __init__(self, patience: int, device: torch.device):
+        self.patience = patience
+        self.streak = torch.zeros((), dtype=torch.long, device=device)
+        # The first step at which the streak passed the patience (-1: none yet), and its loss.
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.loss = torch.zeros((), device=device)
+
+    def update(self, step: int, loss: torch.Tensor) -> None:
+        self.streak = torch.where(torch.isfinite(loss), 0, self.streak + 1)
+        first = (self.streak > self.patience) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.loss = torch.where(first, loss.float(), self.loss)
+
+    def check(self, accelerator: Accelerator, last_checkpoint: Path | None) -> None:
+        # Gathered, so that every process stops together even when only one saw the bad loss.
+        steps = accelerator.gather(self.step.reshape(1)).tolist()
+        if max(steps) < 0:
+            return
+        losses = accelerator.gather(self.loss.reshape(1)).tolist()
+        step, loss = min((step, loss) for step, loss in zip(steps, losses, strict=True) if step >= 0)
+        raise TrainingError(f"training diverged: loss is {loss} at step {step} (train.nonfinite_patience "
+                            f"{self.patience}); lower train.lr, set train.clip_grad_norm or check the data, "
+                            f"and train again; {_last_good(last_checkpoint)}")
+
+
+def _last_good(last_checkpoint: Path | None) -> str:
+    if last_checkpoint is None:
+        return "no checkpoint of this run was written"
+    return f"the last good checkpoint is {last_checkpoint}"
+
+
+def _require_finite_weights(raw_model: nn.Module, step: int, last_checkpoint: Path | None) -> None:
+    """Refuse to checkpoint non-finite weights (one sync): they would poison every resume from them."""
+    floats = [t for t in raw_model.state_dict().values() if t.is_floating_point()]
+    if floats and not torch.stack([torch.isfinite(t).all() for t in floats]).all().item():
+        raise TrainingError(f"training diverged: model weights are not finite at step {step}, not checkpointed; "
+                            "lower train.lr, set train.clip_grad_norm or check the data, and train again; "
+                            f"{_last_good(last_checkpoint)}")
 
 
 def _save(manager: checkpoint.CheckpointManager, state: TrainState, raw_model: nn.Module,

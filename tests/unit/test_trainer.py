@@ -9,6 +9,7 @@ from torch.utils.data import TensorDataset
 
 from medrepro import checkpoint
 from medrepro.config_sections import TrainConfig
+from medrepro.errors import ConfigError, TrainingError
 from medrepro.trainer import fit
 
 
@@ -100,3 +101,102 @@ def test_mlflow_and_tensorboard_record_the_run(tmp_path):
     runs = mlflow.search_runs(experiment_names=["medrepro"], output_format="list")
     assert runs and "train_loss" in runs[0].data.metrics and "val_loss" in runs[0].data.metrics
     assert runs[0].data.params["train.lr"] == "0.05"
+
+
+# ------------------------------------------------------------------------------- integrity and divergence
+
+
+def loss_at(bad_steps: set[int], poison: bool):
+    """mse, except at the given optimizer steps (grad_accum 1): a nan loss that, with `poison`, also makes
+    every gradient nan (a real divergence) or, without, has zero gradient (a step a grad scaler skips)."""
+    calls = 0
+
+    def loss_fn(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        nonlocal calls
+        calls += 1
+        loss, extras = mse(model, batch)
+        if calls not in bad_steps:
+            return loss, extras
+        if poison:
+            return loss * float("nan"), extras
+        return torch.where(torch.tensor(True), torch.tensor(float("nan")), loss), extras
+
+    return loss_fn
+
+
+def assert_no_nonfinite_checkpoint(run_dir) -> list[str]:
+    assert not (run_dir / "final.pt").exists()
+    found = checkpoint.step_checkpoints(run_dir / "checkpoints")
+    for path in found:
+        assert all(torch.isfinite(t).all() for t in checkpoint.load(path)["model"].values()), path
+    return [p.name for p in found]
+
+
+def test_nan_loss_stops_the_run_before_a_nan_checkpoint(tmp_path):
+    cfg = config(save_every_steps=1, keep_last=10)
+    with pytest.raises(TrainingError) as info:
+        fit(make_model(), data(), cfg, tmp_path, loss_fn=loss_at({3}, poison=True), seed=0)
+    message = str(info.value)
+    assert message.startswith("training diverged: loss is nan at step 3 (train.nonfinite_patience 0); lower train.lr")
+    assert message.endswith(f"the last good checkpoint is {tmp_path / 'checkpoints' / 'step-00000002.pt'}")
+    assert "\n" not in message
+    assert assert_no_nonfinite_checkpoint(tmp_path) == ["step-00000001.pt", "step-00000002.pt"]
+
+
+def test_huge_learning_rate_stops_the_run(tmp_path):
+    with pytest.raises(TrainingError, match=r"^training diverged: loss is (inf|nan) at step \d+ .*; no checkpoint"):
+        fit(make_model(), data(), config(lr=1e30, save_every_steps=2), tmp_path, loss_fn=mse, seed=0)
+    assert_no_nonfinite_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(("bad_steps", "patience", "stops_at"),
+                         [({3}, 0, 3), ({3}, 1, None), ({3, 4}, 1, 4), ({3, 5}, 1, None), ({3, 4}, 2, None)])
+def test_nonfinite_patience_counts_consecutive_steps(tmp_path, bad_steps, patience, stops_at):
+    cfg = config(nonfinite_patience=patience, log_every_steps=1)
+    loss_fn = loss_at(bad_steps, poison=False)
+    if stops_at is None:
+        assert fit(make_model(), data(), cfg, tmp_path, loss_fn=loss_fn, seed=0).state.step == 8
+    else:
+        with pytest.raises(TrainingError, match=f"loss is nan at step {stops_at} "):
+            fit(make_model(), data(), cfg, tmp_path, loss_fn=loss_fn, seed=0)
+
+
+def test_nonfinite_weights_are_never_checkpointed(tmp_path):
+    """A tolerated nan loss whose gradients poison the weights: the save right after it refuses."""
+    cfg = config(save_every_steps=1, keep_last=10, nonfinite_patience=5)
+    with pytest.raises(TrainingError, match="model weights are not finite at step 3, not checkpointed") as info:
+        fit(make_model(), data(), cfg, tmp_path, loss_fn=loss_at({3}, poison=True), seed=0)
+    assert str(info.value).endswith("step-00000002.pt")
+    assert assert_no_nonfinite_checkpoint(tmp_path) == ["step-00000001.pt", "step-00000002.pt"]
+
+
+def test_negative_patience_is_rejected():
+    with pytest.raises(ConfigError, match=r"train\.nonfinite_patience must be 0 or positive, got -1"):
+        config(nonfinite_patience=-1)
+
+
+def test_start_cleans_orphans_of_a_killed_write(tmp_path):
+    orphans = [tmp_path / ".fit.json.a1b2c3d4.tmp", tmp_path / "checkpoints" / ".step-00000004.pt.x_y9z8w7.tmp"]
+    for orphan in orphans:
+        orphan.parent.mkdir(parents=True, exist_ok=True)
+        orphan.write_bytes(b"half a file")
+    fit(make_model(), data(), config(), tmp_path, loss_fn=mse, seed=0)
+    assert not any(orphan.exists() for orphan in orphans)
+
+
+def test_resume_latest_skips_a_corrupt_checkpoint_and_ends_bitwise_equal(tmp_path, capsys):
+    cfg = config(save_every_steps=2)
+    fit(make_model(), data(), cfg, tmp_path, loss_fn=mse, seed=0)
+    reference = checkpoint.load(tmp_path / "final.pt")["model"]
+    newest = tmp_path / "checkpoints" / "step-00000008.pt"
+    corrupted = bytearray(newest.read_bytes())
+    corrupted[len(corrupted) // 2] ^= 0x01
+    newest.write_bytes(corrupted)
+    capsys.readouterr()
+
+    fit(make_model(), data(), cfg, tmp_path, loss_fn=mse, seed=0, resume="latest")
+    err = capsys.readouterr().err
+    assert "--resume latest: skipping step-00000008.pt: checkpoint" in err
+    assert "resumed from" in err and "step-00000006.pt at step 6" in err
+    resumed = checkpoint.load(tmp_path / "final.pt")["model"]
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
