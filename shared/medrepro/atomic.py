@@ -129,18 +129,22 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def clean_orphans(directory: str | Path) -> list[Path]:
-    """Remove what killed atomic writes left in `directory` (not below it); return what was removed.
+def clean_orphans(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Remove what killed atomic writes left in `directory` (not below it), or only those of the target
+    `name`; return what was removed.
 
     A `.NAME.old` directory whose NAME is missing is the previous version of a directory whose
     replacement was killed between its two renames: it is moved back to NAME rather than deleted.
-    Call this only when no other process is writing into `directory`.
+    Call this only when no other process is writing into `directory` (or into `name` there).
     """
     directory = Path(directory)
     if not directory.is_dir():
         return []
     removed = []
     for entry in sorted(directory.iterdir()):
+        target_name = (_OLD_NAME.match(entry.name) or _TMP_NAME.match(entry.name))
+        if name is not None and (target_name is None or target_name.group(1) != name):
+            continue
         old = _OLD_NAME.match(entry.name)
         if old and entry.is_dir() and not entry.is_symlink():
             target = entry.with_name(old.group(1))

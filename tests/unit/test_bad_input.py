@@ -50,7 +50,7 @@ def test_no_link_input_ends_in_a_traceback(tmp_path_factory, records):
 
 
 def test_link_or_evaluate_before_training_is_one_line(tmp_path):
-    with pytest.raises(DataError, match="model directory .* not found: train first"):
+    with pytest.raises(DataError, match=r"model directory .* not found: train first"):
         cross.load(tmp_path / "runs" / "cross_encoder" / "sapbert" / "model")
 
 

@@ -472,3 +472,10 @@ def test_clean_orphans_of_directory_writes(tmp_path):
 
 def test_clean_orphans_of_missing_directory(tmp_path):
     assert atomic.clean_orphans(tmp_path / "nope") == []
+
+
+def test_clean_orphans_of_one_target_leaves_the_others(tmp_path):
+    for name in (".lmdb.abcd1234.tmp", ".prepared.abcd1234.tmp"):
+        (tmp_path / name).mkdir()
+    assert atomic.clean_orphans(tmp_path, "lmdb") == [tmp_path / ".lmdb.abcd1234.tmp"]
+    assert names(tmp_path) == [".prepared.abcd1234.tmp"]

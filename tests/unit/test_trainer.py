@@ -171,7 +171,7 @@ def test_nonfinite_weights_are_never_checkpointed(tmp_path):
 
 
 def test_negative_patience_is_rejected():
-    with pytest.raises(ConfigError, match=r"train\.nonfinite_patience must be 0 or positive, got -1"):
+    with pytest.raises(ConfigError, match=r"config: nonfinite_patience must be 0 or more, got -1"):
         config(nonfinite_patience=-1)
 
 

@@ -99,6 +99,7 @@ def run(experiment: Experiment, argv: Sequence[str]) -> int:
         with ExitStack() as held:
             for out in outs:
                 held.enter_context(run_guard.exclusive_output(out))
+                atomic.clean_orphans(out.parent, out.name)  # what a killed run of this stage left
             resolve(command.run)(cfg, args)
     return 0
 
