@@ -167,10 +167,12 @@ def mine(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> dic
         report["pairs"][split] = {k: kinds[k] for k in KINDS}
     report["mentions"] = {"all": len(mentions), "linkable": int(linkable.size)}
     report["settings"] = asdict(cfg.mining)
-    atomic.write_with(out / CANDIDATES_FILE, lambda tmp: _save_npz(tmp, cand, rows, scores, gold))
-    for split in SPLITS:
-        atomic.write_text(out / f"pairs_{split}.jsonl", "".join(json.dumps(asdict(p)) + "\n" for p in pairs[split]))
-    atomic.write_json(out / "mining.json", report)
+    # The whole directory is replaced at once: a killed mine never leaves new pairs beside old ones.
+    with atomic.atomic_dir(out) as tmp:
+        _save_npz(tmp / CANDIDATES_FILE, cand, rows, scores, gold)
+        for split in SPLITS:
+            atomic.write_text(tmp / f"pairs_{split}.jsonl", "".join(json.dumps(asdict(p)) + "\n" for p in pairs[split]))
+        atomic.write_json(tmp / "mining.json", report)
     print(json.dumps({"recall": report["recall"], "mix": report["mix"]["train"], "pairs": report["pairs"]}))
     # Speed goes to the console only, so that the outputs depend on the inputs alone (`bench` measures it).
     n = len(mentions)

@@ -23,6 +23,7 @@ from medrepro import atomic, repro
 from medrepro.errors import ConfigError, DataError
 from medrepro.tiny import build_tiny_bert
 
+TABLES = ("concepts.jsonl", "mentions.jsonl")
 SPLITS = ("train", "dev", "test")
 
 
@@ -105,22 +106,33 @@ def prepare(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> 
         "umls_stats": asdict(umls.stats),
         "type_names": umls.type_names,
     }
+    # Written last, with the checksums of the tables: the readers check that both come from this run.
+    summary["files"] = {name: repro.sha256_file(out / name) for name in TABLES}
     atomic.write_json(out / "summary.json", summary)
     print(json.dumps({k: summary[k] for k in ("documents", "mentions", "mentions_linkable", "concepts", "names",
                                               "missing")}))
     return out
 
 
+def _checked(prepared: str | Path, name: str) -> Path:
+    """A table of prepared/ that matches the checksum its prepare run wrote into summary.json."""
+    path, summary = Path(prepared) / name, Path(prepared) / "summary.json"
+    if not path.is_file() or not summary.is_file():
+        raise DataError(f"{path if not path.is_file() else summary} is missing: run `medrepro cross_encoder "
+                        "prepare` first")
+    expected = json.loads(summary.read_text()).get("files", {}).get(name)
+    if expected != repro.sha256_file(path):
+        raise DataError(f"{path} does not match the checksum in {summary} (a prepare run was interrupted or the "
+                        "file was changed): run `medrepro cross_encoder prepare` again")
+    return path
+
+
 def read_concepts(prepared: str | Path) -> list[Concept]:
-    path = Path(prepared) / "concepts.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `medrepro cross_encoder prepare` first")
+    path = _checked(prepared, "concepts.jsonl")
     return [Concept(d["cui"], d["preferred"], tuple(d["names"]), tuple(d["types"]))
             for d in map(json.loads, path.read_text().splitlines())]
 
 
 def read_mentions(prepared: str | Path) -> list[MentionRecord]:
-    path = Path(prepared) / "mentions.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `medrepro cross_encoder prepare` first")
+    path = _checked(prepared, "mentions.jsonl")
     return [MentionRecord(**{**d, "types": tuple(d["types"])}) for d in map(json.loads, path.read_text().splitlines())]

@@ -71,3 +71,19 @@ def test_a_config_mistake_fails_before_torch_is_imported(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert proc.stdout.split() == ["2", "False"] and "lr must be positive" in proc.stderr
     assert time.perf_counter() - t0 < 30  # generous: a cold start imports yaml and the configs only
+
+
+def test_prepared_tables_from_different_prepare_runs_are_refused(tmp_path):
+    from experiments.cross_encoder.prepare import read_concepts, read_mentions
+    from medrepro import atomic, repro
+
+    prepared = tmp_path / "prepared"
+    atomic.write_text(prepared / "concepts.jsonl", '{"cui": "C1", "preferred": "a", "names": ["a"], "types": []}\n')
+    atomic.write_text(prepared / "mentions.jsonl", "")
+    atomic.write_json(prepared / "summary.json", {"files": {n: repro.sha256_file(prepared / n)
+                                                            for n in ("concepts.jsonl", "mentions.jsonl")}})
+    assert [c.cui for c in read_concepts(prepared)] == ["C1"] and read_mentions(prepared) == []
+    # A prepare killed after writing one table: the other no longer matches.
+    atomic.write_text(prepared / "mentions.jsonl", '{"split": "train"}\n')
+    with pytest.raises(DataError, match=r"mentions\.jsonl does not match the checksum in .*summary\.json"):
+        read_mentions(prepared)
