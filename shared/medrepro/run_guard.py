@@ -4,6 +4,9 @@ mark written last when the run completed.
     .lock           held (flock) by the process writing the directory; the pid is inside, for messages
     complete.json   written last by a finished run: variant, identity hash, final and best step
 
+Outputs that a command replaces as a whole (a data stage's directory, a results directory) are locked
+through a file in the machine's temporary directory instead, so nothing is left in the project.
+
 The lock is an advisory `flock` on an open file: the kernel releases it when the holder exits, however
 it exits, so a lock left by a killed run is simply taken over; no pid guessing is needed.
 
@@ -18,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,10 +53,14 @@ def exclusive(directory: str | Path, what: str = "run directory") -> Iterator[Pa
 
 @contextmanager
 def exclusive_output(path: str | Path) -> Iterator[Path]:
-    """Hold a lock beside `path` (`.<name>.lock`) while a stage replaces it as a whole."""
+    """Hold the lock of an output a command replaces as a whole (a data stage's directory, a results
+    directory). The lock file lives in the machine's temporary directory, named by the output's
+    absolute path, so a command that fails before writing leaves nothing behind in the project."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _held(path.parent / f".{path.name}.lock", path, "output directory"):
+    locks = Path(tempfile.gettempdir()) / "medrepro-locks"
+    locks.mkdir(exist_ok=True)
+    name = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:20]
+    with _held(locks / f"{name}.lock", path, "output directory"):
         yield path
 
 

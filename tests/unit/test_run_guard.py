@@ -157,3 +157,11 @@ def test_the_report_leaves_out_results_of_an_unfinished_run(tmp_path):
     reference = {"title": "t", "columns": [{"metric": "accuracy", "label": "Accuracy"}], "notes": ""}
     text = experiment_section("x", ["a", "b"], tmp_path, reference)
     assert "| a | synthetic | 0.900 |" in text and "| b | incomplete run, not reported |" in text
+
+
+def test_an_output_lock_leaves_nothing_in_the_project(tmp_path):
+    out = tmp_path / "data" / "exp" / "prepared"
+    with (run_guard.exclusive_output(out), pytest.raises(RunError, match=r"prepared is in use by pid"),
+          run_guard.exclusive_output(out)):
+        pass
+    assert not (tmp_path / "data").exists()
