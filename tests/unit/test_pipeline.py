@@ -38,3 +38,14 @@ def test_smoke_runs_the_stages_in_pipeline_order():
     commands = pipeline.pipeline_commands(registry.get("cross_encoder"), ["sapbert"])
     assert commands == [["prepare"], ["index"], ["mine"], ["train", "--variant", "sapbert"],
                         ["evaluate", "--variant", "sapbert"]]
+
+
+def test_dvc_lock_holds_only_stages_the_pipeline_defines():
+    """DVC keeps the lock entries of removed or renamed stages; stale ones would hide from verify."""
+    import yaml
+
+    defined = set()
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        defined |= {f"{name}@{item}" for item in stage["foreach"]} if "foreach" in stage else {name}
+    locked = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
+    assert locked <= defined, f"stale entries in dvc.lock: {sorted(locked - defined)}"
