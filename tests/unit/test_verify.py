@@ -27,3 +27,10 @@ def test_identical_files_are_no_difference(tmp_path):
         (root / "results").mkdir(parents=True)
         (root / "results" / "m.json").write_text('{"acc": 1}')
     assert differences(tmp_path / "a", tmp_path / "b", ["results/m.json"]) == []
+
+
+def test_a_long_table_shows_a_few_rows_per_file_and_counts_the_rest():
+    rows = [("a.json", f"m{i}", "1", "2") for i in range(25)] + [("b.json", "x", "1", "2")]
+    lines = table(rows, per_file=10).splitlines()
+    assert len(lines) == 2 + 10 + 1 + 1
+    assert "(and 15 more)" in lines[12] and lines[-1].startswith("b.json")

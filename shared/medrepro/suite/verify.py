@@ -97,7 +97,15 @@ def differences(committed_root: Path, reproduced_root: Path, files: Sequence[str
     return rows
 
 
-def table(rows: Sequence[tuple[str, str, str, str]]) -> str:
+def table(rows: Sequence[tuple[str, str, str, str]], per_file: int = 10) -> str:
+    """The rows as an aligned table, at most `per_file` rows per file plus a line counting the rest."""
+    shown: list[tuple[str, str, str, str]] = []
+    for name in dict.fromkeys(r[0] for r in rows):
+        mine = [r for r in rows if r[0] == name]
+        shown += mine[:per_file]
+        if len(mine) > per_file:
+            shown.append((name, f"(and {len(mine) - per_file} more)", "", ""))
+    rows = shown
     header = ("file", "metric", "committed", "reproduced")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
