@@ -118,6 +118,26 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def lookup(cfg: Any, key: str) -> Any:
+    """The value at a dotted key (`paths.lmdb`) of a config object."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings → one mapping with dotted keys; other values (lists included) are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
 def to_plain(cfg: Any) -> dict[str, Any]:
     """The config as plain dicts and lists, as YAML writes it."""
     return _plain(to_dict(cfg))

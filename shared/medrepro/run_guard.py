@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from medrepro import atomic
+from medrepro.config import flatten, to_plain
 from medrepro.errors import CheckpointError, ConfigError, RunError
 
 LOCK_FILE = ".lock"
@@ -86,10 +87,8 @@ def _held(lock_file: Path, directory: Path, what: str) -> Iterator[None]:
 
 def identity(run_config: Any, variant: str, data_checksums: Mapping[str, str]) -> dict[str, Any]:
     """{"values": flat settings that define the run, "hash": their SHA-256}."""
-    from medrepro.config import to_plain
-
     plain = to_plain(run_config) if dataclasses.is_dataclass(run_config) else run_config
-    values = {k: v for k, v in _flat(plain).items() if _defines_the_run(k)}
+    values = {k: v for k, v in flatten(plain).items() if _defines_the_run(k)}
     values["variant"] = variant
     values.update({f"data:{path}": digest for path, digest in sorted(data_checksums.items())})
     text = json.dumps(values, sort_keys=True, default=str)
@@ -141,11 +140,3 @@ def completed(run_dir: str | Path, variant: str) -> dict[str, Any]:
                        "matching --variant, or --run with that variant's run directory")
     return mark
 
-
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}

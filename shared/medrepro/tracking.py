@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from medrepro import atomic
+from medrepro import atomic, config
 from medrepro.config_sections import TrackingConfig
 
 
@@ -65,7 +65,7 @@ class Tracker:
             mlflow.set_tracking_uri(uri)
             mlflow.set_experiment(cfg.mlflow_experiment)
             mlflow.start_run(run_name=run_name)
-            mlflow.log_params(_flatten(params))
+            mlflow.log_params(config.flatten(params))
             self.mlflow = mlflow
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -107,13 +107,3 @@ class Progress:
     def emit(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-
-def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in params.items():
-        name = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name))
-        else:
-            flat[name] = value
-    return flat

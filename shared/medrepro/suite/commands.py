@@ -84,7 +84,7 @@ def run(experiment: Experiment, argv: Sequence[str]) -> int:
         from medrepro.suite import smoke
 
         variants = args.variants.split(",") if args.variants else list(experiment.variants)
-        smoke.run(experiment, args.out, variants, args)
+        smoke.run(experiment, cfg, args.out, variants, args)
     elif args.command == "train":
         run_dir = args.out or Path(cfg.paths.runs) / args.variant
         resolve(experiment.train)(cfg, args.variant, run_dir, args.resume)
@@ -95,20 +95,13 @@ def run(experiment: Experiment, argv: Sequence[str]) -> int:
     else:
         command = next(c for c in (*experiment.stages, *experiment.commands) if c.name == args.command)
         # A data stage replaces its outputs as a whole; one writer at a time.
-        outs = [_config_value(cfg, key) for key in getattr(command, "outs", ())]
+        outs = [Path(config.lookup(cfg, key)) for key in getattr(command, "outs", ())]
         with ExitStack() as held:
             for out in outs:
                 held.enter_context(run_guard.exclusive_output(out))
                 atomic.clean_orphans(out.parent, out.name)  # what a killed run of this stage left
             resolve(command.run)(cfg, args)
     return 0
-
-
-def _config_value(cfg: object, key: str) -> Path:
-    value = cfg
-    for part in key.split("."):
-        value = getattr(value, part)
-    return Path(value)
 
 
 def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from medrepro import atomic
+from medrepro import atomic, config
 from medrepro.errors import MedreproError
 from medrepro.suite import registry
 from medrepro.suite.spec import Experiment
@@ -83,13 +83,7 @@ def data_files(experiment: str, root: Path) -> list[str]:
 def _config_paths(experiment: Experiment, keys: Sequence[str]) -> list[str]:
     """Config keys such as "paths.lmdb" → their default values in the config class."""
     cfg = experiment.config_class()()
-    out = []
-    for key in keys:
-        value: Any = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
-        out.append(str(value))
-    return out
+    return [str(config.lookup(cfg, key)) for key in keys]
 
 
 def _code_deps(experiment: Experiment, target: str, root: Path) -> list[str]:

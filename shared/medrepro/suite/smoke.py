@@ -10,13 +10,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from medrepro import checkpoint
 from medrepro.errors import MedreproError
 from medrepro.suite.pipeline import pipeline_commands
 from medrepro.suite.spec import Experiment
 
 
-def run(experiment: Experiment, out: Path, variants: list[str], args: argparse.Namespace) -> None:
+def run(experiment: Experiment, cfg: Any, out: Path, variants: list[str], args: argparse.Namespace) -> None:
+    """`cfg` is the config the command resolved (its paths say where an interrupted run's checkpoints are)."""
     unknown = sorted(set(variants) - set(experiment.variants))
     if unknown:
         raise MedreproError(f"--variants: {experiment.name} has no variant {unknown[0]!r} "
@@ -25,7 +28,7 @@ def run(experiment: Experiment, out: Path, variants: list[str], args: argparse.N
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for argv in pipeline_commands(experiment, variants):
-        if argv[0] == "train" and _has_checkpoints(out, experiment, argv, config_args, args.overrides):
+        if argv[0] == "train" and checkpoint.step_checkpoints(out / cfg.paths.runs / argv[-1] / "checkpoints"):
             argv = [*argv, "--resume", "latest"]  # an interrupted smoke run continues where it stopped
         command = [experiment.name, *argv, *config_args, *args.overrides]
         _medrepro(command, out)
@@ -40,14 +43,3 @@ def _medrepro(command: list[str], cwd: Path) -> None:
     if code != 0:
         raise MedreproError(f"`medrepro {' '.join(command)}` failed with exit status {code} (in {cwd})")
 
-
-def _has_checkpoints(out: Path, experiment: Experiment, train_argv: list[str], config_args: list[str],
-                     overrides: list[str]) -> bool:
-    from medrepro import checkpoint, config
-    from medrepro.suite import registry
-
-    path = Path(config_args[1]) if config_args[0] == "--config" else (
-        registry.experiments_dir() / experiment.name / "configs" / f"{config_args[1]}.yaml")
-    cfg = config.load_config(experiment.config_class(), path, overrides)
-    variant = train_argv[train_argv.index("--variant") + 1]
-    return bool(checkpoint.step_checkpoints(out / cfg.paths.runs / variant / "checkpoints"))

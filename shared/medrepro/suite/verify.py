@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from medrepro.config import flatten
 from medrepro.errors import MedreproError
 from medrepro.suite import registry
 
@@ -62,18 +63,15 @@ def reproduce(repo: Path, workdir: Path) -> None:
     _run(["dvc", "repro"], workdir)
 
 
-def _flat(value: object, prefix: str = "") -> dict[str, object]:
-    """Nested mappings and lists → dotted keys; list entries with a `path` (dvc.lock's deps and outs)
-    are keyed by it."""
+def _keyed(value: object) -> object:
+    """Lists → mappings, so that `flatten` reaches inside them; list entries with a `path` (dvc.lock's
+    deps and outs) are keyed by it, others by position."""
     if isinstance(value, list):
-        value = {item["path"] if isinstance(item, dict) and "path" in item else str(i): item
-                 for i, item in enumerate(value)}
+        return {item["path"] if isinstance(item, dict) and "path" in item else str(i): _keyed(item)
+                for i, item in enumerate(value)}
     if isinstance(value, dict):
-        out: dict[str, object] = {}
-        for key, item in value.items():
-            out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
+        return {key: _keyed(item) for key, item in value.items()}
+    return value
 
 
 def differences(committed_root: Path, reproduced_root: Path, files: Sequence[str]) -> list[tuple[str, str, str, str]]:
@@ -88,7 +86,7 @@ def differences(committed_root: Path, reproduced_root: Path, files: Sequence[str
             continue
         if name.endswith((".json", ".lock", ".yaml")):
             # JSON is YAML; dvc.lock is YAML.
-            a, b = _flat(yaml.safe_load(old.read_text())), _flat(yaml.safe_load(new.read_text()))
+            a, b = (flatten(_keyed(yaml.safe_load(f.read_text()))) for f in (old, new))
             changed = [(k, repr(a.get(k, "—")), repr(b.get(k, "—"))) for k in sorted(set(a) | set(b))
                        if a.get(k, "—") != b.get(k, "—")]
             rows += [(name, *row) for row in changed] or [(name, "(formatting)", "", "")]
