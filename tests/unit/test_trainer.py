@@ -91,18 +91,6 @@ def test_unknown_best_metric_is_a_clear_error(tmp_path):
             evaluate=lambda m: {"val/loss": 1.0})
 
 
-def test_mlflow_and_tensorboard_record_the_run(tmp_path):
-    cfg = config(tracking={"tensorboard": True, "mlflow": True})
-    fit(make_model(), data(), cfg, tmp_path, loss_fn=mse, seed=0, evaluate=lambda m: {"val/loss": 1.0})
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    import mlflow
-
-    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
-    runs = mlflow.search_runs(experiment_names=["medrepro"], output_format="list")
-    assert runs and "train_loss" in runs[0].data.metrics and "val_loss" in runs[0].data.metrics
-    assert runs[0].data.params["train.lr"] == "0.05"
-
-
 # ------------------------------------------------------------------------------- integrity and divergence
 
 
