@@ -20,6 +20,10 @@ class TrackingConfig:
     # keeps the run on disk (inside the run directory) for a later `wandb sync`.
     wandb: bool = False
     wandb_project: str = "medrepro"
+    # `evaluate` also logs the test metrics (as test/<name>) into the trackers of the run it evaluated.
+    # Off by default: it writes into the run directory, which DVC records as the train stage's output,
+    # so a pipeline would see its training changed. Turn it on when evaluating by hand.
+    test_metrics: bool = False
 
 
 @dataclass
@@ -46,7 +50,7 @@ class HealthConfig:
     # The exponentiated logit scale within logit_scale_tolerance (relative) of its clamp.
     logit_scale_max: float = 0.0
     logit_scale_tolerance: float = 0.01
-    # Mean absolute change between consecutive steps above this fraction of the first epoch's loss.
+    # The epoch-mean loss rising by more than this fraction from one epoch to the next.
     oscillation_ratio: float = 0.5
 
     def __post_init__(self) -> None:

@@ -12,8 +12,9 @@ The signs a contrastive (or any) run gives when it goes wrong, with thresholds f
     logit_ceiling the logit scale (the loss function's `logit_scale` extra, exponentiated) reached
                   `logit_scale_max` within `logit_scale_tolerance` (relative): the temperature is
                   pinned at its clamp
-    oscillation   consecutive optimizer steps differ on average by more than `oscillation_ratio` × the
-                  first epoch's mean loss: steps jump by the scale of the problem itself
+    oscillation   the epoch-mean loss rose by more than `oscillation_ratio` (relative) from one epoch to
+                  the next; batch-to-batch noise is not a sign (it grows as batches shrink), a trend
+                  that turns up is
 
 The loop feeds per-step values on the device (`EpochStats.add`, no sync) and hands the epoch's
 reduced numbers to `HealthMonitor.end_epoch` (one sync per epoch). Each sign fires once per run:
@@ -47,13 +48,13 @@ class EpochHealth:
     step: int
     loss: float
     max_loss: float
-    mean_abs_step_change: float
     acc: float | None = None
     logit_scale: float | None = None
 
 
 class EpochStats:
-    """Per-step sums on the device, so that a step costs no sync."""
+    """Per-step sums on the device, so that a step costs no sync. Steps with a non-finite loss are left
+    out: the divergence check of the loop handles those."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -61,19 +62,16 @@ class EpochStats:
 
     def reset(self) -> None:
         z = torch.zeros((), device=self.device)
-        self.loss_sum, self.change_sum, self.acc_sum, self.scale_max = z.clone(), z.clone(), z.clone(), z.clone()
+        self.loss_sum, self.finite_steps, self.acc_sum, self.scale_max = z.clone(), z.clone(), z.clone(), z.clone()
         self.loss_max = torch.full((), -torch.inf, device=self.device)
-        self.previous: torch.Tensor | None = None
-        self.steps = self.changes = self.acc_steps = self.scale_steps = 0
+        self.steps = self.acc_steps = self.scale_steps = 0
 
     def add(self, loss: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
         loss = loss.detach().float()
-        self.loss_sum += loss
-        self.loss_max = torch.maximum(self.loss_max, loss)
-        if self.previous is not None:
-            self.change_sum += (loss - self.previous).abs()
-            self.changes += 1
-        self.previous = loss
+        finite = torch.isfinite(loss)
+        self.loss_sum += torch.where(finite, loss, 0.0)
+        self.finite_steps += finite.float()
+        self.loss_max = torch.where(finite, torch.maximum(self.loss_max, loss), self.loss_max)
         self.steps += 1
         if ACC in extras:
             self.acc_sum += extras[ACC].detach().float().mean()
@@ -82,15 +80,20 @@ class EpochStats:
             self.scale_max = torch.maximum(self.scale_max, extras[LOGIT_SCALE].detach().float().max())
             self.scale_steps += 1
 
-    def reduce(self, accelerator, epoch: int, step: int) -> EpochHealth:
-        """Every process must call this at the same step (a collective); the means are over processes."""
-        packed = torch.stack([self.loss_sum / max(self.steps, 1), self.change_sum / max(self.changes, 1),
-                              self.acc_sum / max(self.acc_steps, 1)])
-        mean = (accelerator.reduce(packed, "mean") if accelerator.num_processes > 1 else packed).tolist()
+    def reduce(self, accelerator, epoch: int, step: int) -> EpochHealth | None:
+        """Every process must call this at the same step (a collective); the means are over processes.
+        None when no step of the epoch had a finite loss."""
+        packed = torch.stack([self.loss_sum, self.finite_steps, self.acc_sum / max(self.acc_steps, 1)])
         peaks = torch.stack([self.loss_max, self.scale_max])
-        peak = (accelerator.reduce(peaks, "max") if accelerator.num_processes > 1 else peaks).tolist()
-        return EpochHealth(epoch, step, mean[0], peak[0], mean[1], mean[2] if self.acc_steps else None,
-                           peak[1] if self.scale_steps else None)
+        if accelerator.num_processes > 1:
+            packed, peaks = accelerator.reduce(packed, "sum"), accelerator.reduce(peaks, "max")
+        loss_sum, finite_steps, acc_sum = packed.tolist()
+        loss_max, scale_max = peaks.tolist()
+        if not finite_steps:
+            return None
+        acc = acc_sum / accelerator.num_processes if self.acc_steps else None
+        return EpochHealth(epoch, step, loss_sum / finite_steps, loss_max, acc,
+                           scale_max if self.scale_steps else None)
 
 
 class HealthMonitor:
@@ -137,10 +140,10 @@ class HealthMonitor:
                 and now.logit_scale >= cfg.logit_scale_max * (1 - cfg.logit_scale_tolerance)):
             found.append(("logit_ceiling", f"logit scale {now.logit_scale:.4g} is at its ceiling "
                                            f"train.health.logit_scale_max {cfg.logit_scale_max:g}"))
-        if cfg.oscillation_ratio > 0 and now.mean_abs_step_change > cfg.oscillation_ratio * abs(first.loss):
-            found.append(("oscillation", f"loss oscillates: consecutive steps differ by {now.mean_abs_step_change:.4g} "
-                                         f"on average, over {cfg.oscillation_ratio:g} × the first epoch's loss "
-                                         f"{first.loss:.4g}"))
+        previous = self.epochs[-2].loss if len(self.epochs) > 1 else None
+        if cfg.oscillation_ratio > 0 and previous is not None and now.loss > previous * (1 + cfg.oscillation_ratio):
+            found.append(("oscillation", f"loss jumped from {previous:.4g} to {now.loss:.4g} in one epoch "
+                                         f"(more than train.health.oscillation_ratio {cfg.oscillation_ratio:g} up)"))
         return found
 
     def report(self) -> list[dict[str, Any]]:

@@ -182,7 +182,8 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
     tracker = None
     if accelerator.is_main_process:
         (run_dir / run_guard.COMPLETE_FILE).unlink(missing_ok=True)  # complete again only when this run ends
-        config.save_config(run_config if run_config is not None else cfg, run_dir / "config.yaml")
+        config.save_config(run_config if run_config is not None else cfg, run_dir / "config.yaml",
+                           comment=f"variant: {variant}" if variant else "")
         repro.write_manifest(run_dir / "manifest.json", checksums=checksums,
                              extra={"processes": accelerator.num_processes, "variant": variant,
                                     "distributed": str(accelerator.distributed_type), "identity": current["hash"],
@@ -309,8 +310,9 @@ def _add_to_manifest(path: Path, values: dict[str, Any]) -> None:
 
 def _check_health(monitor: HealthMonitor, stats: EpochStats, state: TrainState, accelerator: Accelerator) -> None:
     """At an epoch's end (or the last step): one collective, then the signs on every process alike."""
-    if stats.steps:
-        fired = monitor.end_epoch(stats.reduce(accelerator, state.epoch, state.step))
+    record = stats.reduce(accelerator, state.epoch, state.step) if stats.steps else None
+    if record is not None:
+        fired = monitor.end_epoch(record)
         if accelerator.is_main_process:
             for warning in fired:
                 Progress.emit(f"WARNING training health, step {warning.step} (epoch {warning.epoch}): "

@@ -120,9 +120,26 @@ def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> 
         results.write_evaluation(out, evaluation, run)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluation.headline.items())
     print(f"{experiment.name} {args.variant}: {shown}\nresults in {out}/ (metrics.json, details.json, plots/)")
+    _log_test_metrics(experiment, cfg, args.variant, run, evaluation)
     if not complete:
         print(f"note: evaluated the named checkpoint {args.checkpoint}, not a finished run's best; "
               "`medrepro report` leaves these results out")
+
+
+def _log_test_metrics(experiment: Experiment, cfg: object, variant: str, run: Path, evaluation: object) -> None:
+    """The headline as test/<name> into the trackers the run opened, at its last step (when asked)."""
+    import json
+
+    from medrepro import tracking
+
+    train = getattr(cfg, "train", None)
+    if train is None or not train.tracking.test_metrics:
+        return
+    fit_file = run / "fit.json"
+    step = json.loads(fit_file.read_text())["state"]["step"] if fit_file.is_file() else evaluation.info.get("step", 0)
+    written = tracking.log_test_metrics(run, train.tracking, f"{experiment.name}-{variant}", evaluation.headline, step)
+    if written:
+        print(f"test metrics logged to the run's {', '.join(written)} at step {step}")
 
 
 def _bench(experiment: Experiment, cfg: object, out: Path) -> None:
