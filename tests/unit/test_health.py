@@ -127,3 +127,17 @@ def test_a_healthy_fit_is_quiet(tmp_path, capsys):
     result = fit(make_model(), data(), config(epochs=25, lr=0.2), tmp_path, loss_fn=mse, seed=0)
     assert result.health == [] and "WARNING" not in capsys.readouterr().err
     assert len(result.state.health["epochs"]) == 25
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_retclip_thresholds_follow_its_batch_and_clamp(profile):
+    """A changed batch size or clamp must move the health thresholds with it."""
+    import math
+
+    from experiments.retclip.config import RetClipConfig
+    from medrepro.config import load_config
+    from medrepro.suite import registry
+
+    cfg = load_config(RetClipConfig, registry.experiments_dir() / "retclip" / "configs" / f"{profile}.yaml")
+    assert cfg.train.health.chance_acc == pytest.approx(1 / cfg.train.batch_size)
+    assert cfg.train.health.logit_scale_max == pytest.approx(math.exp(cfg.model.max_logit_scale), rel=1e-6)
