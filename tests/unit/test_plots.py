@@ -82,7 +82,7 @@ def test_per_class_bars_carry_intervals_and_tell_zero_from_missing(tmp_path):
     legend = fig.legends[0].get_window_extent(renderer)
     assert not any(legend.overlaps(bar.get_window_extent(renderer)) for bar in bars)
     assert "95 % bootstrap interval" in [t.get_text() for t in fig.legends[0].get_texts()]
-    assert "hypertension" in fig.get_supxlabel().get_text()
+    assert "hypertension" in fig.get_supxlabel()
     per_class_png(per_class, tmp_path / "p.png", "t")
     assert_png(tmp_path / "p.png")
 
