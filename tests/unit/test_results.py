@@ -25,3 +25,24 @@ def test_write_evaluation_writes_every_file_and_refuses_an_undefined_headline(tm
     with pytest.raises(ValueError, match="acc"):
         write_evaluation(tmp_path / "bad", Evaluation({"acc": float("nan")}, {}, {}), tmp_path)
     assert not (tmp_path / "bad" / "metrics.json").exists()
+
+
+def test_training_health_reaches_info_json_and_the_report(tmp_path):
+    from medrepro.suite.report import experiment_section
+
+    run = tmp_path / "run"
+    run.mkdir()
+    warning = {"sign": "flat", "step": 30, "epoch": 2, "message": "loss flat at 3.4 for 3 epochs"}
+    (run / "fit.json").write_text(json.dumps({"state": {"step": 40}, "health": [warning]}))
+    results = tmp_path / "results"
+    write_evaluation(results / "a", Evaluation({"acc": 0.5}, {"accuracy": 0.5}, {"data": "synthetic",
+                                                                                 "run": {"complete": True}}), run)
+    assert json.loads((results / "a" / "info.json").read_text())["training_health"] == [warning]
+    write_evaluation(results / "b", Evaluation({"acc": 0.6}, {"accuracy": 0.6}, {"data": "synthetic",
+                                                                                 "run": {"complete": True}}),
+                     tmp_path / "no-fit-json")
+    assert json.loads((results / "b" / "info.json").read_text())["training_health"] is None
+    reference = {"title": "t", "columns": [{"metric": "accuracy", "label": "Accuracy"}], "notes": ""}
+    text = experiment_section("x", ["a", "b"], results, reference)
+    assert "Training health warnings" in text and "- a: loss flat at 3.4 for 3 epochs (step 30)" in text
+    assert "- b:" not in text
