@@ -144,8 +144,9 @@ class RunTrackers:
         self.accelerator.log(values, step=step)
 
     def close(self) -> None:
+        """The log only: `accelerator.end_training()`, which the loop calls on every process once all are
+        done, finishes the trackers (and ends the process group, so it must come last)."""
         self.log_file.close()
-        self.accelerator.end_training()
 
 
 def _read_opened(run_dir: Path) -> dict[str, Any]:
