@@ -193,10 +193,11 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
         tracker = RunTrackers(accelerator, run_dir, cfg.tracking, run_name, params,
                               state.step if resume is not None else None)
         Progress.emit(
-            f"train {run_name}: run dir {run_dir} | device {accelerator.device} | {accelerator.num_processes} "
-            f"process(es) | parameters {n_params:,} ({n_trainable:,} trainable) | {len(train_set):,} training "
-            f"samples | {schedule.total_steps:,} optimizer steps ({schedule.steps_per_epoch:,} an epoch; batch "
-            f"{cfg.batch_size} = {cfg.batch_size // cfg.grad_accum // accelerator.num_processes} × {cfg.grad_accum} "
+            f"train {run_name}: run dir {run_dir.resolve()} | device {accelerator.device} | "
+            f"{accelerator.num_processes} process(es) | parameters {n_params:,} ({n_trainable:,} trainable) | "
+            f"{len(train_set):,} training samples | {schedule.total_steps:,} optimizer steps "
+            f"({schedule.steps_per_epoch:,} an epoch; batch {cfg.batch_size} = "
+            f"{cfg.batch_size // cfg.grad_accum // accelerator.num_processes} × {cfg.grad_accum} "
             f"accumulation × {accelerator.num_processes} process(es))"
             + (f" | resuming at step {state.step}" if resume is not None else ""))
     progress = Progress(schedule.total_steps, state.step, cfg.batch_size, schedule.steps_per_epoch)
@@ -291,7 +292,7 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
 
 
 def _summary(run_name: str, result: FitResult, cfg: TrainConfig, run_dir: Path) -> str:
-    state = result.state
+    state, run_dir = result.state, run_dir.resolve()
     best = (f"best {cfg.best_metric} {state.best_value:.4g} at step {state.best_step} "
             f"({run_dir / 'checkpoints' / 'best.pt'})" if state.best_step >= 0 else "no evaluation, no best checkpoint")
     health = (f"{len(result.health)} health warning(s): {', '.join(w['sign'] for w in result.health)}"
