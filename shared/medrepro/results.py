@@ -43,11 +43,14 @@ def write_evaluation(out_dir: Path, evaluation: Evaluation, run_dir: Path) -> No
 
 
 def training_health(run_dir: Path) -> list[dict[str, Any]] | None:
-    """The health signs that fired while the run trained (its fit.json); None when it has no fit.json."""
-    fit_file = run_dir / FIT_FILE
-    if not fit_file.is_file():
+    """The health signs that fired while the run trained: its fit.json, and those of the runs one level
+    down (a variant trained once per seed keeps one run of the loop per subdirectory), each sign with
+    the run it came from ("." for the run directory itself). None when no fit.json is there."""
+    fit_files = sorted([*run_dir.glob(FIT_FILE), *run_dir.glob(f"*/{FIT_FILE}")])
+    if not fit_files:
         return None
-    return json.loads(fit_file.read_text()).get("health", [])
+    return [{"run": fit_file.parent.relative_to(run_dir).as_posix(), **warning}
+            for fit_file in fit_files for warning in json.loads(fit_file.read_text()).get("health", [])]
 
 
 def training_curves(log: Path) -> dict[str, str]:

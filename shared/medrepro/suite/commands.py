@@ -127,7 +127,8 @@ def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> 
 
 
 def _log_test_metrics(experiment: Experiment, cfg: object, variant: str, run: Path, evaluation: object) -> None:
-    """The headline as test/<name> into the trackers the run opened, at its last step (when asked)."""
+    """The headline as test/<name> into the trackers each run of the loop opened (the run directory, or
+    one per seed below it), at that run's last step, when asked."""
     import json
 
     from medrepro import tracking
@@ -135,11 +136,13 @@ def _log_test_metrics(experiment: Experiment, cfg: object, variant: str, run: Pa
     train = getattr(cfg, "train", None)
     if train is None or not train.tracking.test_metrics:
         return
-    fit_file = run / "fit.json"
-    step = json.loads(fit_file.read_text())["state"]["step"] if fit_file.is_file() else evaluation.info.get("step", 0)
-    written = tracking.log_test_metrics(run, train.tracking, f"{experiment.name}-{variant}", evaluation.headline, step)
-    if written:
-        print(f"test metrics logged to the run's {', '.join(written)} at step {step}")
+    for opened in sorted([*run.glob(tracking.TRACKING_FILE), *run.glob(f"*/{tracking.TRACKING_FILE}")]):
+        fit_file = opened.parent / "fit.json"
+        step = json.loads(fit_file.read_text())["state"]["step"] if fit_file.is_file() else 0
+        written = tracking.log_test_metrics(opened.parent, train.tracking, f"{experiment.name}-{variant}",
+                                            evaluation.headline, step)
+        if written:
+            print(f"test metrics logged to {', '.join(written)} of {opened.parent} at step {step}")
 
 
 def _bench(experiment: Experiment, cfg: object, out: Path) -> None:

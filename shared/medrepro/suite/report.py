@@ -58,7 +58,8 @@ def experiment_section(name: str, variants: Sequence[str], results_dir: Path, re
             continue
         lines.append("| " + " | ".join([variant, info.get("data", "?"), *(_cell(metrics, c) for c in columns),
                                          str(ref)]) + " |")
-        warnings += [f"{variant}: {w['message']} (step {w['step']})" for w in info.get("training_health") or []]
+        warnings += [f"{variant}{'' if w.get('run', '.') == '.' else ' ' + w['run']}: {w['message']} "
+                     f"(step {w['step']})" for w in info.get("training_health") or []]
     lines += ["", reference.get("notes", "").strip(), ""]
     if warnings:
         lines += ["Training health warnings (see `medrepro.health`):", "", *(f"- {w}" for w in warnings), ""]
