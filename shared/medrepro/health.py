@@ -18,7 +18,10 @@ The signs a contrastive (or any) run gives when it goes wrong, with thresholds f
 
 The loop feeds per-step values on the device (`EpochStats.add`, no sync) and hands the epoch's
 reduced numbers to `HealthMonitor.end_epoch` (one sync per epoch). Each sign fires once per run:
-a warning line, then a record in fit.json, the manifest and the results' info.json.
+a warning line, then a record in fit.json, the manifest and the results' info.json. The monitor's
+epochs travel in every checkpoint's train state; after a resume mid-epoch, that epoch's record covers
+only the steps run since, so a sign right at its threshold may fire differently than in an
+uninterrupted run (the weights are the same either way).
 """
 
 from dataclasses import asdict, dataclass
