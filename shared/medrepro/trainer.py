@@ -135,9 +135,15 @@ def fit(
     with ExitStack() as held:
         if accelerator.is_main_process:
             held.enter_context(run_guard.exclusive(run_dir))
-        return _fit(model, train_set, cfg, run_dir, accelerator, loss_fn=loss_fn, seed=seed, collate_fn=collate_fn,
-                    evaluate=evaluate, after_step=after_step, resume=resume, run_name=run_name,
-                    run_config=run_config, data=data, variant=variant)
+        try:
+            return _fit(model, train_set, cfg, run_dir, accelerator, loss_fn=loss_fn, seed=seed,
+                        collate_fn=collate_fn, evaluate=evaluate, after_step=after_step, resume=resume,
+                        run_name=run_name, run_config=run_config, data=data, variant=variant)
+        except BaseException:
+            # A stopped run closes its trackers too: an MLflow run would otherwise stay "running" forever.
+            for tracker in accelerator.trackers:
+                tracker.finish()
+            raise
 
 
 def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, accelerator: Accelerator, *,

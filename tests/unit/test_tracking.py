@@ -68,3 +68,19 @@ def test_wandb_runs_offline_and_its_key_is_never_written(tmp_path, monkeypatch):
     for path in (run / "wandb").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_stopped_run_closes_its_mlflow_run(tmp_path):
+    from medrepro.errors import TrainingError
+
+    def diverging(model, batch):
+        return mse(model, batch)[0] * float("nan"), {}
+
+    with pytest.raises(TrainingError, match="diverged"):
+        fit(make_model(), data(), config(tracking={"tensorboard": False, "mlflow": True}), tmp_path,
+            loss_fn=diverging, seed=0)
+    import mlflow
+
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    runs = mlflow.search_runs(experiment_names=["medrepro"], output_format="list")
+    assert [r.info.status for r in runs] == ["FINISHED"]
