@@ -143,9 +143,11 @@ def to_plain(cfg: Any) -> dict[str, Any]:
     return _plain(to_dict(cfg))
 
 
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config (after overrides and defaults) beside a run's outputs."""
-    atomic.write_text(path, yaml.safe_dump(to_plain(cfg), sort_keys=False))
+def save_config(cfg: Any, path: str | Path, comment: str = "") -> None:
+    """Write the resolved config (after overrides and defaults) beside a run's outputs; `comment` goes on
+    top as YAML comment lines, so the file still loads as the same config."""
+    header = "".join(f"# {line}\n" for line in comment.splitlines())
+    atomic.write_text(path, header + yaml.safe_dump(to_plain(cfg), sort_keys=False))
 
 
 def _plain(value: Any) -> Any:

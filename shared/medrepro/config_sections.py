@@ -1,4 +1,4 @@
-"""Config sections every experiment shares: training, tracking, runtime and pretrained encoders.
+"""Config sections every experiment shares: training, tracking, health, runtime and pretrained encoders.
 
 Plain dataclasses with no heavy imports, so that a command loads and checks its config in a fraction
 of a second, before torch is imported (and before the runtime settings below must be in force).
@@ -15,6 +15,51 @@ class TrackingConfig:
     # Empty means a local store inside the run directory, so nothing leaves the machine by default.
     mlflow_tracking_uri: str = ""
     mlflow_experiment: str = "medrepro"
+    # Weights & Biases, through Accelerate's tracker. The API key is read by wandb from WANDB_API_KEY
+    # (or its own login file) and never appears in a config, log or manifest; WANDB_MODE=offline
+    # keeps the run on disk (inside the run directory) for a later `wandb sync`.
+    wandb: bool = False
+    wandb_project: str = "medrepro"
+    # `evaluate` also logs the test metrics (as test/<name>) into the trackers of the run it evaluated.
+    # Off by default: it writes into the run directory, which DVC records as the train stage's output,
+    # so a pipeline would see its training changed. Turn it on when evaluating by hand.
+    test_metrics: bool = False
+
+
+@dataclass
+class HealthConfig:
+    """Thresholds of the training health monitor (`medrepro.health`); a 0 turns a sign off.
+
+    The defaults suit any loss; experiments set the signs that need to know their model: the chance
+    level of the in-batch accuracy their loss reports as `acc` (1 / batch for a contrastive loss) and
+    the clamp of the logit scale they report as `logit_scale`.
+    """
+
+    enabled: bool = True
+    # The seed's "loss above 100".
+    loss_max: float = 100.0
+    # Flat: the epoch-mean loss moved less than flat_tolerance (relative) over flat_epochs epochs while
+    # still above flat_above × the first epoch's loss (a converged loss is flat too, but low).
+    flat_epochs: int = 3
+    flat_tolerance: float = 0.01
+    flat_above: float = 0.5
+    # In-batch training accuracy within chance_margin (relative) of chance_acc for chance_epochs epochs.
+    chance_acc: float = 0.0
+    chance_epochs: int = 3
+    chance_margin: float = 0.5
+    # The exponentiated logit scale within logit_scale_tolerance (relative) of its clamp.
+    logit_scale_max: float = 0.0
+    logit_scale_tolerance: float = 0.01
+    # The epoch-mean loss rising by more than this fraction from one epoch to the next.
+    oscillation_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("loss_max", "flat_epochs", "flat_tolerance", "flat_above", "chance_acc", "chance_epochs",
+                     "chance_margin", "logit_scale_max", "logit_scale_tolerance", "oscillation_ratio"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"health.{name} must be 0 or more, got {getattr(self, name)}")
+        if self.chance_acc >= 1:
+            raise ValueError(f"health.chance_acc is an accuracy below 1, got {self.chance_acc}")
 
 
 @dataclass
@@ -50,6 +95,7 @@ class TrainConfig:
     # the changes are printed and recorded in the manifest. Without it such a resume is refused.
     allow_config_change: bool = False
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def __post_init__(self) -> None:
         # Ranges and meaning, not only types: each of these once ran on and failed later, or silently.

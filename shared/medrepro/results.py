@@ -3,7 +3,8 @@
     metrics.json   a few headline numbers under short names (`dvc metrics show` prints the union
                    of every file's keys as columns, so the suite keeps them few and shared)
     details.json   every number of the evaluation (per class, per kind, intervals, baselines)
-    info.json      what produced them: data, checkpoint, step, protocol
+    info.json      what produced them: data, checkpoint, step, protocol, and the training health
+                   signs that fired (`training_health`, from the run's fit.json)
     curves/        train.csv and val.csv, the training log per step (DVC plots)
     plots/         the experiment's PNG figures
 metrics.json is written last: its presence means the evaluation completed.
@@ -20,6 +21,7 @@ from typing import Any
 from medrepro import atomic
 
 TRAIN_LOG = "train_log.jsonl"
+FIT_FILE = "fit.json"
 
 
 @dataclass
@@ -34,10 +36,21 @@ def write_evaluation(out_dir: Path, evaluation: Evaluation, run_dir: Path) -> No
         if not isinstance(value, int | float) or math.isnan(value):
             raise ValueError(f"headline metric {name!r} is {value!r}: headline numbers must be defined")
     atomic.write_json(out_dir / "details.json", evaluation.details)
-    atomic.write_json(out_dir / "info.json", evaluation.info)
+    atomic.write_json(out_dir / "info.json", {**evaluation.info, "training_health": training_health(run_dir)})
     for name, text in training_curves(run_dir / TRAIN_LOG).items():
         atomic.write_text(out_dir / "curves" / f"{name}.csv", text)
     atomic.write_json(out_dir / "metrics.json", evaluation.headline)
+
+
+def training_health(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The health signs that fired while the run trained: its fit.json, and those of the runs one level
+    down (a variant trained once per seed keeps one run of the loop per subdirectory), each sign with
+    the run it came from ("." for the run directory itself). None when no fit.json is there."""
+    fit_files = sorted([*run_dir.glob(FIT_FILE), *run_dir.glob(f"*/{FIT_FILE}")])
+    if not fit_files:
+        return None
+    return [{"run": fit_file.parent.relative_to(run_dir).as_posix(), **warning}
+            for fit_file in fit_files for warning in json.loads(fit_file.read_text()).get("health", [])]
 
 
 def training_curves(log: Path) -> dict[str, str]:

@@ -35,7 +35,7 @@ LOCK_FILE = ".lock"
 COMPLETE_FILE = "complete.json"
 # Settings that change how a run is executed or recorded, not what it learns: whole sections, fields of
 # the training section wherever it sits, and a few keys of experiments' own sections.
-NOT_IDENTITY_SECTIONS = {"paths", "runtime", "tracking"}
+NOT_IDENTITY_SECTIONS = {"paths", "runtime", "tracking", "health"}
 NOT_IDENTITY_FIELDS = {"log_every_steps", "num_workers", "save_every_steps", "keep_last", "allow_config_change",
                        "nonfinite_patience"}
 NOT_IDENTITY_KEYS = {"eval.batch_size", "eval.bootstrap", "index.batch_size", "index.gpu"}

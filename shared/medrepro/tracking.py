@@ -1,6 +1,17 @@
-"""Where training numbers go: a console progress line, a JSON-lines log, TensorBoard, MLflow.
+"""Where training numbers go: a console progress line, a JSON-lines log, and Accelerate's trackers
+(TensorBoard, MLflow, Weights & Biases).
 
-Only the main process creates a tracker; the others get `None` and log nothing.
+The trackers are Accelerate's own (`Accelerator(log_with=...)`, `init_trackers`, `accelerator.log`),
+with one exception in how hyperparameters reach TensorBoard: Accelerate's `TensorBoardTracker`
+writes them with `SummaryWriter.add_hparams`, which puts them in a separate, timestamped run
+directory, and TensorBoard's HParams view pairs hyperparameters only with the scalars of their own
+run (and its subdirectories). So the loss curves and test metrics would never appear beside the
+config. `RunTrackers` writes the hparams session into the tracker's own writer instead; every other
+call goes through Accelerate.
+
+Every run records what it opened in `tracking.json`, so that `evaluate`, a later process, logs the
+test metrics into the same TensorBoard directory, MLflow run and W&B run (`log_test_metrics`).
+Metric names are the same everywhere (`train/loss`, `val/...`, `test/...`).
 """
 
 import json
@@ -14,6 +25,10 @@ import torch
 
 from medrepro import atomic, config
 from medrepro.config_sections import TrackingConfig
+
+LOG_FILE = "train_log.jsonl"
+TRACKING_FILE = "tracking.json"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def format_duration(seconds: float) -> str:
@@ -33,77 +48,163 @@ def memory_in_use() -> str:
         return "n/a"
 
 
-class Tracker:
-    def __init__(self, run_dir: str | Path, cfg: TrackingConfig, run_name: str, params: dict[str, Any],
-                 resumed_at: int | None = None):
+def mlflow_uri(cfg: TrackingConfig, run_dir: Path) -> str:
+    """The configured URI, else a file store inside the run directory (nothing leaves the machine)."""
+    if cfg.mlflow_tracking_uri:
+        return cfg.mlflow_tracking_uri
+    # MLflow 3 keeps the plain file store behind an opt-in; it opens in well under a second, where a
+    # fresh SQLite store spends ten seconds creating its tables.
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return (run_dir / "mlruns").resolve().as_uri()
+
+
+def build_trackers(cfg: TrackingConfig, run_dir: Path, run_name: str, opened: dict[str, Any] | None = None) -> list:
+    """Accelerate tracker objects for the enabled backends; `opened` (a run's tracking.json) reopens the
+    MLflow and W&B runs it started instead of starting new ones."""
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+
+    opened = opened or {}
+    trackers = []
+    if cfg.tensorboard:
+        trackers.append(TensorBoardTracker(TENSORBOARD_DIR, run_dir))
+    if cfg.mlflow:
+        import mlflow
+
+        mlflow.set_tracking_uri(opened.get("mlflow_uri") or mlflow_uri(cfg, run_dir))
+        trackers.append(MLflowTracker(experiment_name=cfg.mlflow_experiment, run_id=opened.get("mlflow_run_id"),
+                                      run_name=run_name))
+    if cfg.wandb:
+        resume = {"id": opened["wandb_run_id"], "resume": "allow"} if opened.get("wandb_run_id") else {}
+        trackers.append(WandBTracker(cfg.wandb_project, name=run_name, dir=str(run_dir), **resume))
+    return trackers
+
+
+def _opened(trackers: list) -> dict[str, Any]:
+    """What a later process needs to log into the same runs (never a secret: ids and paths only)."""
+    opened: dict[str, Any] = {}
+    for tracker in trackers:
+        if tracker.name == "tensorboard":
+            opened["tensorboard_dir"] = tracker.logging_dir
+        elif tracker.name == "mlflow":
+            import mlflow
+
+            opened.update(mlflow_uri=mlflow.get_tracking_uri(), mlflow_run_id=tracker.active_run.info.run_id,
+                          mlflow_experiment=tracker.experiment_name)
+        elif tracker.name == "wandb":
+            opened.update(wandb_run_id=tracker.run.id, wandb_project=tracker.run.project)
+    return opened
+
+
+def hparams(params: dict[str, Any]) -> dict[str, bool | int | float | str]:
+    """The resolved config as flat `section.key` hyperparameters of the types every backend takes."""
+    return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in config.flatten(params).items()}
+
+
+def write_tensorboard_hparams(writer: Any, values: dict[str, Any]) -> None:
+    """The hparams session in the run's own TensorBoard directory (see the module docstring)."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    _, session_start, session_end = hparams_summary(values, {})
+    writer.file_writer.add_summary(session_start)
+    writer.file_writer.add_summary(session_end)
+    writer.flush()
+
+
+class RunTrackers:
+    """The JSON-lines log plus Accelerate's trackers of one training run (main process only)."""
+
+    def __init__(self, accelerator: Any, run_dir: str | Path, cfg: TrackingConfig, run_name: str,
+                 params: dict[str, Any], resumed_at: int | None = None):
         """`resumed_at`: the step a resumed run continues from; log lines after it (written by the
         interrupted run past its last checkpoint) are dropped, since they are about to be redone.
         A fresh run starts a fresh log."""
+        self.accelerator = accelerator
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = self.run_dir / "train_log.jsonl"
+        log = self.run_dir / LOG_FILE
         kept = ""
         if resumed_at is not None and log.is_file():
             kept = "".join(line + "\n" for line in log.read_text().splitlines()
                            if line.strip() and json.loads(line)["step"] <= resumed_at)
         atomic.write_text(log, kept)
         self.log_file = open(log, "a")  # noqa: SIM115 - closed in close()
-        self.tb = None
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-        self.mlflow = None
-        if cfg.mlflow:
-            import mlflow
-
-            if not cfg.mlflow_tracking_uri:
-                # MLflow 3 keeps the plain file store behind an opt-in; a database store would need
-                # SQLAlchemy, which mlflow-skinny leaves out. A server or database URI works as set.
-                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            uri = cfg.mlflow_tracking_uri or (self.run_dir / "mlruns").resolve().as_uri()
-            mlflow.set_tracking_uri(uri)
-            mlflow.set_experiment(cfg.mlflow_experiment)
-            mlflow.start_run(run_name=run_name)
-            mlflow.log_params(config.flatten(params))
-            self.mlflow = mlflow
+        previous = _read_opened(self.run_dir) if resumed_at is not None else {}
+        accelerator.init_trackers(run_name)
+        values = hparams(params)
+        for tracker in accelerator.trackers:
+            if tracker.name == "tensorboard":
+                write_tensorboard_hparams(tracker.writer, values)
+            elif not (tracker.name in ("mlflow", "wandb") and previous.get(f"{tracker.name}_run_id")):
+                tracker.store_init_configuration(values)  # a resumed MLflow/W&B run has them already
+        atomic.write_json(self.run_dir / TRACKING_FILE, _opened(accelerator.trackers))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.log_file.write(json.dumps({"step": step, **values}, sort_keys=True) + "\n")
         self.log_file.flush()
-        if self.tb is not None:
-            for name, value in values.items():
-                self.tb.add_scalar(name, value, step)
-        if self.mlflow is not None:
-            self.mlflow.log_metrics({k.replace("/", "_"): v for k, v in values.items()}, step=step)
+        self.accelerator.log(values, step=step)
 
     def close(self) -> None:
+        """The log only: `accelerator.end_training()`, which the loop calls on every process once all are
+        done, finishes the trackers (and ends the process group, so it must come last)."""
         self.log_file.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.mlflow is not None:
-            self.mlflow.end_run()
+
+
+def _read_opened(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / TRACKING_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def log_test_metrics(run_dir: str | Path, cfg: TrackingConfig, run_name: str, metrics: dict[str, float],
+                     step: int) -> list[str]:
+    """Log `metrics` as `test/<name>` at `step` into the trackers the training run opened (its
+    tracking.json); returns the names of the trackers written. A run without tracking.json (trained
+    before it existed, or with every tracker off) gets nothing."""
+    run_dir = Path(run_dir)
+    opened = _read_opened(run_dir)
+    enabled = TrackingConfig(tensorboard="tensorboard_dir" in opened, mlflow="mlflow_run_id" in opened,
+                             mlflow_experiment=opened.get("mlflow_experiment", cfg.mlflow_experiment),
+                             wandb="wandb_run_id" in opened,
+                             wandb_project=opened.get("wandb_project", cfg.wandb_project))
+    trackers = build_trackers(enabled, run_dir, run_name, opened)
+    values = {f"test/{k}": float(v) for k, v in metrics.items()}
+    for tracker in trackers:
+        tracker.start()
+        tracker.log(values, step=step)
+        tracker.finish()
+    return [t.name for t in trackers]
 
 
 class Progress:
-    """One console line per logging step: step, epoch, loss, lr, samples/s, ETA, memory."""
+    """One console line per logging step: step, epoch, loss, lr, samples/s, ETA, memory.
+
+    Throughput and ETA count training time only: the loop reports the seconds it spent evaluating and
+    checkpointing (`pause`), which would otherwise show up as a tenfold drop at every evaluation.
+    """
 
     def __init__(self, total_steps: int, start_step: int, samples_per_step: int, steps_per_epoch: int):
         self.total, self.start = total_steps, start_step
         self.samples_per_step, self.steps_per_epoch = samples_per_step, steps_per_epoch
         self.t0 = self.t_last = time.perf_counter()
         self.step_last = start_step
+        self.paused = self.paused_since_last = 0.0
 
-    def line(self, step: int, loss: float, lr: float) -> str:
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+        self.paused_since_last += seconds
+
+    def training_seconds(self) -> float:
+        return time.perf_counter() - self.t0 - self.paused
+
+    def line(self, step: int, loss: float, lr: float, extras: dict[str, float] | None = None) -> str:
         now = time.perf_counter()
-        rate = (step - self.step_last) * self.samples_per_step / max(now - self.t_last, 1e-9)
-        per_step = (now - self.t0) / max(step - self.start, 1)
-        self.t_last, self.step_last = now, step
-        return (f"step {step}/{self.total} | epoch {step / self.steps_per_epoch:.2f} | loss {loss:.4f} | "
+        rate = (step - self.step_last) * self.samples_per_step / max(now - self.t_last - self.paused_since_last, 1e-9)
+        per_step = self.training_seconds() / max(step - self.start, 1)
+        self.t_last, self.step_last, self.paused_since_last = now, step, 0.0
+        shown = "".join(f" | {k} {v:.4g}" for k, v in (extras or {}).items())
+        return (f"step {step}/{self.total} | epoch {step / self.steps_per_epoch:.2f} | loss {loss:.4f}{shown} | "
                 f"lr {lr:.3g} | {rate:.1f} samples/s | eta {format_duration(per_step * (self.total - step))} | "
                 f"mem {memory_in_use()}")
 
     @staticmethod
     def emit(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
-

@@ -7,18 +7,22 @@ One function, `fit`, that a reader can hold in their head:
         until the last one)
         clip, optimizer step, scheduler step (once, on every process), after_step hook
         every log_every_steps: progress line + trackers
+        at every epoch's end: health signs (see `medrepro.health`), one sync
         every eval_every_epochs (fractional) and at the end: evaluate, keep the best, early stopping,
         checkpoint; every save_every_steps: checkpoint
         before each of those: stop if the loss diverged (see `_Divergence`); before each checkpoint:
         stop if any weight is not finite
 
 The experiment supplies the model, a map-style dataset, a collate function, `loss_fn(model, batch)`
-and optionally `evaluate(model)` and `after_step(model)`. Epochs, warmup and evaluation intervals are
+and optionally `evaluate(model)` and `after_step(model)`. `loss_fn` returns the loss and a dict of extras
+(logged as `train/<name>`); the extras `acc` (in-batch training accuracy) and `logit_scale` (the
+exponentiated scale) also feed the health monitor. Epochs, warmup and evaluation intervals are
 given in epochs and converted to optimizer steps from the dataset size and the global batch, which
 already counts processes and accumulation, so the schedule is the same on 1 or 8 GPUs.
 """
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -33,11 +37,12 @@ from accelerate.utils import broadcast_object_list, gather_object, send_to_devic
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from medrepro import atomic, checkpoint, config, optim, repro, run_guard
+from medrepro import atomic, checkpoint, config, optim, repro, run_guard, tracking
 from medrepro.config_sections import TrainConfig
 from medrepro.errors import CheckpointError, ConfigError, TrainingError
+from medrepro.health import EpochStats, HealthMonitor
 from medrepro.sampling import StepBatchSampler, steps_per_epoch
-from medrepro.tracking import Progress, Tracker
+from medrepro.tracking import Progress, RunTrackers, format_duration
 
 
 @dataclass
@@ -51,6 +56,8 @@ class TrainState:
     best_step: int = -1
     evals_without_improvement: int = 0
     stopped_early: bool = False
+    # The health monitor's epochs and fired signs (`HealthMonitor.state`), so a resumed run keeps them.
+    health: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -58,7 +65,12 @@ class FitResult:
     state: TrainState
     # Wall time of the training loop (evaluations and checkpoints included, setup excluded).
     loop_seconds: float
+    # Training samples per second of training time: evaluation and checkpoint time excluded.
     samples_per_s: float
+    # Seconds of the loop spent evaluating and checkpointing.
+    eval_checkpoint_seconds: float = 0.0
+    # Health signs that fired (`medrepro.health.HealthWarning` as dicts); empty for a healthy run.
+    health: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -86,13 +98,15 @@ class Schedule:
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-def make_accelerator(precision: str) -> Accelerator:
-    """An Accelerator that also runs multi-process on CPU.
+def make_accelerator(precision: str, log_with: list | None = None,
+                     project_dir: str | Path | None = None) -> Accelerator:
+    """An Accelerator that also runs multi-process on CPU, with the given trackers.
 
     Accelerate uses gloo across CPU processes only when told `cpu=True`; without it, on a machine
     with no GPU, every process started by torchrun would silently train alone as the main process.
     """
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), log_with=log_with or None,
+                       project_dir=project_dir)
 
 
 def fit(
@@ -117,13 +131,19 @@ def fit(
     resume changes nothing). The main process holds the run directory's lock throughout, and writes
     complete.json last."""
     run_dir = Path(run_dir)
-    accelerator = make_accelerator(cfg.precision)
+    accelerator = make_accelerator(cfg.precision, tracking.build_trackers(cfg.tracking, run_dir, run_name), run_dir)
     with ExitStack() as held:
         if accelerator.is_main_process:
             held.enter_context(run_guard.exclusive(run_dir))
-        return _fit(model, train_set, cfg, run_dir, accelerator, loss_fn=loss_fn, seed=seed, collate_fn=collate_fn,
-                    evaluate=evaluate, after_step=after_step, resume=resume, run_name=run_name,
-                    run_config=run_config, data=data, variant=variant)
+        try:
+            return _fit(model, train_set, cfg, run_dir, accelerator, loss_fn=loss_fn, seed=seed,
+                        collate_fn=collate_fn, evaluate=evaluate, after_step=after_step, resume=resume,
+                        run_name=run_name, run_config=run_config, data=data, variant=variant)
+        except BaseException:
+            # A stopped run closes its trackers too: an MLflow run would otherwise stay "running" forever.
+            for tracker in accelerator.trackers:
+                tracker.finish()
+            raise
 
 
 def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, accelerator: Accelerator, *,
@@ -163,21 +183,35 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
         state, changes = _restore(last_checkpoint, raw_model, optimizer, scheduler, accelerator, current,
                                   cfg.allow_config_change)
 
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    n_trainable = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
     tracker = None
     if accelerator.is_main_process:
         (run_dir / run_guard.COMPLETE_FILE).unlink(missing_ok=True)  # complete again only when this run ends
-        config.save_config(run_config if run_config is not None else cfg, run_dir / "config.yaml")
+        config.save_config(run_config if run_config is not None else cfg, run_dir / "config.yaml",
+                           comment=f"variant: {variant}" if variant else "")
         repro.write_manifest(run_dir / "manifest.json", checksums=checksums,
                              extra={"processes": accelerator.num_processes, "variant": variant,
                                     "distributed": str(accelerator.distributed_type), "identity": current["hash"],
                                     "resumed_from_step": state.step if resume is not None else None,
                                     "config_changes_allowed": changes})
         params = config.to_dict(run_config) if run_config is not None else {"train": dataclasses.asdict(cfg)}
-        tracker = Tracker(run_dir, cfg.tracking, run_name, params, state.step if resume is not None else None)
+        tracker = RunTrackers(accelerator, run_dir, cfg.tracking, run_name, params,
+                              state.step if resume is not None else None)
+        Progress.emit(
+            f"train {run_name}: run dir {run_dir.resolve()} | device {accelerator.device} | "
+            f"{accelerator.num_processes} process(es) | parameters {n_params:,} ({n_trainable:,} trainable) | "
+            f"{len(train_set):,} training samples | {schedule.total_steps:,} optimizer steps "
+            f"({schedule.steps_per_epoch:,} an epoch; batch {cfg.batch_size} = "
+            f"{cfg.batch_size // cfg.grad_accum // accelerator.num_processes} × {cfg.grad_accum} "
+            f"accumulation × {accelerator.num_processes} process(es))"
+            + (f" | resuming at step {state.step}" if resume is not None else ""))
     progress = Progress(schedule.total_steps, state.step, cfg.batch_size, schedule.steps_per_epoch)
     running_loss = torch.zeros((), device=accelerator.device)
     running_steps = 0
     divergence = _Divergence(cfg.nonfinite_patience, accelerator.device)
+    monitor = HealthMonitor(cfg.health, state.health)
+    epoch_stats = EpochStats(accelerator.device)
     start_step, t_start = state.step, time.perf_counter()
 
     model.train()
@@ -195,6 +229,7 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
                 accelerator.backward(loss / cfg.grad_accum)
                 running_loss += loss.detach() / cfg.grad_accum
                 step_loss += loss.detach()
+            epoch_stats.add(step_loss / cfg.grad_accum, extras)
             if cfg.clip_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
             optimizer.step()
@@ -209,6 +244,8 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
             divergence.update(state.step, step_loss)
 
             last = state.step == schedule.total_steps
+            if cfg.health.enabled and (state.step_in_epoch == schedule.steps_per_epoch or last):
+                _check_health(monitor, epoch_stats, state, accelerator)
             logging = state.step % cfg.log_every_steps == 0 or last
             evaluating = evaluate is not None and (state.step % schedule.eval_every == 0 or last)
             saving = evaluating or bool(cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or last
@@ -222,15 +259,19 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
                 running_steps = 0
                 if tracker is not None:
                     lr = scheduler.get_last_lr()[0]
-                    Progress.emit(progress.line(state.step, mean_loss, lr))
+                    shown = {k: float(v.detach().float().mean()) for k, v in extras.items()}
+                    Progress.emit(progress.line(state.step, mean_loss, lr, shown))
                     tracker.log(state.step, {"train/loss": mean_loss, "train/lr": lr,
-                                             **{f"train/{k}": float(v.detach()) for k, v in extras.items()}})
+                                             **{f"train/{k}": v for k, v in shown.items()}})
 
+            t_pause = time.perf_counter()
             if evaluating:
                 _evaluate_and_track(model, raw_model, evaluate, state, manager, cfg, accelerator, tracker)
             if saving:
                 _save(manager, state, raw_model, optimizer, scheduler, accelerator, current, track_best=evaluating)
                 last_checkpoint = manager.step_path(state.step)
+            if evaluating or saving:
+                progress.pause(time.perf_counter() - t_pause)
             if last or state.stopped_early:
                 break
         else:
@@ -238,18 +279,53 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
             state.step_in_epoch = 0
 
     loop_seconds = time.perf_counter() - t_start
-    result = FitResult(state, loop_seconds, (state.step - start_step) * cfg.batch_size / max(loop_seconds, 1e-9))
+    result = FitResult(state, loop_seconds,
+                       (state.step - start_step) * cfg.batch_size / max(progress.training_seconds(), 1e-9),
+                       progress.paused, monitor.report())
     if accelerator.is_main_process:
         # The weights of the last step checkpoint (or of the one resumed from), already checked finite.
         checkpoint.save(run_dir / "final.pt", {"model": raw_model.state_dict(), "identity": current,
                                                "train_state": dataclasses.asdict(state)})
         atomic.write_json(run_dir / "fit.json", dataclasses.asdict(result))
+        _add_to_manifest(run_dir / "manifest.json", {"health": result.health})
         run_guard.mark_complete(run_dir, variant, current["hash"], state.step, state.best_step)
+        Progress.emit(_summary(run_name, result, cfg, run_dir))
     if tracker is not None:
         tracker.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def _summary(run_name: str, result: FitResult, cfg: TrainConfig, run_dir: Path) -> str:
+    state, run_dir = result.state, run_dir.resolve()
+    best = (f"best {cfg.best_metric} {state.best_value:.4g} at step {state.best_step} "
+            f"({run_dir / 'checkpoints' / 'best.pt'})" if state.best_step >= 0 else "no evaluation, no best checkpoint")
+    health = (f"{len(result.health)} health warning(s): {', '.join(w['sign'] for w in result.health)}"
+              if result.health else "no health warnings")
+    return (f"done {run_name}: step {state.step}" + (" (stopped early)" if state.stopped_early else "")
+            + f" | {best} | final weights {run_dir / 'final.pt'} | wall {format_duration(result.loop_seconds)} "
+            f"(evaluation and checkpoints {format_duration(result.eval_checkpoint_seconds)}) | "
+            f"{result.samples_per_s:.1f} training samples/s | {health}")
+
+
+def _add_to_manifest(path: Path, values: dict[str, Any]) -> None:
+    manifest = json.loads(path.read_text())
+    manifest.update(values)
+    atomic.write_json(path, manifest)
+
+
+def _check_health(monitor: HealthMonitor, stats: EpochStats, state: TrainState, accelerator: Accelerator) -> None:
+    """At an epoch's end (or the last step): one collective, then the signs on every process alike."""
+    record = stats.reduce(accelerator, state.epoch, state.step) if stats.steps else None
+    if record is not None:
+        fired = monitor.end_epoch(record)
+        if accelerator.is_main_process:
+            for warning in fired:
+                Progress.emit(f"WARNING training health, step {warning.step} (epoch {warning.epoch}): "
+                              f"{warning.message}")
+        state.health = monitor.state()
+    stats.reset()
 
 
 def _epoch_loader(train_set: Dataset, cfg: TrainConfig, accelerator: Accelerator, seed: int, epoch: int,
@@ -264,7 +340,7 @@ def _epoch_loader(train_set: Dataset, cfg: TrainConfig, accelerator: Accelerator
 
 def _evaluate_and_track(model: nn.Module, raw_model: nn.Module, evaluate: Callable, state: TrainState,
                         manager: checkpoint.CheckpointManager, cfg: TrainConfig, accelerator: Accelerator,
-                        tracker: Tracker | None) -> None:
+                        tracker: RunTrackers | None) -> None:
     """Evaluate on the main process; every process learns whether to stop."""
     decision = [None]
     if accelerator.is_main_process:

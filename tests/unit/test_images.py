@@ -84,3 +84,99 @@ def test_exec_passes_everything_after_the_experiment_through(monkeypatch):
                                                                                    args=args) or 0)
     assert images.main(["exec", "--runner", "docker", "retclip", "train", "--variant", "x", "train.lr=1"]) == 0
     assert seen == {"name": "retclip", "runner": "docker", "args": ["train", "--variant", "x", "train.lr=1"]}
+
+
+# ------------------------------------------------------------------ BuildKit client choice (fake clients)
+
+
+def fake_client(directory: Path, version: str, buildx: bool) -> Path:
+    """A `docker` that answers `--version` and `buildx version` as a real client of that kind does."""
+    directory.mkdir(parents=True, exist_ok=True)
+    client = directory / "docker"
+    client.write_text("#!/bin/sh\n"
+                      f'if [ "$1" = "--version" ]; then echo "Docker version {version}, build abc"; exit 0; fi\n'
+                      f'if [ "$1" = "buildx" ]; then {"echo v0.20.1; exit 0" if buildx else "exit 1"}; fi\n'
+                      "exit 3\n")
+    client.chmod(0o755)
+    return client
+
+
+@pytest.fixture
+def only_fakes(monkeypatch, tmp_path):
+    """PATH and the fallback list hold only what a test puts there."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(images, "FALLBACK_CLIENTS", ())
+    return monkeypatch
+
+
+def test_a_client_with_buildx_is_used(only_fakes, tmp_path):
+    new = fake_client(tmp_path / "new", "28.2.2", buildx=True)
+    only_fakes.setenv("PATH", str(new.parent))
+    assert images.buildkit_client() == str(new)
+
+
+def test_a_new_client_without_buildx_gives_way_to_an_old_one_with_buildkit_inside(only_fakes, tmp_path, capsys):
+    new = fake_client(tmp_path / "local", "28.2.2", buildx=False)
+    old = fake_client(tmp_path / "usr", "20.10.24+dfsg1", buildx=False)
+    only_fakes.setenv("PATH", f"{new.parent}:{old.parent}")
+    assert images.buildkit_client() == str(old)
+    assert f"{new} 28.2 has no buildx" in capsys.readouterr().err
+
+
+def test_the_fallback_place_is_tried_after_path(only_fakes, tmp_path):
+    only_fakes.setenv("PATH", str(fake_client(tmp_path / "local", "27.0.1", buildx=False).parent))
+    old = fake_client(tmp_path / "debian", "20.10.24", buildx=False)
+    only_fakes.setattr(images, "FALLBACK_CLIENTS", (str(old),))
+    assert images.buildkit_client() == str(old)
+
+
+def test_no_capable_client_stops_with_one_line_saying_what_to_install(only_fakes, tmp_path):
+    only_fakes.setenv("PATH", str(fake_client(tmp_path / "local", "28.2.2", buildx=False).parent))
+    with pytest.raises(images.MedreproError) as raised:
+        images.buildkit_client()
+    message = str(raised.value)
+    assert "\n" not in message and "28.2 has no buildx" in message
+    assert "docker-buildx" in message and "MEDREPRO_DOCKER" in message
+
+
+def test_no_client_at_all_is_said_so(only_fakes):
+    with pytest.raises(images.MedreproError, match="no docker client found on PATH"):
+        images.buildkit_client()
+
+
+def test_a_chosen_client_must_be_capable(only_fakes, tmp_path):
+    chosen = fake_client(tmp_path / "chosen", "26.1.0", buildx=False)
+    only_fakes.setenv("MEDREPRO_DOCKER", str(chosen))
+    with pytest.raises(images.MedreproError, match=r"MEDREPRO_DOCKER=.* cannot build with BuildKit"):
+        images.buildkit_client()
+    only_fakes.setenv("MEDREPRO_DOCKER", str(fake_client(tmp_path / "ok", "19.03.5", buildx=False)))
+    assert images.buildkit_client() == str(tmp_path / "ok" / "docker")
+
+
+def test_build_checks_the_client_before_downloading_anything(only_fakes, tmp_path):
+    only_fakes.setenv("PATH", str(fake_client(tmp_path / "local", "28.2.2", buildx=False).parent))
+    ran = []
+    only_fakes.setattr(images, "_run", lambda cmd, **kw: ran.append(cmd) or 0)
+    with pytest.raises(images.MedreproError, match="BuildKit"):
+        images.build(["retclip"], tmp_path / "wheelhouse")
+    assert ran == [], "nothing downloaded or built"
+
+
+def test_build_uses_the_chosen_client(only_fakes, tmp_path):
+    old = fake_client(tmp_path / "usr", "20.10.24", buildx=False)
+    only_fakes.setenv("PATH", str(old.parent))
+    ran = []
+    only_fakes.setattr(images, "_run", lambda cmd, **kw: ran.append((cmd, kw.get("env", {}))) or 0)
+    only_fakes.setattr(images, "ensure_os_base", lambda: "medrepro/debian:bookworm")
+    images.build(["retclip"], tmp_path / "wheelhouse")
+    builds = [(cmd, env) for cmd, env in ran if cmd[1:2] == ["build"]]
+    assert [cmd[0] for cmd, _ in builds] == [str(old), str(old)]
+    assert all(env["DOCKER_BUILDKIT"] == "1" for _, env in builds)
+
+
+def test_usage_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        images.main([])
+    usage = capsys.readouterr().err.splitlines()[0]
+    for command in ("wheelhouse", "build", "run", "smoke", "id", "exec", "stamp"):
+        assert command in usage

@@ -25,3 +25,33 @@ def test_write_evaluation_writes_every_file_and_refuses_an_undefined_headline(tm
     with pytest.raises(ValueError, match="acc"):
         write_evaluation(tmp_path / "bad", Evaluation({"acc": float("nan")}, {}, {}), tmp_path)
     assert not (tmp_path / "bad" / "metrics.json").exists()
+
+
+def test_training_health_reaches_info_json_and_the_report(tmp_path):
+    from medrepro.suite.report import experiment_section
+
+    run = tmp_path / "run"
+    run.mkdir()
+    warning = {"sign": "flat", "step": 30, "epoch": 2, "message": "loss flat at 3.4 for 3 epochs"}
+    (run / "fit.json").write_text(json.dumps({"state": {"step": 40}, "health": [warning]}))
+    results = tmp_path / "results"
+    write_evaluation(results / "a", Evaluation({"acc": 0.5}, {"accuracy": 0.5}, {"data": "synthetic",
+                                                                                 "run": {"complete": True}}), run)
+    assert json.loads((results / "a" / "info.json").read_text())["training_health"] == [{"run": ".", **warning}]
+    write_evaluation(results / "b", Evaluation({"acc": 0.6}, {"accuracy": 0.6}, {"data": "synthetic",
+                                                                                 "run": {"complete": True}}),
+                     tmp_path / "no-fit-json")
+    assert json.loads((results / "b" / "info.json").read_text())["training_health"] is None
+    # A variant trained once per seed: one run of the loop per subdirectory.
+    seeds = tmp_path / "seeds"
+    for seed, health in ((0, []), (1, [warning])):
+        (seeds / f"seed-{seed}").mkdir(parents=True)
+        (seeds / f"seed-{seed}" / "fit.json").write_text(json.dumps({"health": health}))
+    write_evaluation(results / "c", Evaluation({"acc": 0.7}, {"accuracy": 0.7}, {"data": "synthetic",
+                                                                                 "run": {"complete": True}}), seeds)
+    assert json.loads((results / "c" / "info.json").read_text())["training_health"] == [{"run": "seed-1",
+                                                                                         **warning}]
+    reference = {"title": "t", "columns": [{"metric": "accuracy", "label": "Accuracy"}], "notes": ""}
+    text = experiment_section("x", ["a", "b", "c"], results, reference)
+    assert "Training health warnings" in text and "- a: loss flat at 3.4 for 3 epochs (step 30)" in text
+    assert "- c seed-1: loss flat at 3.4" in text and "- b:" not in text

@@ -120,9 +120,29 @@ def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> 
         results.write_evaluation(out, evaluation, run)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluation.headline.items())
     print(f"{experiment.name} {args.variant}: {shown}\nresults in {out}/ (metrics.json, details.json, plots/)")
+    _log_test_metrics(experiment, cfg, args.variant, run, evaluation)
     if not complete:
         print(f"note: evaluated the named checkpoint {args.checkpoint}, not a finished run's best; "
               "`medrepro report` leaves these results out")
+
+
+def _log_test_metrics(experiment: Experiment, cfg: object, variant: str, run: Path, evaluation: object) -> None:
+    """The headline as test/<name> into the trackers each run of the loop opened (the run directory, or
+    one per seed below it), at that run's last step, when asked."""
+    import json
+
+    from medrepro import tracking
+
+    train = getattr(cfg, "train", None)
+    if train is None or not train.tracking.test_metrics:
+        return
+    for opened in sorted([*run.glob(tracking.TRACKING_FILE), *run.glob(f"*/{tracking.TRACKING_FILE}")]):
+        fit_file = opened.parent / "fit.json"
+        step = json.loads(fit_file.read_text())["state"]["step"] if fit_file.is_file() else 0
+        written = tracking.log_test_metrics(opened.parent, train.tracking, f"{experiment.name}-{variant}",
+                                            evaluation.headline, step)
+        if written:
+            print(f"test metrics logged to {', '.join(written)} of {opened.parent} at step {step}")
 
 
 def _bench(experiment: Experiment, cfg: object, out: Path) -> None:

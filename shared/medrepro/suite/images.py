@@ -19,6 +19,7 @@ root filesystem made with debootstrap and imported as `medrepro/debian:bookworm`
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,8 +39,80 @@ DEBOOTSTRAP_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates,passwd"
 
 
 def docker() -> list[str]:
-    """The docker client: $MEDREPRO_DOCKER, else `docker`. BuildKit is needed for `RUN --mount`."""
+    """The docker client: $MEDREPRO_DOCKER, else `docker`. Builds use `buildkit_client()`."""
     return [os.environ.get("MEDREPRO_DOCKER", "docker")]
+
+
+# Clients tried after every `docker` on PATH: Debian's docker.io client, which builds with BuildKit
+# without buildx, often sits behind a newer client that has none.
+FALLBACK_CLIENTS = ("/usr/bin/docker",)
+# From Docker 23 on, DOCKER_BUILDKIT=1 hands the build to the buildx plugin and fails without it
+# ("BuildKit is enabled but the buildx component is missing"); older clients carry BuildKit inside.
+FIRST_VERSION_NEEDING_BUILDX = 23
+
+
+def client_version(client: str) -> tuple[int, ...] | None:
+    """The client's own version (`docker --version` needs no engine); None when it does not run."""
+    try:
+        out = subprocess.run([client, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def has_buildx(client: str) -> bool:
+    try:
+        return subprocess.run([client, "buildx", "version"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def builds_with_buildkit(client: str) -> tuple[bool, str]:
+    """(whether `DOCKER_BUILDKIT=1 client build` runs BuildKit, what was found)."""
+    version = client_version(client)
+    if version is None:
+        return False, f"{client} does not run"
+    shown = ".".join(map(str, version))
+    if has_buildx(client):
+        return True, f"{client} {shown} with buildx"
+    if version >= (18, 9) and version[0] < FIRST_VERSION_NEEDING_BUILDX:
+        return True, f"{client} {shown}, BuildKit built in"
+    return False, f"{client} {shown} has no buildx"
+
+
+def _candidates() -> list[str]:
+    found = [str(Path(d) / "docker") for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    found = [c for c in (*found, *FALLBACK_CLIENTS) if os.access(c, os.X_OK) and not Path(c).is_dir()]
+    unique: dict[str, str] = {}
+    for client in found:
+        unique.setdefault(os.path.realpath(client), client)
+    return list(unique.values())
+
+
+def buildkit_client() -> str:
+    """The docker client to build with: $MEDREPRO_DOCKER when set (it must be capable), else the first
+    capable `docker` on PATH, else a capable one at a known place. Checked before anything is
+    downloaded, so that a client without BuildKit stops the build at once, with what to do."""
+    chosen = os.environ.get("MEDREPRO_DOCKER")
+    if chosen:
+        ok, found = builds_with_buildkit(chosen)
+        if not ok:
+            raise MedreproError(f"MEDREPRO_DOCKER={chosen} cannot build with BuildKit ({found}): install the "
+                                "buildx plugin for it, or point MEDREPRO_DOCKER at a client that has it")
+        return chosen
+    seen = []
+    for client in _candidates():
+        ok, found = builds_with_buildkit(client)
+        if ok:
+            if seen:
+                print(f"images: building with {found} ({'; '.join(seen)})", file=sys.stderr)
+            return client
+        seen.append(found)
+    raise MedreproError("no docker client here can build with BuildKit (needed for RUN --mount): "
+                        + ("; ".join(seen) or "no docker client found on PATH")
+                        + ". Install the buildx plugin (Debian: apt-get install docker-buildx; Docker's "
+                        "repository: docker-buildx-plugin), or set MEDREPRO_DOCKER to a client with BuildKit")
 
 
 def experiments_with_images() -> list[str]:
@@ -64,9 +137,10 @@ def wheelhouse_command(lock: Path, dest: Path) -> list[str]:
             "--no-deps", "--only-binary=:all:", "-r", str(lock), "-d", str(dest)]
 
 
-def build_command(name: str, os_base: str, revision: str, version: str = __version__) -> list[str]:
+def build_command(name: str, os_base: str, revision: str, version: str = __version__,
+                  client: str | None = None) -> list[str]:
     dockerfile = "images/base/Dockerfile" if name == "base" else f"experiments/{name}/Dockerfile"
-    cmd = [*docker(), "build", "--file", dockerfile, "--tag", tag(name, version),
+    cmd = [*([client] if client else docker()), "build", "--file", dockerfile, "--tag", tag(name, version),
            "--build-arg", f"VERSION={version}", "--build-arg", f"REVISION={revision}"]
     parent = f"BASE_IMAGE={os_base}" if name == "base" else f"BASE={tag('base', version)}"
     return [*cmd, "--build-arg", parent, "."]
@@ -150,12 +224,13 @@ def ensure_os_base() -> str:
 
 
 def build(names: Sequence[str], wheelhouse: Path) -> None:
+    client = buildkit_client()  # before minutes of wheel downloads
     revision = git_revision()
     _run(wheelhouse_command(REPO / "images" / "requirements.lock", wheelhouse))
     os_base = ensure_os_base()
     env = {**os.environ, "DOCKER_BUILDKIT": "1"}
     for name in ["base", *names]:
-        _run(build_command(name, os_base, revision), cwd=REPO, env=env)
+        _run(build_command(name, os_base, revision, client=client), cwd=REPO, env=env)
 
 
 def smoke(name: str, out_dir: Path) -> Path:
@@ -195,8 +270,11 @@ def _run(cmd: Sequence[str], check: bool = True, **kwargs) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="medrepro images", description="Build and run the experiment images.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    parser = argparse.ArgumentParser(prog="medrepro images", description="Build and run the experiment images.",
+                                     epilog="`medrepro images build` needs a docker client with BuildKit (buildx, "
+                                            "or a 18.09-20.10 client); MEDREPRO_DOCKER chooses one.")
+    # No metavar: the usage line then lists every command, also when none was given.
+    commands = parser.add_subparsers(dest="command", required=True, title="commands")
     p = commands.add_parser("wheelhouse", help="download the locked wheels")
     p.add_argument("--dest", type=Path, default=REPO / "wheelhouse")
     p = commands.add_parser("build", help="build the base image and experiment images (all by default)")

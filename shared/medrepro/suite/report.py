@@ -38,6 +38,7 @@ def experiment_section(name: str, variants: Sequence[str], results_dir: Path, re
     lines = [f"## {name}: {reference['title']}", ""]
     header = ["variant", "data", *(c["label"] for c in columns), "reference"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    warnings: list[str] = []
     for variant in variants:
         metrics_file = results_dir / variant / "details.json"
         ref = reference.get("reference", {}).get(variant, "")
@@ -57,7 +58,11 @@ def experiment_section(name: str, variants: Sequence[str], results_dir: Path, re
             continue
         lines.append("| " + " | ".join([variant, info.get("data", "?"), *(_cell(metrics, c) for c in columns),
                                          str(ref)]) + " |")
+        warnings += [f"{variant}{'' if w.get('run', '.') == '.' else ' ' + w['run']}: {w['message']} "
+                     f"(step {w['step']})" for w in info.get("training_health") or []]
     lines += ["", reference.get("notes", "").strip(), ""]
+    if warnings:
+        lines += ["Training health warnings (see `medrepro.health`):", "", *(f"- {w}" for w in warnings), ""]
     return "\n".join(lines)
 
 
