@@ -11,7 +11,11 @@ the gold concept and 0 otherwise:
   plausible confusions a linker makes, e.g. another neoplasm) or sharing none (`different`);
 - random: any other concept.
 
-Negatives of a mention are distinct concepts. The candidate search queries with the mention's own
+Negatives of a mention are distinct concepts, and none is shown under a name of the gold concept
+(compared case-insensitively). UMLS has ambiguous strings ("cold" is a disease and a temperature):
+another concept under the gold concept's own name would make the same (mention, name) pair both a
+positive and a negative, a contradiction no scorer of the pair can resolve. Such pairs are counted
+in mining.json (`left_out_same_name`). The candidate search queries with the mention's own
 text, never the gold concept's name (which would leak the answer into the candidates). Random draws
 are keyed by (seed, mention index), so a pair file does not depend on batch sizes or the order in
 which mentions are processed.
@@ -64,9 +68,12 @@ class TypePools:
 
 
 def draw_negatives(gold: int, hard: list[int], pools: TypePools, n_concepts: int, cfg: MiningConfig,
-                   rng: np.random.Generator) -> tuple[list[int], list[int], list[int]]:
+                   rng: np.random.Generator, named_like_gold: Callable[[int], bool] = lambda c: False,
+                   ) -> tuple[list[int], list[int], list[int]]:
     """(hard, type, random) negative concept indices for one mention; all distinct and never `gold`.
-    `hard` is the mention's eligible hard candidates, best first."""
+    `hard` is the mention's eligible hard candidates, best first (already free of gold's names);
+    `named_like_gold(c)` tells whether concept c's preferred name, under which type and random
+    negatives are shown, is one of the gold concept's names: such draws are rejected."""
     taken = {gold}
     hard_picked = [c for c in hard if c != gold][: cfg.hard_per_positive]
     taken.update(hard_picked)
@@ -77,7 +84,7 @@ def draw_negatives(gold: int, hard: list[int], pools: TypePools, n_concepts: int
             if len(picked) == count:
                 break
             c = sample()
-            if c is not None and c not in taken and accept(c):
+            if c is not None and c not in taken and accept(c) and not named_like_gold(c):
                 picked.append(c)
                 taken.add(c)
         return picked
@@ -141,13 +148,20 @@ def mine(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> dic
                      strict=True))
 
     pools = TypePools(concepts)
+    folded_names = [{name.casefold() for name in c.names} for c in concepts]
+    folded_preferred = [c.preferred.casefold() for c in concepts]
     pairs: dict[str, list[Pair]] = {s: [] for s in SPLITS}
+    left_out: Counter[str] = Counter()
     for i in linkable.tolist():
         m, g = mentions[i], int(gold[i])
         rng = np.random.default_rng([cfg.seed, i])
-        hard, typed, rand = draw_negatives(g, hard_candidates(cand[i], scores[i], cfg.mining), pools,
-                                           len(concepts), cfg.mining, rng)
         retrieved = {int(c): index.names[r] for c, r in zip(cand[i], rows[i], strict=True) if c >= 0}
+        gold_names = folded_names[g]
+        eligible = hard_candidates(cand[i], scores[i], cfg.mining)
+        hard_ok = [c for c in eligible if c == g or retrieved[c].casefold() not in gold_names]
+        left_out[m.split] += len(eligible) - len(hard_ok)
+        hard, typed, rand = draw_negatives(g, hard_ok, pools, len(concepts), cfg.mining, rng,
+                                           lambda c: folded_preferred[c] in gold_names)
         split_pairs = pairs[m.split]
         split_pairs.append(Pair(i, m.text, names[i], concepts[g].cui, 1, "positive"))
         split_pairs.extend(Pair(i, m.text, retrieved[c], concepts[c].cui, 0, "hard") for c in hard)
@@ -166,6 +180,8 @@ def mine(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> dic
         report["mix"][split] = {k: round(kinds[k] / total, 4) for k in KINDS}
         report["pairs"][split] = {k: kinds[k] for k in KINDS}
     report["mentions"] = {"all": len(mentions), "linkable": int(linkable.size)}
+    # Hard candidates shown under one of the gold concept's names: left out, never labelled negative.
+    report["left_out_same_name"] = {split: left_out[split] for split in SPLITS}
     report["settings"] = asdict(cfg.mining)
     # The whole directory is replaced at once: a killed mine never leaves new pairs beside old ones.
     with atomic.atomic_dir(out) as tmp:

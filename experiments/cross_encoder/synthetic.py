@@ -163,14 +163,18 @@ def write_synthetic_umls(directory: str | Path, n_concepts: int, seed: int) -> P
 
     history: list[str] = []
     for i in merged:
+        # SY: merged into the concept (a reader follows it). RO: only "other related" to it, which is
+        # not a merge: the retired CUI has no successor, however few rows it has.
         relation = "SY" if i % 15 == 3 else "RO"
         history.append(f"{next(old)}|{rng.choice(_HISTORY_VERSIONS)}|{relation}|||{cuis[i]}|Y|")
     history.extend(f"{next(old)}|{rng.choice(_HISTORY_VERSIONS)}|DEL|||||" for _ in range(n_deleted))
-    for _ in range(n_ambiguous):
+    for k in range(n_ambiguous):
         retired, version = next(old), rng.choice(_HISTORY_VERSIONS)
-        narrower, broader = rng.sample(cuis, 2)
-        history.append(f"{retired}|{version}|RB|||{broader}|Y|")
-        history.append(f"{retired}|{version}|RN|||{narrower}|Y|")
+        first, second = rng.sample(cuis, 2)
+        # Alternately a split (merged into two concepts: ambiguous) and a broader/narrower pair (related only).
+        relations = ("SY", "SY") if k % 2 == 0 else ("RB", "RN")
+        history.append(f"{retired}|{version}|{relations[0]}|||{first}|Y|")
+        history.append(f"{retired}|{version}|{relations[1]}|||{second}|Y|")
 
     directory = Path(directory)
     atomic.write_text(directory / "MRCONSO.RRF", "".join(f"{line}\n" for line in conso))
@@ -192,7 +196,7 @@ def write_synthetic_medmentions(
     """
     if n_documents < 1:
         raise ValueError(f"n_documents must be at least 1, got {n_documents}")
-    concepts, aliases = _concept_source(umls_dir_or_concepts)
+    concepts, aliases, related = _concept_source(umls_dir_or_concepts)
     if not concepts:
         raise ValueError("no concepts to mention: the UMLS source is empty")
     rng = random.Random(seed)
@@ -209,6 +213,8 @@ def write_synthetic_medmentions(
         cui = concept.cui
         if concept.cui in aliases and rng.random() < _RETIRED_MENTION_RATE:
             cui = rng.choice(aliases[concept.cui])
+        elif concept.cui in related and rng.random() < _RETIRED_MENTION_RATE / 2:
+            cui = rng.choice(related[concept.cui])
         return surface, concept, cui
 
     pmids = [str(pmid) for pmid in rng.sample(range(20_000_000, 30_000_000), n_documents)]
@@ -417,18 +423,24 @@ def _first_field(line: str) -> str:
 
 def _concept_source(
     source: str | Path | Umls | Mapping[str, Concept],
-) -> tuple[Mapping[str, Concept], dict[str, list[str]]]:
-    """The concepts, and per concept the retired CUIs that resolve to it."""
+) -> tuple[Mapping[str, Concept], dict[str, list[str]], dict[str, list[str]]]:
+    """The concepts; per concept the retired CUIs that resolve to it; and per concept the retired CUIs
+    that are only related to it (RB/RN/RO), as an annotation against an old release may still use."""
     if isinstance(source, str | Path):
         source = load_umls(source)
     if not isinstance(source, Umls):
-        return source, {}
+        return source, {}, {}
     aliases: dict[str, list[str]] = {}
     for retired in sorted(source.retired):
         successor = resolve_cui(retired, source)
         if successor is not None:
             aliases.setdefault(successor, []).append(retired)
-    return source.concepts, aliases
+    related: dict[str, list[str]] = {}
+    for retired, rows in sorted(source.related.items()):
+        for _rel, cui in rows:
+            if cui in source.concepts:
+                related.setdefault(cui, []).append(retired)
+    return source.concepts, aliases, related
 
 
 def _surface(rng: random.Random, concept: Concept) -> str:
