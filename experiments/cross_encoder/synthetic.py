@@ -116,8 +116,11 @@ _SENTENCES = (
     "@ was treated with @ in # cases.",
     "Imaging showed @ in # of the patients.",
 )
-_VARIANTS = ("exact", "lowercase", "swap", "abbreviation", "typo")
-_VARIANT_WEIGHTS = (0.5, 0.2, 0.1, 0.1, 0.1)
+# How papers write a concept. Exact names are a minority, as in MedMentions, so that a retriever
+# matching strings is far from perfect and a re-ranker has something to fix.
+_VARIANTS = ("exact", "lowercase", "reorder", "abbreviation", "typo", "plural")
+_VARIANT_WEIGHTS = (0.15, 0.1, 0.15, 0.15, 0.3, 0.15)
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _RETIRED_MENTION_RATE = 0.05
 _SPLIT_FRACTIONS = (0.7, 0.15)  # train, dev; test takes the rest
 
@@ -444,17 +447,21 @@ def _concept_source(
 
 
 def _surface(rng: random.Random, concept: Concept) -> str:
-    """A way a paper might write the concept: one of its names, lowercased, with the words around a
-    comma put back in reading order, abbreviated, or with a small typo."""
+    """A way a paper might write the concept: one of its names as is or lowercased, with its words
+    reordered (a comma inversion undone or made), abbreviated (initials collide across concepts, as
+    real abbreviations do), with one or two typos, or with its head noun in the plural."""
     variant = rng.choices(_VARIANTS, weights=_VARIANT_WEIGHTS)[0]
     name = rng.choice(concept.names)
     if variant == "lowercase":
         return name.lower()
-    if variant == "swap":
+    if variant == "reorder":
         inverted = [candidate for candidate in concept.names if candidate.count(", ") == 1]
         if inverted:
             head, tail = rng.choice(inverted).split(", ")
             return f"{tail} {head}"
+        words = name.lower().split()
+        if len(words) > 1:
+            return f"{' '.join(words[1:])}, {words[0]}"
     if variant == "abbreviation":
         abbreviations = [candidate for candidate in concept.names if _is_abbreviation(candidate)]
         words = re.findall(r"[A-Za-z]+", concept.preferred)
@@ -463,17 +470,41 @@ def _surface(rng: random.Random, concept: Concept) -> str:
         if len(words) > 1:
             return _initials(*words)
     if variant == "typo":
-        # Swap two neighbouring, different letters inside a word of five letters or more.
-        spots = [
-            match.start() + offset
-            for match in re.finditer(r"[a-z]{5,}", name)
-            for offset in range(1, len(match.group()) - 2)
-            if name[match.start() + offset] != name[match.start() + offset + 1]
-        ]
-        if spots:
-            at = rng.choice(spots)
-            return name[:at] + name[at + 1] + name[at] + name[at + 2 :]
+        typed = name
+        for _ in range(rng.choice((1, 1, 2))):
+            typed = _typo(rng, typed)
+        return typed
+    if variant == "plural":
+        words = name.split(" ")
+        if not _is_abbreviation(name) and "," not in name and words[-1].isalpha():
+            return " ".join([*words[:-1], _plural(words[-1])])
     return name
+
+
+def _typo(rng: random.Random, name: str) -> str:
+    """One slip inside a word of five letters or more: two neighbouring letters swapped, a letter
+    dropped, doubled or replaced."""
+    spots = [match.start() + offset for match in re.finditer(r"[a-z]{5,}", name)
+             for offset in range(1, len(match.group()) - 2)]
+    if not spots:
+        return name
+    at = rng.choice(spots)
+    kind = rng.choice(("swap", "drop", "double", "replace"))
+    if kind == "swap" and name[at] != name[at + 1]:
+        return name[:at] + name[at + 1] + name[at] + name[at + 2:]
+    if kind == "drop":
+        return name[:at] + name[at + 1:]
+    if kind == "double":
+        return name[:at] + name[at] + name[at:]
+    return name[:at] + rng.choice(_LETTERS.replace(name[at], "")) + name[at + 1:]
+
+
+def _plural(word: str) -> str:
+    if word.endswith(("s", "x", "sh", "ch")):
+        return word + "es"
+    if word.endswith("y") and word[-2:-1] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
 
 
 class _Text:
