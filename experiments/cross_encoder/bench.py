@@ -38,7 +38,10 @@ def scoring_ratio(cfg: CrossEncoderConfig, workdir: Path, n_pairs: int, repeats:
     pairs = [(p.text, p.name) for p in read_pairs(cfg.paths.mined, "test")][:n_pairs]
     repro.seed_everything(cfg.seed)
     model, tokenizer = cross.load(cfg.cross_encoder.path)
-    exported = cross.export(model, tokenizer, workdir / "model", cfg.max_length)
+    exported = workdir / "model"
+    tokenizer.model_max_length = cfg.max_length
+    model.save_pretrained(exported)
+    tokenizer.save_pretrained(exported)
     ours, tokenizer = cross.load(exported)
     ours.to(default_device())
     theirs = CrossEncoder(str(exported), device=str(default_device()), max_length=cfg.max_length)
