@@ -62,9 +62,11 @@ def pipeline_figures(candidates: scoring.Candidates, score: np.ndarray, prob: np
     second = ranked[:, 1] if ranked.shape[1] > 1 else np.zeros(len(ranked))
     hits = candidates.hits(score)[:, 0]
     confident = ranked[:, 0] >= high_confidence
-    return {"acc_at_1": float(hits.mean()), "high_confidence_share": float(confident.mean()),
-            "high_confidence_acc_at_1": float(hits[confident].mean()) if confident.any() else float("nan"),
-            "mean_top_score": float(ranked[:, 0].mean()), "mean_margin": float((ranked[:, 0] - second).mean())}
+    figures = {"acc_at_1": float(hits.mean()), "high_confidence_share": float(confident.mean()),
+               "mean_top_score": float(ranked[:, 0].mean()), "mean_margin": float((ranked[:, 0] - second).mean())}
+    if confident.any():  # undefined without a confident mapping (a zero-shot head has none)
+        figures["high_confidence_acc_at_1"] = float(hits[confident].mean())
+    return figures
 
 
 def _calibration_report(y: np.ndarray, prob: np.ndarray, bins: int) -> dict:

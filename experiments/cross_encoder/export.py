@@ -9,6 +9,7 @@ retrieval weight the linking order uses), so the raw logit is (logit - b) / a.
 
 import copy
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from transformers import PreTrainedTokenizerBase
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.scoring import CALIBRATION_FILE
 from medrepro import atomic
-from medrepro.errors import DataError
 
+_log = logging.getLogger(__name__)
 LABEL = "match"  # the one output: the (mention, name) pair names the same concept
 
 
@@ -33,10 +34,12 @@ def classification_head(model: nn.Module) -> nn.Linear:
 
 
 def fold_platt(model: nn.Module, a: float, b: float) -> nn.Module:
-    """A copy of `model` whose logit is a × logit + b."""
+    """A copy of `model` whose logit is a × logit + b. A slope a <= 0 (a model that ranks matches below
+    non-matches on the calibration pairs, e.g. after a few steps) still gives calibrated probabilities,
+    but reverses or flattens the ranking: it is folded as fitted, with a warning."""
     if not a > 0:
-        raise DataError(f"the Platt slope fitted on the calibration pairs is {a:.4g}: the model ranks matches below "
-                        "non-matches there, so its scores cannot be calibrated; train longer or check the data")
+        _log.warning("the Platt slope fitted on the calibration pairs is %.4g: the model does not rank matches "
+                     "above non-matches there, and its calibrated scores do not rank candidates; train longer", a)
     folded = copy.deepcopy(model)
     head = classification_head(folded)
     with torch.no_grad():
@@ -73,8 +76,8 @@ def model_card(cfg: CrossEncoderConfig, variant: str, calibration: dict, held_ou
             if cfg.data.source == "synthetic" else f"MedMentions ({cfg.data.medmentions_dir}) linked to the UMLS "
             f"release in {cfg.data.umls_dir}")
 
-    def interval(key: str, percent: bool = False) -> str:
-        scale, unit = (100, " %") if percent else (1, "")
+    def interval(key: str, percent: bool = False, unit: str = " %") -> str:
+        scale, unit = (100, unit) if percent else (1, "")
         return (f"{scale * held_out[key]:.{1 if percent else 3}f}{unit} "
                 f"[{scale * held_out[key + '_ci_low']:.{1 if percent else 3}f}, "
                 f"{scale * held_out[key + '_ci_high']:.{1 if percent else 3}f}]")
@@ -126,7 +129,7 @@ precision {t.precision}, seed {cfg.seed}, max length {cfg.max_length}; best chec
 | pair ECE after Platt (15 bins) | {held_out['ece']:.3f} |
 | bi-encoder acc@1 ({held_out['linking/mentions']:.0f} mentions) | {interval('linking/biencoder_acc_at_1', True)} |
 | re-ranked acc@1 | {interval('linking/reranked_acc_at_1', True)} |
-| re-ranked − bi-encoder acc@1 (paired) | {interval('linking/reranked_minus_biencoder', True)} |
+| re-ranked − bi-encoder acc@1 (paired) | {interval('linking/reranked_minus_biencoder', True, " points")} |
 
 The scalers and the retrieval weight were fitted on these same mentions, so the figures are slightly
 optimistic; the test-split results are in `results/cross_encoder/{variant}/` of the run that made it.
