@@ -100,6 +100,7 @@ def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, top:
         ranked = [{"cui": concepts[cand[i, j]].cui, "name": concepts[cand[i, j]].preferred,
                    "matched_name": index.names[rows[i, j]],
                    "confidence": round(float(sigmoid(logits[i, j])), 6),
+                   "linking_score": round(float(combined[i, j]), 6),
                    "biencoder_score": round(float(bi_scores[i, j]), 6)} for j in order]
         lines.append(json.dumps({"id": span.doc, "start": span.start, "end": span.end, "mention": span.text,
                                  "candidates": ranked}) + "\n")

@@ -167,9 +167,12 @@ def test_link_ranks_candidates_with_calibrated_confidence(smoke, tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == len(first_doc.strip().splitlines()) - 2
     for line in lines:
-        confidences = [c["confidence"] for c in line["candidates"]]
-        assert len(confidences) == 3 and confidences == sorted(confidences, reverse=True)
-        assert all(0 <= c <= 1 for c in confidences) and line["candidates"][0]["cui"].startswith("C")
+        # Ranked by the linking score (cross-encoder logit + weighted retrieval cosine), each with the
+        # exported model's calibrated probability.
+        scores = [c["linking_score"] for c in line["candidates"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+        assert all(0 <= c["confidence"] <= 1 for c in line["candidates"])
+        assert line["candidates"][0]["cui"].startswith("C")
 
 
 def test_prepare_index_mine_are_identical_across_processes(tmp_path):
