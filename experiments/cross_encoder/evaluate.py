@@ -38,10 +38,12 @@ HEADLINE = {"f1": "f1", "auc": "roc_auc", "pr_auc": "pr_auc", "ece": "ece", "bri
 EXPORT_CHECK_PAIRS = 64  # test pairs whose calibrated probabilities are kept to check the export against
 
 
-def _trained(cfg: CrossEncoderConfig, variant: str, run: Path, which: str) -> nn.Module:
-    """The raw (unfolded) weights of the run's best checkpoint or of a named checkpoint file."""
+def _trained(cfg: CrossEncoderConfig, variant: str, run: Path, which: str,
+             ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The raw (unfolded) weights of the run's best checkpoint or of a named checkpoint file, in the
+    architecture and with the tokenizer of the run's export (no hub download), else of the start model."""
     path = run / "checkpoints" / "best.pt" if which == "best" else Path(which)
-    model, _ = cross.load(cfg.cross_encoder.path)
+    model, tokenizer = cross.load(run / EXPORT_DIR if (run / EXPORT_DIR).is_dir() else cfg.cross_encoder.path)
     saved = checkpoint.load(path)
     checkpoint.check_variant(saved, variant, str(path))
     try:
@@ -49,7 +51,7 @@ def _trained(cfg: CrossEncoderConfig, variant: str, run: Path, which: str) -> nn
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not hold this cross-encoder's weights: "
                               f"{str(e).splitlines()[0][:200]}") from None
-    return model
+    return model, tokenizer
 
 
 def pipeline_figures(candidates: scoring.Candidates, score: np.ndarray, prob: np.ndarray,
@@ -94,8 +96,8 @@ def before_after(cfg: CrossEncoderConfig, tokenizer: PreTrainedTokenizerBase,
 def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which: str = "best") -> Evaluation:
     """Evaluate the run's best checkpoint (`which="best"`, with the calibration exported beside it) or a
     checkpoint file of the run (calibrated afresh on the calibration pairs)."""
-    model = _trained(cfg, variant, run, which).to(default_device())
-    _, tokenizer = cross.load(run / EXPORT_DIR) if which == "best" else cross.load(cfg.cross_encoder.path)
+    model, tokenizer = _trained(cfg, variant, run, which)
+    model.to(default_device())
     calibration = (scoring.read_calibration(run / EXPORT_DIR / scoring.CALIBRATION_FILE) if which == "best"
                    else scoring.fit_calibration(cfg, model, tokenizer))
     scalers = {name: scoring.scaler_of(calibration, name) for name in scoring.SCALERS}
