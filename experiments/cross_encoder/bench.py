@@ -1,7 +1,11 @@
 """`bench`: throughput ratios against references measured in the same process.
 
-(a) scoring: pairs/s of our evaluation path (`model.pair_logits`) against sentence-transformers'
-    `CrossEncoder.predict` on the same exported model and the same pairs; the scores must agree.
+(a) scoring: pairs/s of our evaluation path (`model.pair_logits`: pairs sorted by length into
+    batches, padded per batch, the input order restored) against sentence-transformers'
+    `CrossEncoder.predict` on the same model and the same pairs, the mined test pairs: the realistic
+    length mix of mentions (abbreviations to long reordered names) against candidate names. The scores
+    must agree (the largest difference is reported). The goal, 1.5×, is issue 12's; note that
+    sentence-transformers 5 sorts by length too, so the gain is its per-batch overhead, not padding.
 (b) mining: mentions/s of the FAISS search against exact search in torch (one matrix product and
     top-k over every name) on the same vectors at the same depth; then, in mentions/s, the candidate
     lists (search and one concept per name group, `NameIndex.candidates`) and the whole `mine`
@@ -38,7 +42,10 @@ def scoring_ratio(cfg: CrossEncoderConfig, workdir: Path, n_pairs: int, repeats:
     pairs = [(p.text, p.name) for p in read_pairs(cfg.paths.mined, "test")][:n_pairs]
     repro.seed_everything(cfg.seed)
     model, tokenizer = cross.load(cfg.cross_encoder.path)
-    exported = cross.export(model, tokenizer, workdir / "model", cfg.max_length)
+    exported = workdir / "model"
+    tokenizer.model_max_length = cfg.max_length
+    model.save_pretrained(exported)
+    tokenizer.save_pretrained(exported)
     ours, tokenizer = cross.load(exported)
     ours.to(default_device())
     theirs = CrossEncoder(str(exported), device=str(default_device()), max_length=cfg.max_length)
@@ -127,5 +134,5 @@ def bench(cfg: CrossEncoderConfig, workdir: Path, n_pairs: int = 2000, repeats: 
         "setting": {k: rates.pop(k) for k in ("pairs", "mentions", "names", "index", "search_depth")},
         "rates": {k: v for k, v in rates.items() if not k.endswith("_ratio")},
         "ratios": {"score_ratio": scoring["score_ratio"], "search_ratio": mining["search_ratio"]},
-        "goals": {"score_ratio": 1.0},
+        "goals": {"score_ratio": 1.5},
     }

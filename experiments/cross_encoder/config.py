@@ -22,7 +22,8 @@ class DataConfig:
     source: Literal["synthetic", "medmentions"] = "synthetic"
     # The MedMentions release directory holding corpus_pubtator.txt(.gz) (full/data or st21pv/data)...
     medmentions_dir: str = ""
-    # ...and the one holding corpus_pubtator_pmids_{trng,dev,test}.txt (full/data; ST21pv uses the same).
+    # ...and the one holding corpus_pubtator_pmids_{trng,dev,test}.txt (full/data; ST21pv uses the same);
+    # empty: medmentions_dir.
     split_dir: str = ""
     # The UMLS release directory with MRCONSO.RRF, MRSTY.RRF and optionally MRCUI.RRF (or its META/).
     umls_dir: str = ""
@@ -75,7 +76,8 @@ class EvalConfig:
     rerank_top_k: int = 20
     # A mapping is "high confidence" when its calibrated probability reaches this.
     high_confidence: float = 0.9
-    # Which fitted scaler `link` and the linking figures use: platt, temperature or none.
+    # Which fitted scaler the linking figures use: platt, temperature or none (the exported model, and so
+    # `link`, always carries Platt).
     calibration: Literal["platt", "temperature", "none"] = "platt"
     bootstrap: int = 1000
     alpha: float = 0.05

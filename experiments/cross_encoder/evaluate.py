@@ -1,10 +1,17 @@
 """`evaluate`: pair classification with calibration on the test split, then entity linking.
 
 Pair metrics score the test pairs mined exactly as the training pairs were (positive, semantic-hard,
-type and random negatives), which is the seed's protocol. Platt and temperature scaling are fitted on
-the validation pairs and applied to the test pairs. Linking re-ranks each test mention's top
-`rerank_top_k` bi-encoder candidates with the cross-encoder and compares accuracy at 1 and 5 with the
-bi-encoder's own order; a mention whose gold concept was not retrieved counts as a miss for both.
+type and random negatives), which is the seed's protocol; the F1 interval resamples mentions, the
+independent unit, not pairs. The scalers come with the exported model: fitted on the calibration half
+of dev, which neither trained the model nor picked its checkpoint. Calibration is reported with
+15 equal-width bins (with each bin's count) and with equal-mass bins (adaptive ECE), on the test pairs
+and on the linking top-1 probabilities.
+
+Linking re-ranks each test mention's top `rerank_top_k` bi-encoder candidates and compares acc@1 and
+acc@5 of three orders: the retriever's, the cross-encoder's alone, and the combined score (see
+scoring.py), with paired intervals of the differences; a mention whose gold concept was not retrieved
+is a miss for all. The seed's before/after table compares the zero-shot cross-encoder (the starting
+model with a fresh head) with the fine-tuned one on raw scores.
 """
 
 from pathlib import Path
@@ -14,135 +21,157 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from experiments.cross_encoder import model as cross
+from experiments.cross_encoder import scoring
 from experiments.cross_encoder.config import CrossEncoderConfig
-from experiments.cross_encoder.mining import KINDS, Pair, read_candidates, read_pairs
-from experiments.cross_encoder.prepare import read_mentions
-from experiments.cross_encoder.retrieval import read_names
+from experiments.cross_encoder.mining import KINDS, read_pairs
 from experiments.cross_encoder.train import EXPORT_DIR
-from medrepro import atomic, bootstrap, checkpoint, plots
-from medrepro.calibration import Scaler, fit_scaler, sigmoid
+from medrepro import atomic, checkpoint, plots, repro
+from medrepro.calibration import Scaler, adaptive_ece, reliability_bins, sigmoid
 from medrepro.device import default_device
-from medrepro.errors import CheckpointError, DataError
+from medrepro.errors import CheckpointError
 from medrepro.metrics import binary_metrics
 from medrepro.results import Evaluation
 
-SCALERS = ("platt", "temperature")
 # metrics.json: the headline under the suite's short names (intervals are in details.json).
 HEADLINE = {"f1": "f1", "auc": "roc_auc", "pr_auc": "pr_auc", "ece": "ece", "brier": "brier",
-            "acc1": "linking/acc_at_1", "bi_acc1": "linking/biencoder_acc_at_1"}
+            "acc1": "linking/reranked_acc_at_1", "bi_acc1": "linking/biencoder_acc_at_1"}
+EXPORT_CHECK_PAIRS = 64  # test pairs whose calibrated probabilities are kept to check the export against
 
 
-def _labels_logits(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
-                   split: str) -> tuple[list[Pair], np.ndarray, np.ndarray]:
-    pairs = read_pairs(cfg.paths.mined, split)
-    logits = cross.pair_logits(model, tokenizer, [(p.text, p.name) for p in pairs], cfg.eval.batch_size,
-                               cfg.max_length)
-    return pairs, np.array([p.label for p in pairs]), logits
+def _trained(cfg: CrossEncoderConfig, variant: str, run: Path, which: str,
+             ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The raw (unfolded) weights of the run's best checkpoint or of a named checkpoint file, in the
+    architecture and with the tokenizer of the run's export (no hub download), else of the start model."""
+    path = run / "checkpoints" / "best.pt" if which == "best" else Path(which)
+    model, tokenizer = cross.load(run / EXPORT_DIR if (run / EXPORT_DIR).is_dir() else cfg.cross_encoder.path)
+    saved = checkpoint.load(path)
+    checkpoint.check_variant(saved, variant, str(path))
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not hold this cross-encoder's weights: "
+                              f"{str(e).splitlines()[0][:200]}") from None
+    return model, tokenizer
 
 
-def linking(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
-            scaler: Scaler) -> tuple[dict[str, float], np.ndarray]:
-    """Accuracy at 1 and 5 of the bi-encoder order and of the re-ranked order over the linkable test
-    mentions, and the pipeline figures on the re-ranked top candidate's calibrated probability.
-    Returns the metrics and the per-mention hit@1 of the re-ranked order (for a bootstrap)."""
-    mentions = read_mentions(cfg.paths.prepared)
-    cands = read_candidates(cfg.paths.mined)
-    names = [row["name"] for row in read_names(cfg.paths.index)]
-    k = cfg.eval.rerank_top_k
-    test = [i for i, m in enumerate(mentions) if m.split == "test" and cands["gold"][i] >= 0]
-    if not test:
-        raise DataError("no test mention resolves to a loaded concept: see prepared/missing.json")
-    concepts, rows = cands["concepts"][test, :k], cands["rows"][test, :k]
-    valid = concepts >= 0
-    pairs = [(mentions[i].text, names[r]) for i, rs, ok in zip(test, rows, valid, strict=True) for r in rs[ok]]
-    flat = cross.pair_logits(model, tokenizer, pairs, cfg.eval.batch_size, cfg.max_length)
-    logits = np.full(concepts.shape, -np.inf, dtype=np.float64)
-    logits[valid] = flat
-    gold = cands["gold"][test]
+def pipeline_figures(candidates: scoring.Candidates, score: np.ndarray, prob: np.ndarray,
+                     high_confidence: float) -> dict[str, float]:
+    """The seed's pipeline figures over mentions: acc@1 of the order by `score`, and on the top
+    candidate's probability `prob` the share at or above `high_confidence`, the mean, and the mean
+    margin over the second candidate."""
+    order = np.argsort(-score, axis=1, kind="stable")
+    ranked = np.take_along_axis(np.where(candidates.valid, prob, 0.0), order, axis=1)
+    second = ranked[:, 1] if ranked.shape[1] > 1 else np.zeros(len(ranked))
+    hits = candidates.hits(score)[:, 0]
+    confident = ranked[:, 0] >= high_confidence
+    figures = {"acc_at_1": float(hits.mean()), "high_confidence_share": float(confident.mean()),
+               "mean_top_score": float(ranked[:, 0].mean()), "mean_margin": float((ranked[:, 0] - second).mean())}
+    if confident.any():  # undefined without a confident mapping (a zero-shot head has none)
+        figures["high_confidence_acc_at_1"] = float(hits[confident].mean())
+    return figures
 
-    reranked = np.take_along_axis(concepts, np.argsort(-logits, axis=1, kind="stable"), axis=1)
-    bi_hits = concepts == gold[:, None]
-    cross_hits = reranked == gold[:, None]
-    prob = np.sort(np.where(valid, scaler(np.where(valid, logits, 0.0)), 0.0), axis=1)[:, ::-1]
-    second = prob[:, 1] if prob.shape[1] > 1 else np.zeros(len(prob))
-    confident = prob[:, 0] >= cfg.eval.high_confidence
-    result = {
-        "mentions": float(len(test)),
-        f"recall_at_{k}": float(bi_hits.any(axis=1).mean()),
-        "biencoder_acc_at_1": float(bi_hits[:, :1].any(axis=1).mean()),
-        "biencoder_acc_at_5": float(bi_hits[:, :5].any(axis=1).mean()),
-        "acc_at_1": float(cross_hits[:, :1].any(axis=1).mean()),
-        "acc_at_5": float(cross_hits[:, :5].any(axis=1).mean()),
-        "high_confidence_share": float(confident.mean()),
-        "mean_top_score": float(prob[:, 0].mean()),
-        "mean_margin": float((prob[:, 0] - second).mean()),
-    }
-    if confident.any():
-        result["high_confidence_acc_at_1"] = float(cross_hits[confident, 0].mean())
-    return result, cross_hits[:, 0].astype(float)
+
+def _calibration_report(y: np.ndarray, prob: np.ndarray, bins: int) -> dict:
+    return {"ece_adaptive": adaptive_ece(y, prob, bins),
+            "bins_equal_width": reliability_bins(y, prob, bins, "uniform"),
+            "bins_equal_mass": reliability_bins(y, prob, bins, "quantile")}
+
+
+def before_after(cfg: CrossEncoderConfig, tokenizer: PreTrainedTokenizerBase,
+                 trained: scoring.Candidates) -> dict[str, dict[str, float]]:
+    """The pipeline figures of the zero-shot cross-encoder (the starting model with a freshly
+    initialised head, seeded as training seeds it) and of the fine-tuned one, both on raw σ(logit)
+    and the cross-encoder's own order, as the seed reports them."""
+    repro.seed_everything(cfg.seed, cfg.train.deterministic)
+    zero_shot, _ = cross.load(cfg.cross_encoder.path)
+    zero_shot.to(default_device())
+    rows = {}
+    for name, cands in (("zero_shot", scoring.score_candidates(cfg, zero_shot, tokenizer, "test")),
+                        ("fine_tuned", trained)):
+        rows[name] = pipeline_figures(cands, cands.cross, sigmoid(np.where(cands.valid, cands.cross, 0.0)),
+                                      cfg.eval.high_confidence)
+    return rows
 
 
 def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which: str = "best") -> Evaluation:
-    """Evaluate the exported best checkpoint (`which="best"`) or a checkpoint file of the run."""
-    if which == "best":
-        model, tokenizer = cross.load(run / EXPORT_DIR)
-    else:
-        model, tokenizer = cross.load(cfg.cross_encoder.path)
-        saved = checkpoint.load(which)
-        checkpoint.check_variant(saved, variant, which)
-        try:
-            model.load_state_dict(saved["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{which} does not hold this cross-encoder's weights: "
-                                  f"{str(e).splitlines()[0][:200]}") from None
+    """Evaluate the run's best checkpoint (`which="best"`, with the calibration exported beside it) or a
+    checkpoint file of the run (calibrated afresh on the calibration pairs)."""
+    model, tokenizer = _trained(cfg, variant, run, which)
     model.to(default_device())
-    _, y_dev, z_dev = _labels_logits(cfg, model, tokenizer, "dev")
-    test_pairs, y_test, z_test = _labels_logits(cfg, model, tokenizer, "test")
-    scalers = {name: fit_scaler(name, z_dev, y_dev) for name in SCALERS}
+    calibration = (scoring.read_calibration(run / EXPORT_DIR / scoring.CALIBRATION_FILE) if which == "best"
+                   else scoring.fit_calibration(cfg, model, tokenizer))
+    scalers = {name: scoring.scaler_of(calibration, name) for name in scoring.SCALERS}
+    bins, e = cfg.eval.calibration_bins, cfg.eval
+
+    test_pairs = read_pairs(cfg.paths.mined, "test")
+    z_test = cross.pair_logits(model, tokenizer, [(p.text, p.name) for p in test_pairs], e.batch_size, cfg.max_length)
+    y_test = np.array([p.label for p in test_pairs])
     p_test = sigmoid(z_test)
-    raw = binary_metrics(y_test, p_test, cfg.eval.threshold, cfg.eval.calibration_bins)
-    calibrated = {name: binary_metrics(y_test, s(z_test), cfg.eval.threshold, cfg.eval.calibration_bins)
-                  for name, s in scalers.items()}
-    f1 = bootstrap.bootstrap(bootstrap.f1_binary_stat(y_test, p_test >= cfg.eval.threshold), len(y_test),
-                             cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
+    raw = binary_metrics(y_test, p_test, e.threshold, bins)
+    calibrated = {name: binary_metrics(y_test, s(z_test), e.threshold, bins) for name, s in scalers.items()}
+    f1 = scoring.f1_by_mention(y_test, p_test >= e.threshold, np.array([p.mention for p in test_pairs]),
+                               e.bootstrap, e.alpha, cfg.seed)
     kinds = np.array([p.kind for p in test_pairs])
     # Per kind of pair, the share classified correctly: recall on positives, rejection rate on negatives.
-    by_kind = {kind: float(((p_test >= cfg.eval.threshold) == (y_test == 1))[kinds == kind].mean())
+    by_kind = {kind: float(((p_test >= e.threshold) == (y_test == 1))[kinds == kind].mean())
                for kind in KINDS if (kinds == kind).any()}
 
-    chosen = scalers[cfg.eval.calibration] if cfg.eval.calibration != "none" else Scaler()
-    link, hits = linking(cfg, model, tokenizer, chosen)
-    acc1 = bootstrap.bootstrap(bootstrap.mean_stat(hits), len(hits), cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
+    candidates = scoring.score_candidates(cfg, model, tokenizer, "test")
+    weight = calibration["retrieval_weight"]
+    link = scoring.linking_accuracy(candidates, weight, e.bootstrap, e.alpha, cfg.seed)
+    chosen = scalers[e.calibration] if e.calibration != "none" else Scaler()
+    combined = candidates.combined(weight)
+    prob = chosen(np.where(candidates.valid, candidates.cross, 0.0))
+    link |= {f"pipeline_{k}": v for k, v in pipeline_figures(candidates, combined, prob, e.high_confidence).items()
+             if k != "acc_at_1"}
+    # Linking calibration: is the top candidate's probability the chance that it is the gold concept?
+    top = np.argsort(-combined, axis=1, kind="stable")[:, 0]
+    top_prob = prob[np.arange(len(top)), top]
+    top_hit = candidates.hits(combined)[:, 0].astype(int)
+    top1_cal = {**binary_metrics(top_hit, top_prob, e.threshold, bins), **_calibration_report(top_hit, top_prob, bins)}
+    link |= {"top1_ece": top1_cal["ece"], "top1_ece_adaptive": top1_cal["ece_adaptive"]}
+    table = before_after(cfg, tokenizer, candidates)
 
     plot_dir = out / "plots"
     plots.reliability_png(y_test, {"uncalibrated": p_test, **{n: s(z_test) for n, s in scalers.items()}},
-                          plot_dir / "reliability.png", "cross-encoder reliability (test pairs)",
-                          cfg.eval.calibration_bins)
+                          plot_dir / "reliability.png", "cross-encoder reliability (test pairs)", bins)
     plots.roc_png(y_test, p_test, plot_dir / "roc.png", "cross-encoder ROC (test pairs)")
     plots.pr_png(y_test, p_test, plot_dir / "pr.png", "cross-encoder precision-recall (test pairs)")
-    plots.per_class_png({"acc@1": {"bi-encoder": link["biencoder_acc_at_1"], "re-ranked": link["acc_at_1"]},
-                         "acc@5": {"bi-encoder": link["biencoder_acc_at_5"], "re-ranked": link["acc_at_5"]}},
+    plots.per_class_png({f"acc@{k}": {"bi-encoder": link[f"biencoder_acc_at_{k}"],
+                                      "cross-encoder alone": link[f"cross_only_acc_at_{k}"],
+                                      "re-ranked (combined)": link[f"reranked_acc_at_{k}"]} for k in (1, 5)},
                         plot_dir / "linking.png", f"linking accuracy, {int(link['mentions'])} test mentions")
 
     metrics = {**raw, "f1_ci_low": f1.low, "f1_ci_high": f1.high,
+               "ece_adaptive": adaptive_ece(y_test, p_test, bins),
                **{f"{name}/{key}": m[key] for name, m in calibrated.items()
                   for key in ("ece", "mce", "brier", "f1", "accuracy")},
+               **{f"{name}/ece_adaptive": adaptive_ece(y_test, s(z_test), bins) for name, s in scalers.items()},
                **{f"pairs/{kind}_correct": v for kind, v in by_kind.items()},
                **{f"linking/{key}": v for key, v in link.items()},
-               "linking/acc_at_1_ci_low": acc1.low, "linking/acc_at_1_ci_high": acc1.high}
-    atomic.write_json(out / "calibration.json", {
-        "fitted_on": "dev pairs", "default": cfg.eval.calibration,
-        **{name: {"a": s.a, "b": s.b, "temperature": s.temperature} for name, s in scalers.items()}})
+               **{f"{row}/{key}": v for row, figures in table.items() for key, v in figures.items()}}
+    check = [{"text": p.text, "name": p.name, "probability": float(q)}
+             for p, q in zip(test_pairs[:EXPORT_CHECK_PAIRS], scalers["platt"](z_test[:EXPORT_CHECK_PAIRS]),
+                             strict=True)]
+    atomic.write_json(out / "calibration.json", calibration)
     atomic.write_json(out / "evaluation_results.json", {
-        "test_pairs": {"uncalibrated": raw, **calibrated, "by_kind": by_kind,
-                       "f1_ci": [f1.low, f1.high], "threshold": cfg.eval.threshold,
-                       "calibration": {"bins": cfg.eval.calibration_bins, "binning": "equal-width on P(positive)",
-                                       "ece": "bin-weighted mean |fraction positive - mean probability|",
-                                       "mce": "max over non-empty bins"}},
-        "linking": {**link, "rerank_top_k": cfg.eval.rerank_top_k, "calibration": cfg.eval.calibration,
-                    "acc_at_1_ci": [acc1.low, acc1.high]},
+        "test_pairs": {"uncalibrated": {**raw, **_calibration_report(y_test, p_test, bins)},
+                       **{n: {**calibrated[n], **_calibration_report(y_test, s(z_test), bins)}
+                          for n, s in scalers.items()},
+                       "by_kind": by_kind, "f1_ci": [f1.low, f1.high], "f1_ci_unit": "mention",
+                       "threshold": e.threshold,
+                       "calibration": {"bins": bins, "fitted_on": calibration["fitted_on"],
+                                       "ece": "bin-weighted mean |fraction positive - mean probability|, "
+                                              "equal-width bins on P(positive)",
+                                       "ece_adaptive": "the same over equal-mass bins",
+                                       "mce": "max over non-empty equal-width bins"}},
+        "linking": {**link, "rerank_top_k": e.rerank_top_k, "calibration": e.calibration,
+                    "ci_unit": "mention", "top1_calibration": top1_cal},
+        "before_after": {**table, "scores": "raw sigmoid of the logit, cross-encoder order"},
+        "export_check": {"scaler": "platt", "pairs": check},
     })
     info = {"data": cfg.data.source, "model": str(run / EXPORT_DIR) if which == "best" else str(which),
             "start": cfg.cross_encoder.path,
-            "protocol": f"mined test pairs; re-rank top {cfg.eval.rerank_top_k} candidates"}
+            "protocol": f"mined test pairs; re-rank top {e.rerank_top_k} candidates by cross-encoder logit + "
+                        f"{weight:g} × bi-encoder cosine"}
     return Evaluation({short: metrics[name] for short, name in HEADLINE.items()}, metrics, info)

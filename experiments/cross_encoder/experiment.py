@@ -13,10 +13,8 @@ def _link_arguments(parser: argparse.ArgumentParser) -> None:
                         help='PubTator file, or JSON lines {"id", "text", "spans": [[start, end]]}')
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, one mention a line")
     parser.add_argument("--variant", choices=VARIANTS, default=VARIANTS[0],
-                        help="whose exported model and calibration to use (default: %(default)s)")
+                        help="whose exported model (calibration included) to use (default: %(default)s)")
     parser.add_argument("--model", type=Path, help="exported cross-encoder (default: <paths.runs>/<variant>/model)")
-    parser.add_argument("--calibration", type=Path,
-                        help="calibration.json from evaluate (default: <paths.results>/<variant>/calibration.json)")
     parser.add_argument("--top", type=int, default=5, help="candidates per mention in the output")
 
 

@@ -2,8 +2,9 @@
 
 Input is a PubTator file (its mention lines give the spans; any CUIs in it are ignored) or JSON lines
 `{"id": "...", "text": "...", "spans": [[start, end], ...]}` with 0-based, end-exclusive offsets.
-Each mention's candidates come from the bi-encoder index and are re-ranked by the cross-encoder;
-`confidence` is the re-ranker's probability after the scaler fitted by `evaluate` on validation.
+Each mention's candidates come from the bi-encoder index and are re-ranked by the exported
+cross-encoder's logit plus the retrieval weight times the standardised cosine (scoring.py);
+`confidence` is the exported model's probability, which carries its Platt calibration (export.py).
 """
 
 import argparse
@@ -15,13 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from experiments.cross_encoder import model as cross
+from experiments.cross_encoder import scoring
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.medmentions import read_pubtator, text_lines
 from experiments.cross_encoder.prepare import read_concepts
 from experiments.cross_encoder.retrieval import BiEncoder, read_index
 from experiments.cross_encoder.train import EXPORT_DIR
 from medrepro import atomic
-from medrepro.calibration import Scaler
+from medrepro.calibration import sigmoid
 from medrepro.device import default_device
 from medrepro.errors import DataError
 
@@ -66,32 +68,21 @@ def _json_spans(path: Path) -> Iterator[Span]:
             yield Span(doc, span[0], span[1], text[span[0]:span[1]])
 
 
-def read_scaler(path: Path, method: str) -> Scaler:
-    if method == "none":
-        return Scaler()
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `medrepro cross_encoder evaluate` (it fits the calibration), or "
-                        "pass eval.calibration=none")
-    fitted = json.loads(path.read_text())
-    return Scaler(method, fitted[method]["a"], fitted[method]["b"])
-
-
 def link_command(cfg: CrossEncoderConfig, args: argparse.Namespace) -> int:
-    """`link`: the variant's exported model and calibration unless --model / --calibration are given."""
+    """`link`: the variant's exported model unless --model is given."""
     model = args.model or Path(cfg.paths.runs) / args.variant / EXPORT_DIR
-    calibration = args.calibration or Path(cfg.paths.results) / args.variant / "calibration.json"
-    return link(cfg, args.input, args.out, model, calibration, args.top)
+    return link(cfg, args.input, args.out, model, args.top)
 
 
-def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, calibration: Path, top: int) -> int:
+def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, top: int) -> int:
     spans = read_spans(inputs)
     if not spans:
         raise DataError(f"{inputs} holds no mention to link")
     concepts = read_concepts(cfg.paths.prepared)
     index = read_index(cfg.paths.index, concepts, cfg.index)
     encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
-    scaler = read_scaler(calibration, cfg.eval.calibration)
     model, tokenizer = cross.load(model_dir)
+    weight = scoring.read_calibration(Path(model_dir) / scoring.CALIBRATION_FILE)["retrieval_weight"]
     model.to(default_device())
 
     cand, rows, bi_scores = index.candidates(encoder.encode([s.text for s in spans]), cfg.eval.rerank_top_k)
@@ -99,13 +90,17 @@ def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, cali
     pairs = [(s.text, index.names[r]) for s, rs, ok in zip(spans, rows, valid, strict=True) for r in rs[ok]]
     logits = np.full(cand.shape, -np.inf)
     logits[valid] = cross.pair_logits(model, tokenizer, pairs, cfg.eval.batch_size, cfg.max_length)
+    scored = scoring.Candidates(np.arange(len(spans)), cand, np.where(valid, bi_scores, -np.inf), logits,
+                                np.full(len(spans), -1))
+    combined = scored.combined(weight)
 
     lines = []
     for i, span in enumerate(spans):
-        order = np.argsort(-logits[i], kind="stable")[: min(top, int(valid[i].sum()))]
+        order = np.argsort(-combined[i], kind="stable")[: min(top, int(valid[i].sum()))]
         ranked = [{"cui": concepts[cand[i, j]].cui, "name": concepts[cand[i, j]].preferred,
                    "matched_name": index.names[rows[i, j]],
-                   "confidence": round(float(scaler(logits[i, j])), 6),
+                   "confidence": round(float(sigmoid(logits[i, j])), 6),
+                   "linking_score": round(float(combined[i, j]), 6),
                    "biencoder_score": round(float(bi_scores[i, j]), 6)} for j in order]
         lines.append(json.dumps({"id": span.doc, "start": span.start, "end": span.end, "mention": span.text,
                                  "candidates": ranked}) + "\n")

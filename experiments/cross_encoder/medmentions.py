@@ -229,7 +229,8 @@ def read_split_pmids(directory: str | Path) -> dict[str, set[str]]:
         if not path.is_file():
             raise DataError(
                 f"split file {path} is missing; MedMentions ships {', '.join(SPLIT_FILES.values())} in "
-                "full/data/ (the st21pv folder has none): copy them beside the corpus"
+                "full/data/ (the st21pv folder has none): set data.split_dir to the folder that holds them (it "
+                "defaults to data.medmentions_dir)"
             )
         pmids: set[str] = set()
         for number, line in text_lines(path):

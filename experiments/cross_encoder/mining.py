@@ -11,7 +11,11 @@ the gold concept and 0 otherwise:
   plausible confusions a linker makes, e.g. another neoplasm) or sharing none (`different`);
 - random: any other concept.
 
-Negatives of a mention are distinct concepts. The candidate search queries with the mention's own
+Negatives of a mention are distinct concepts, and none is shown under a name of the gold concept
+(compared case-insensitively). UMLS has ambiguous strings ("cold" is a disease and a temperature):
+another concept under the gold concept's own name would make the same (mention, name) pair both a
+positive and a negative, a contradiction no scorer of the pair can resolve. Such pairs are counted
+in mining.json (`left_out_same_name`). The candidate search queries with the mention's own
 text, never the gold concept's name (which would leak the answer into the candidates). Random draws
 are keyed by (seed, mention index), so a pair file does not depend on batch sizes or the order in
 which mentions are processed.
@@ -20,6 +24,7 @@ which mentions are processed.
 import argparse
 import json
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,13 +33,16 @@ from pathlib import Path
 import numpy as np
 
 from experiments.cross_encoder.config import CrossEncoderConfig, MiningConfig
-from experiments.cross_encoder.prepare import SPLITS, read_concepts, read_mentions
+from experiments.cross_encoder.prepare import MentionRecord, read_concepts, read_mentions
 from experiments.cross_encoder.retrieval import BiEncoder, read_index, recall_at
 from experiments.cross_encoder.umls import Concept
 from medrepro import atomic
 from medrepro.errors import DataError
 
 KINDS = ("positive", "hard", "type", "random")
+# The dev documents are halved: `dev` picks the checkpoint and stops training, `calibration` (never
+# seen by training) fits the probability scalers and the retrieval weight.
+PAIR_SPLITS = ("train", "dev", "calibration", "test")
 CANDIDATES_FILE = "candidates.npz"
 RECALL_KS = (1, 5, 20, 64)
 _MAX_DRAWS = 50  # rejection-sampling attempts per wanted negative before giving up on it
@@ -64,9 +72,12 @@ class TypePools:
 
 
 def draw_negatives(gold: int, hard: list[int], pools: TypePools, n_concepts: int, cfg: MiningConfig,
-                   rng: np.random.Generator) -> tuple[list[int], list[int], list[int]]:
+                   rng: np.random.Generator, named_like_gold: Callable[[int], bool] = lambda c: False,
+                   ) -> tuple[list[int], list[int], list[int]]:
     """(hard, type, random) negative concept indices for one mention; all distinct and never `gold`.
-    `hard` is the mention's eligible hard candidates, best first."""
+    `hard` is the mention's eligible hard candidates, best first (already free of gold's names);
+    `named_like_gold(c)` tells whether concept c's preferred name, under which type and random
+    negatives are shown, is one of the gold concept's names: such draws are rejected."""
     taken = {gold}
     hard_picked = [c for c in hard if c != gold][: cfg.hard_per_positive]
     taken.update(hard_picked)
@@ -77,7 +88,7 @@ def draw_negatives(gold: int, hard: list[int], pools: TypePools, n_concepts: int
             if len(picked) == count:
                 break
             c = sample()
-            if c is not None and c not in taken and accept(c):
+            if c is not None and c not in taken and accept(c) and not named_like_gold(c):
                 picked.append(c)
                 taken.add(c)
         return picked
@@ -95,6 +106,14 @@ def draw_negatives(gold: int, hard: list[int], pools: TypePools, n_concepts: int
                            lambda c: not (pools.types[c] & pools.types[gold]))
     random_picked = draw(cfg.random_per_positive, lambda: int(rng.integers(n_concepts)), lambda c: True)
     return hard_picked, type_picked, random_picked
+
+
+def pair_split(mention: MentionRecord) -> str:
+    """The mention's split for pairs: its corpus split, with dev documents halved by a hash of the PMID
+    (whole documents, so the halves share no abstract)."""
+    if mention.split == "dev" and zlib.crc32(mention.pmid.encode()) % 2:
+        return "calibration"
+    return mention.split
 
 
 def hard_candidates(concepts: np.ndarray, scores: np.ndarray, cfg: MiningConfig) -> list[int]:
@@ -141,14 +160,21 @@ def mine(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> dic
                      strict=True))
 
     pools = TypePools(concepts)
-    pairs: dict[str, list[Pair]] = {s: [] for s in SPLITS}
+    folded_names = [{name.casefold() for name in c.names} for c in concepts]
+    folded_preferred = [c.preferred.casefold() for c in concepts]
+    pairs: dict[str, list[Pair]] = {s: [] for s in PAIR_SPLITS}
+    left_out: Counter[str] = Counter()
     for i in linkable.tolist():
         m, g = mentions[i], int(gold[i])
         rng = np.random.default_rng([cfg.seed, i])
-        hard, typed, rand = draw_negatives(g, hard_candidates(cand[i], scores[i], cfg.mining), pools,
-                                           len(concepts), cfg.mining, rng)
         retrieved = {int(c): index.names[r] for c, r in zip(cand[i], rows[i], strict=True) if c >= 0}
-        split_pairs = pairs[m.split]
+        gold_names = folded_names[g]
+        eligible = hard_candidates(cand[i], scores[i], cfg.mining)
+        hard_ok = [c for c in eligible if c == g or retrieved[c].casefold() not in gold_names]
+        left_out[pair_split(m)] += len(eligible) - len(hard_ok)
+        hard, typed, rand = draw_negatives(g, hard_ok, pools, len(concepts), cfg.mining, rng,
+                                           lambda c, names=gold_names: folded_preferred[c] in names)
+        split_pairs = pairs[pair_split(m)]
         split_pairs.append(Pair(i, m.text, names[i], concepts[g].cui, 1, "positive"))
         split_pairs.extend(Pair(i, m.text, retrieved[c], concepts[c].cui, 0, "hard") for c in hard)
         split_pairs.extend(Pair(i, m.text, concepts[c].preferred, concepts[c].cui, 0, "type") for c in typed)
@@ -156,9 +182,13 @@ def mine(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> dic
     t3 = time.perf_counter()
 
     out = Path(cfg.paths.mined)
-    split_of = np.array([m.split for m in mentions])
+    split_of = np.array([pair_split(m) for m in mentions])
     report: dict = {"recall": {}, "mix": {}, "pairs": {}}
-    for split in SPLITS:
+    for split in PAIR_SPLITS:
+        if not (split_of[linkable] == split).any():
+            # Each split has a job (train, pick the checkpoint, calibrate, test): none may be empty.
+            raise DataError(f"no linkable mention in the {split} pairs (see prepared/summary.json; dev documents are "
+                            "halved into dev and calibration): the corpus is too small, add documents")
         chosen = linkable[split_of[linkable] == split]
         report["recall"][split] = recall_at(gold[chosen], cand[chosen], (*RECALL_KS[:-1], cfg.mining.candidates))
         kinds = Counter(p.kind for p in pairs[split])
@@ -166,11 +196,13 @@ def mine(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> dic
         report["mix"][split] = {k: round(kinds[k] / total, 4) for k in KINDS}
         report["pairs"][split] = {k: kinds[k] for k in KINDS}
     report["mentions"] = {"all": len(mentions), "linkable": int(linkable.size)}
+    # Hard candidates shown under one of the gold concept's names: left out, never labelled negative.
+    report["left_out_same_name"] = {split: left_out[split] for split in PAIR_SPLITS}
     report["settings"] = asdict(cfg.mining)
     # The whole directory is replaced at once: a killed mine never leaves new pairs beside old ones.
     with atomic.atomic_dir(out) as tmp:
         _save_npz(tmp / CANDIDATES_FILE, cand, rows, scores, gold)
-        for split in SPLITS:
+        for split in PAIR_SPLITS:
             atomic.write_text(tmp / f"pairs_{split}.jsonl", "".join(json.dumps(asdict(p)) + "\n" for p in pairs[split]))
         atomic.write_json(tmp / "mining.json", report)
     print(json.dumps({"recall": report["recall"], "mix": report["mix"]["train"], "pairs": report["pairs"]}))

@@ -14,7 +14,6 @@ from torch.utils.data import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from experiments.cross_encoder.mining import Pair
-from medrepro import atomic
 from medrepro.errors import DataError
 
 
@@ -79,13 +78,3 @@ def pair_logits(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seq
         out[rows] = model(**batch).logits[:, 0].float().cpu().numpy()
     model.train(was_training)
     return out
-
-
-def export(model: nn.Module, tokenizer: PreTrainedTokenizerBase, directory: str | Path, max_length: int) -> Path:
-    """Save in `save_pretrained` layout, loadable by AutoModelForSequenceClassification and by
-    sentence_transformers.CrossEncoder; the tokenizer carries the training max length."""
-    tokenizer.model_max_length = max_length
-    with atomic.atomic_dir(directory) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return Path(directory)

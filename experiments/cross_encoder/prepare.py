@@ -11,6 +11,7 @@ prepared/
 
 import argparse
 import json
+import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from medrepro import atomic, repro
 from medrepro.errors import ConfigError, DataError
 from medrepro.tiny import build_tiny_bert
 
+_log = logging.getLogger(__name__)
 TABLES = ("concepts.jsonl", "mentions.jsonl")
 SPLITS = ("train", "dev", "test")
 
@@ -89,6 +91,7 @@ def prepare(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> 
                 print(f"built tiny {role} at {enc.path}")
 
     report = missing_report((m for _, m in mentions), umls)
+    _check_linkable(records, by_split, report, umls_dir)
     atomic.write_text(out / "concepts.jsonl", "".join(
         json.dumps(asdict(umls.concepts[cui])) + "\n" for cui in sorted(umls.concepts)))
     atomic.write_text(out / "mentions.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
@@ -112,6 +115,21 @@ def prepare(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> 
     print(json.dumps({k: summary[k] for k in ("documents", "mentions", "mentions_linkable", "concepts", "names",
                                               "missing")}))
     return out
+
+
+def _check_linkable(records: list[MentionRecord], by_split: dict, report: dict, umls_dir: Path) -> None:
+    """Stop when nothing is left to train on; warn about a split without documents or linkable mentions."""
+    linkable = Counter(r.split for r in records if r.gold is not None)
+    if not linkable["train"]:
+        raise DataError(f"no train mention links to a concept loaded from {umls_dir} ({report['missing_mentions']} of "
+                        f"{len(records)} mentions missing: {report['by_reason']}): check data.umls_dir, data.sabs and "
+                        "the release (MedMentions was annotated against UMLS 2017AA; newer releases need MRCUI.RRF)")
+    for split in SPLITS:
+        if not by_split[split]:
+            _log.warning("the %s split has no document: its split file lists no PMID of the corpus", split)
+        elif not linkable[split]:
+            _log.warning("no %s mention links to a loaded concept (%d mentions, see missing.json)", split,
+                         sum(r.split == split for r in records))
 
 
 def _checked(prepared: str | Path, name: str) -> Path:

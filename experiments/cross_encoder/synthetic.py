@@ -116,8 +116,11 @@ _SENTENCES = (
     "@ was treated with @ in # cases.",
     "Imaging showed @ in # of the patients.",
 )
-_VARIANTS = ("exact", "lowercase", "swap", "abbreviation", "typo")
-_VARIANT_WEIGHTS = (0.5, 0.2, 0.1, 0.1, 0.1)
+# How papers write a concept. Exact names are a minority, as in MedMentions, so that a retriever
+# matching strings is far from perfect and a re-ranker has something to fix.
+_VARIANTS = ("exact", "lowercase", "reorder", "abbreviation", "typo", "plural")
+_VARIANT_WEIGHTS = (0.15, 0.1, 0.15, 0.15, 0.3, 0.15)
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _RETIRED_MENTION_RATE = 0.05
 _SPLIT_FRACTIONS = (0.7, 0.15)  # train, dev; test takes the rest
 
@@ -163,14 +166,18 @@ def write_synthetic_umls(directory: str | Path, n_concepts: int, seed: int) -> P
 
     history: list[str] = []
     for i in merged:
+        # SY: merged into the concept (a reader follows it). RO: only "other related" to it, which is
+        # not a merge: the retired CUI has no successor, however few rows it has.
         relation = "SY" if i % 15 == 3 else "RO"
         history.append(f"{next(old)}|{rng.choice(_HISTORY_VERSIONS)}|{relation}|||{cuis[i]}|Y|")
     history.extend(f"{next(old)}|{rng.choice(_HISTORY_VERSIONS)}|DEL|||||" for _ in range(n_deleted))
-    for _ in range(n_ambiguous):
+    for k in range(n_ambiguous):
         retired, version = next(old), rng.choice(_HISTORY_VERSIONS)
-        narrower, broader = rng.sample(cuis, 2)
-        history.append(f"{retired}|{version}|RB|||{broader}|Y|")
-        history.append(f"{retired}|{version}|RN|||{narrower}|Y|")
+        first, second = rng.sample(cuis, 2)
+        # Alternately a split (merged into two concepts: ambiguous) and a broader/narrower pair (related only).
+        relations = ("SY", "SY") if k % 2 == 0 else ("RB", "RN")
+        history.append(f"{retired}|{version}|{relations[0]}|||{first}|Y|")
+        history.append(f"{retired}|{version}|{relations[1]}|||{second}|Y|")
 
     directory = Path(directory)
     atomic.write_text(directory / "MRCONSO.RRF", "".join(f"{line}\n" for line in conso))
@@ -192,7 +199,7 @@ def write_synthetic_medmentions(
     """
     if n_documents < 1:
         raise ValueError(f"n_documents must be at least 1, got {n_documents}")
-    concepts, aliases = _concept_source(umls_dir_or_concepts)
+    concepts, aliases, related = _concept_source(umls_dir_or_concepts)
     if not concepts:
         raise ValueError("no concepts to mention: the UMLS source is empty")
     rng = random.Random(seed)
@@ -209,6 +216,8 @@ def write_synthetic_medmentions(
         cui = concept.cui
         if concept.cui in aliases and rng.random() < _RETIRED_MENTION_RATE:
             cui = rng.choice(aliases[concept.cui])
+        elif concept.cui in related and rng.random() < _RETIRED_MENTION_RATE / 2:
+            cui = rng.choice(related[concept.cui])
         return surface, concept, cui
 
     pmids = [str(pmid) for pmid in rng.sample(range(20_000_000, 30_000_000), n_documents)]
@@ -417,32 +426,42 @@ def _first_field(line: str) -> str:
 
 def _concept_source(
     source: str | Path | Umls | Mapping[str, Concept],
-) -> tuple[Mapping[str, Concept], dict[str, list[str]]]:
-    """The concepts, and per concept the retired CUIs that resolve to it."""
+) -> tuple[Mapping[str, Concept], dict[str, list[str]], dict[str, list[str]]]:
+    """The concepts; per concept the retired CUIs that resolve to it; and per concept the retired CUIs
+    that are only related to it (RB/RN/RO), as an annotation against an old release may still use."""
     if isinstance(source, str | Path):
         source = load_umls(source)
     if not isinstance(source, Umls):
-        return source, {}
+        return source, {}, {}
     aliases: dict[str, list[str]] = {}
     for retired in sorted(source.retired):
         successor = resolve_cui(retired, source)
         if successor is not None:
             aliases.setdefault(successor, []).append(retired)
-    return source.concepts, aliases
+    related: dict[str, list[str]] = {}
+    for retired, rows in sorted(source.related.items()):
+        for _rel, cui in rows:
+            if cui in source.concepts:
+                related.setdefault(cui, []).append(retired)
+    return source.concepts, aliases, related
 
 
 def _surface(rng: random.Random, concept: Concept) -> str:
-    """A way a paper might write the concept: one of its names, lowercased, with the words around a
-    comma put back in reading order, abbreviated, or with a small typo."""
+    """A way a paper might write the concept: one of its names as is or lowercased, with its words
+    reordered (a comma inversion undone or made), abbreviated (initials collide across concepts, as
+    real abbreviations do), with one or two typos, or with its head noun in the plural."""
     variant = rng.choices(_VARIANTS, weights=_VARIANT_WEIGHTS)[0]
     name = rng.choice(concept.names)
     if variant == "lowercase":
         return name.lower()
-    if variant == "swap":
+    if variant == "reorder":
         inverted = [candidate for candidate in concept.names if candidate.count(", ") == 1]
         if inverted:
             head, tail = rng.choice(inverted).split(", ")
             return f"{tail} {head}"
+        words = name.lower().split()
+        if len(words) > 1:
+            return f"{' '.join(words[1:])}, {words[0]}"
     if variant == "abbreviation":
         abbreviations = [candidate for candidate in concept.names if _is_abbreviation(candidate)]
         words = re.findall(r"[A-Za-z]+", concept.preferred)
@@ -451,17 +470,41 @@ def _surface(rng: random.Random, concept: Concept) -> str:
         if len(words) > 1:
             return _initials(*words)
     if variant == "typo":
-        # Swap two neighbouring, different letters inside a word of five letters or more.
-        spots = [
-            match.start() + offset
-            for match in re.finditer(r"[a-z]{5,}", name)
-            for offset in range(1, len(match.group()) - 2)
-            if name[match.start() + offset] != name[match.start() + offset + 1]
-        ]
-        if spots:
-            at = rng.choice(spots)
-            return name[:at] + name[at + 1] + name[at] + name[at + 2 :]
+        typed = name
+        for _ in range(rng.choice((1, 1, 2))):
+            typed = _typo(rng, typed)
+        return typed
+    if variant == "plural":
+        words = name.split(" ")
+        if not _is_abbreviation(name) and "," not in name and words[-1].isalpha():
+            return " ".join([*words[:-1], _plural(words[-1])])
     return name
+
+
+def _typo(rng: random.Random, name: str) -> str:
+    """One slip inside a word of five letters or more: two neighbouring letters swapped, a letter
+    dropped, doubled or replaced."""
+    spots = [match.start() + offset for match in re.finditer(r"[a-z]{5,}", name)
+             for offset in range(1, len(match.group()) - 2)]
+    if not spots:
+        return name
+    at = rng.choice(spots)
+    kind = rng.choice(("swap", "drop", "double", "replace"))
+    if kind == "swap" and name[at] != name[at + 1]:
+        return name[:at] + name[at + 1] + name[at] + name[at + 2:]
+    if kind == "drop":
+        return name[:at] + name[at + 1:]
+    if kind == "double":
+        return name[:at] + name[at] + name[at:]
+    return name[:at] + rng.choice(_LETTERS.replace(name[at], "")) + name[at + 1:]
+
+
+def _plural(word: str) -> str:
+    if word.endswith(("s", "x", "sh", "ch")):
+        return word + "es"
+    if word.endswith("y") and word[-2:-1] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
 
 
 class _Text:

@@ -1,5 +1,6 @@
-"""`train`: the cross-encoder on the mined pairs, with the shared loop; the best checkpoint by
-validation F1 is exported as a transformers / sentence-transformers model directory."""
+"""`train`: the cross-encoder on the mined pairs, with the shared loop. The best checkpoint by F1 on the
+dev pairs is calibrated on the held-out calibration pairs and exported, Platt folded in, with a model
+card, as a transformers / sentence-transformers model directory (see export.py)."""
 
 from pathlib import Path
 
@@ -8,7 +9,9 @@ from accelerate import PartialState
 from torch import nn
 
 from experiments.cross_encoder import model as cross
+from experiments.cross_encoder import scoring
 from experiments.cross_encoder.config import CrossEncoderConfig
+from experiments.cross_encoder.export import export, model_card
 from experiments.cross_encoder.mining import read_pairs
 from medrepro import checkpoint, repro
 from medrepro.calibration import sigmoid
@@ -42,7 +45,26 @@ def train(cfg: CrossEncoderConfig, variant: str, out: Path, resume: str | None =
         return result
     best = checkpoint.load(out / "checkpoints" / "best.pt")
     model.load_state_dict(best["model"])
-    cross.export(model, tokenizer, out / EXPORT_DIR, cfg.max_length)
+    calibration = scoring.fit_calibration(cfg, model, tokenizer)
+    card = model_card(cfg, variant, calibration, held_out_metrics(cfg, model, tokenizer, calibration))
+    export(model, tokenizer, out / EXPORT_DIR, cfg.max_length, calibration, card)
     print(f"exported the best checkpoint (step {best['train_state']['step']}, "
-          f"{cfg.train.best_metric} {best['train_state']['best_value']:.4f}) to {out / EXPORT_DIR}")
+          f"{cfg.train.best_metric} {best['train_state']['best_value']:.4f}) with its Platt calibration to "
+          f"{out / EXPORT_DIR}")
     return result
+
+
+def held_out_metrics(cfg: CrossEncoderConfig, model: nn.Module, tokenizer, calibration: dict) -> dict[str, float]:
+    """The model card's figures on the calibration pairs and mentions (unseen in training)."""
+    pairs = read_pairs(cfg.paths.mined, "calibration")
+    logits = cross.pair_logits(model, tokenizer, [(p.text, p.name) for p in pairs], cfg.eval.batch_size,
+                               cfg.max_length)
+    labels = np.array([p.label for p in pairs])
+    prob = scoring.scaler_of(calibration, "platt")(logits)
+    f1 = scoring.f1_by_mention(labels, prob >= cfg.eval.threshold, np.array([p.mention for p in pairs]),
+                               cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
+    metrics = binary_metrics(labels, prob, cfg.eval.threshold, cfg.eval.calibration_bins)
+    link = scoring.linking_accuracy(scoring.score_candidates(cfg, model, tokenizer, "calibration"),
+                                    calibration["retrieval_weight"], cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
+    return {"pairs": len(pairs), "f1": f1.estimate, "f1_ci_low": f1.low, "f1_ci_high": f1.high,
+            "roc_auc": metrics["roc_auc"], "ece": metrics["ece"], **{f"linking/{k}": v for k, v in link.items()}}

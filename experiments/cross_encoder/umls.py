@@ -11,7 +11,7 @@ and never redistributed: tests use synthetic rows. Every problem a user can fix 
 
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,11 @@ class UmlsStats:
 
 @dataclass
 class Umls:
-    """A loaded slice of UMLS. `retired` maps each retired CUI to its single successor (which may
-    itself be retired: `resolve_cui` follows the chain); `ambiguous` holds retired CUIs with several
-    candidate successors and `deleted` those with none."""
+    """A loaded slice of UMLS. `retired` maps each retired CUI to its single successor by MRCUI's
+    REL=SY (which may itself be retired: `resolve_cui` follows the chain); `ambiguous` holds retired
+    CUIs with several SY successors and `deleted` those with a DEL row. `related` holds retired CUIs
+    whose only rows are RB, RN or RO (broader, narrower, other related): those are not merges, so the
+    CUI resolves to nothing; the related concepts, as (REL, CUI2), are kept for the missing report."""
 
     concepts: dict[str, Concept]
     retired: dict[str, str]
@@ -73,6 +75,7 @@ class Umls:
     ambiguous: dict[str, tuple[str, ...]]
     type_names: dict[str, str]  # TUI → semantic type name
     stats: UmlsStats
+    related: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
 
 def load_umls(
@@ -96,7 +99,7 @@ def load_umls(
     directory = Path(directory)
     stats = UmlsStats()
     history = _find(directory, "MRCUI.RRF", required=False)
-    retired, deleted, ambiguous = _read_history(history, stats) if history else ({}, set(), {})
+    retired, deleted, ambiguous, related = _read_history(history, stats) if history else ({}, set(), {}, {})
     wanted = None if keep_cuis is None else _with_successors(keep_cuis, retired)
     names, preferred = _read_names(
         _find(directory, "MRCONSO.RRF"), None if sabs is None else set(sabs), keep_suppressed, wanted, stats
@@ -114,7 +117,7 @@ def load_umls(
         if not concept_types:
             stats.untyped_concepts += 1
         concepts[cui] = Concept(cui, best, (best, *others), concept_types)
-    return Umls(concepts, retired, deleted, ambiguous, type_names, stats)
+    return Umls(concepts, retired, deleted, ambiguous, type_names, stats, related)
 
 
 def resolve_cui(cui: str, umls: Umls) -> str | None:
@@ -133,7 +136,8 @@ def missing_report(mentions: Iterable[Mention], umls: Umls) -> dict[str, Any]:
     """Count the mentions whose CUI is not a loaded concept, with a reason per CUI.
 
     Returns {"mentions", "missing_mentions", "missing_cuis", "by_reason" (category → mentions, the
-    categories being "retired" (resolvable), "deleted", "ambiguous", "not loaded"), "cuis" (CUI →
+    categories being "retired" (resolvable), "deleted", "ambiguous" (several SY successors), "related only"
+    (RB/RN/RO rows, never followed), "not loaded"), "cuis" (CUI →
     {"reason", "mentions"})}, ready for `medrepro.atomic.write_json`.
     """
     counts = Counter(mention.cui for mention in mentions)
@@ -180,30 +184,34 @@ def _find(directory: Path, name: str, required: bool = True) -> Path | None:
     return None
 
 
-def _read_history(path: Path, stats: UmlsStats) -> tuple[dict[str, str], set[str], dict[str, tuple[str, ...]]]:
-    """Retired CUI → successor, deleted CUIs, and retired CUIs with several candidate successors.
+def _read_history(path: Path, stats: UmlsStats) -> tuple[
+        dict[str, str], set[str], dict[str, tuple[str, ...]], dict[str, tuple[tuple[str, str], ...]]]:
+    """Retired CUI → successor, deleted CUIs, retired CUIs with several successors, and retired CUIs
+    with related concepts only.
 
-    Rule: a CUI1 maps to CUI2 when its SY rows name exactly one CUI2, or, without SY rows, when all its
-    other rows (RB, RN, RO, ...) name exactly one. Several candidates under that rule make it ambiguous
-    (left unmapped and reported). DEL with no mapping row means deleted; a mapping row wins over DEL.
+    Rule: only REL=SY is a merge. A CUI1 maps to CUI2 when its SY rows name exactly one CUI2; several
+    SY targets make it ambiguous (left unmapped and reported). DEL means deleted unless an SY row
+    maps the CUI. RB, RN and RO rows (broader, narrower, other related) never map a CUI, even when
+    there is only one of them: a broader or related concept is another concept. A CUI1 with such
+    rows and no SY or DEL row is `related` (reported with its related CUIs, left unmapped).
     """
-    targets: dict[str, dict[str, set[str]]] = {}
+    merged: dict[str, set[str]] = {}
+    others: dict[str, set[tuple[str, str]]] = {}
     dropped: set[str] = set()
     for _, (cui1, _ver, rel, _rela, _reason, cui2, _mapin) in rrf_rows(path, MRCUI_FIELDS):
         stats.history_rows += 1
         if rel == DELETED:
             dropped.add(cui1)
         elif cui2 and cui2 != cui1:
-            targets.setdefault(cui1, {}).setdefault(rel, set()).add(cui2)
-    retired: dict[str, str] = {}
-    ambiguous: dict[str, tuple[str, ...]] = {}
-    for cui1, by_relation in targets.items():
-        candidates = by_relation.get(SYNONYMOUS) or set().union(*by_relation.values())
-        if len(candidates) == 1:
-            retired[cui1] = next(iter(candidates))
-        else:
-            ambiguous[cui1] = tuple(sorted(candidates))
-    return retired, dropped - retired.keys() - ambiguous.keys(), ambiguous
+            if rel == SYNONYMOUS:
+                merged.setdefault(cui1, set()).add(cui2)
+            else:
+                others.setdefault(cui1, set()).add((rel, cui2))
+    retired = {cui1: next(iter(targets)) for cui1, targets in merged.items() if len(targets) == 1}
+    ambiguous = {cui1: tuple(sorted(targets)) for cui1, targets in merged.items() if len(targets) > 1}
+    related = {cui1: tuple(sorted(rows)) for cui1, rows in others.items()
+               if cui1 not in merged and cui1 not in dropped}
+    return retired, dropped - retired.keys() - ambiguous.keys(), ambiguous, related
 
 
 def _with_successors(keep_cuis: Iterable[str], retired: dict[str, str]) -> set[str]:
@@ -275,5 +283,8 @@ def _missing_reason(cui: str, umls: Umls) -> tuple[str, str]:
     if cui in umls.deleted:
         return "deleted", "deleted in a later release"
     if cui in umls.ambiguous:
-        return "ambiguous", f"ambiguous history ({', '.join(umls.ambiguous[cui])})"
+        return "ambiguous", f"ambiguous history: merged into several ({', '.join(umls.ambiguous[cui])})"
+    if cui in umls.related:
+        rows = ", ".join(f"{rel} {cui2}" for rel, cui2 in umls.related[cui])
+        return "related only", f"retired without a successor; related concepts, not merges: {rows}"
     return "not loaded", "not loaded (filtered or absent)"

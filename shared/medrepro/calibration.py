@@ -7,6 +7,11 @@ ECE is the bin-size-weighted mean absolute gap (`norm="l1"`), MCE the largest ga
 (`norm="max"`). Comparing a thresholded accuracy with the mean probability, as some code does, is not
 a calibration error.
 
+Equal-width bins flatter a classifier whose probabilities crowd near 0 (most pairs are easy
+negatives): the crowded bin is well calibrated and outweighs the rest. `reliability_bins` reports
+every bin's count beside its gap, and `adaptive_ece` uses equal-mass bins (each holds about n/n_bins
+samples, sorted by probability), so every bin weighs the same.
+
 Both scalers act on logits, so they keep the ranking (ROC-AUC and PR-AUC do not change) and only move
 probabilities: temperature scaling fits one parameter, p = σ(z / T); Platt scaling fits two,
 p = σ(a z + b), by unregularised logistic regression on the logit.
@@ -44,6 +49,42 @@ def calibration_errors(y_true: np.ndarray, prob: np.ndarray, n_bins: int = DEFAU
         "ece": float(binary_calibration_error(preds, target, n_bins=n_bins, norm="l1")),
         "mce": float(binary_calibration_error(preds, target, n_bins=n_bins, norm="max")),
     }
+
+
+def reliability_bins(y_true: np.ndarray, prob: np.ndarray, n_bins: int = DEFAULT_BINS,
+                     strategy: str = "uniform") -> list[dict[str, float]]:
+    """Per non-empty bin: its edges, sample count, mean probability and fraction of positives.
+
+    `uniform`: `n_bins` equal-width bins over [0, 1] (right-closed, as torchmetrics bins); `quantile`:
+    equal-mass bins, the sorted samples cut into `n_bins` runs of (nearly) equal size.
+    """
+    y, p = _check(y_true, prob, "prob")
+    if strategy == "uniform":
+        codes = np.clip(np.ceil(p * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    elif strategy == "quantile":
+        codes = np.empty(p.size, dtype=np.int64)
+        codes[np.argsort(p, kind="stable")] = np.arange(p.size) * n_bins // p.size
+    else:
+        raise ValueError(f"unknown binning strategy {strategy!r}: use uniform or quantile")
+    bins = []
+    for code in np.unique(codes):
+        members = codes == code
+        low, high = ((code / n_bins, (code + 1) / n_bins) if strategy == "uniform"
+                     else (float(p[members].min()), float(p[members].max())))
+        bins.append({"low": float(low), "high": float(high), "count": int(members.sum()),
+                     "mean_prob": float(p[members].mean()), "frac_pos": float(y[members].mean())})
+    return bins
+
+
+def bins_ece(bins: list[dict[str, float]]) -> float:
+    """The count-weighted mean |fraction positive - mean probability| over `reliability_bins`."""
+    total = sum(b["count"] for b in bins)
+    return float(sum(b["count"] * abs(b["frac_pos"] - b["mean_prob"]) for b in bins) / total)
+
+
+def adaptive_ece(y_true: np.ndarray, prob: np.ndarray, n_bins: int = DEFAULT_BINS) -> float:
+    """ECE over equal-mass bins (see the module docstring)."""
+    return bins_ece(reliability_bins(y_true, prob, n_bins, "quantile"))
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

@@ -5,7 +5,17 @@ import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, roc_auc_score
 
 from medrepro import bootstrap
-from medrepro.calibration import Scaler, calibration_errors, fit_platt, fit_scaler, fit_temperature, sigmoid
+from medrepro.calibration import (
+    Scaler,
+    adaptive_ece,
+    bins_ece,
+    calibration_errors,
+    fit_platt,
+    fit_scaler,
+    fit_temperature,
+    reliability_bins,
+    sigmoid,
+)
 from medrepro.metrics import binary_metrics
 
 
@@ -39,6 +49,29 @@ def test_ece_and_mce_match_a_reference_binning():
     assert errors["ece"] == pytest.approx(ece, abs=1e-6)
     assert errors["mce"] == pytest.approx(mce, abs=1e-6)
     assert errors["ece"] > 0.1  # p - p² averages 1/6 over uniform p
+
+
+def test_bin_counts_reproduce_the_torchmetrics_ece():
+    rng = np.random.default_rng(3)
+    p = rng.random(1500)
+    y = (rng.random(1500) < p**2).astype(int)
+    bins = reliability_bins(y, p, 10)
+    assert sum(b["count"] for b in bins) == 1500 and len(bins) == 10
+    assert bins_ece(bins) == pytest.approx(calibration_errors(y, p, 10)["ece"], abs=1e-6)
+
+
+def test_adaptive_ece_sees_errors_that_cancel_inside_a_wide_equal_width_bin():
+    rng = np.random.default_rng(4)
+    # Near-zero probabilities, as for a crowd of easy negatives: half at 0.001 and half at 0.099, both
+    # with a true positive rate of 0.05. One equal-width bin of ten averages the two errors away.
+    p = np.repeat([0.001, 0.099], 5000)
+    y = (rng.random(10_000) < 0.05).astype(int)
+    assert calibration_errors(y, p, 10)["ece"] < 0.01
+    bins = reliability_bins(y, p, 10, "quantile")
+    assert [b["count"] for b in bins] == [1000] * 10  # equal mass
+    assert adaptive_ece(y, p, 10) > 0.04
+    with pytest.raises(ValueError, match="strategy"):
+        reliability_bins(y, p, 10, "kmeans")
 
 
 def test_calibrated_probabilities_have_small_ece_and_thresholded_accuracy_is_not_ece():

@@ -137,7 +137,7 @@ def test_read_split_pmids(tmp_path: Path) -> None:
 
 def test_missing_split_file_is_named(tmp_path: Path) -> None:
     _write_splits(tmp_path, {"train": ["1"], "test": ["2"]})
-    with pytest.raises(DataError, match=r"corpus_pubtator_pmids_dev\.txt is missing"):
+    with pytest.raises(DataError, match=r"corpus_pubtator_pmids_dev\.txt is missing.*set data\.split_dir"):
         read_split_pmids(tmp_path)
 
 

@@ -58,12 +58,15 @@ STY = [
 CUI_HISTORY = [
     "C0000010|2018AA|SY|||C0000001|Y|\n",  # merged: maps
     "C0000011|2018AA|DEL|||||\n",  # deleted
-    "C0000012|2018AB|RB|||C0000001|Y|\n",  # two candidates: ambiguous
+    "C0000012|2018AB|RB|||C0000001|Y|\n",  # broader and narrower: related, not merged
     "C0000012|2018AB|RN|||C0000002|Y|\n",
-    "C0000013|2019AA|SY|||C0000002|Y|\n",  # SY wins over RO
+    "C0000013|2019AA|SY|||C0000002|Y|\n",  # SY is followed, RO beside it is not
     "C0000013|2019AA|RO|||C0000003|Y|\n",
-    "C0000014|2019AA|RO|||C0000010|Y|\n",  # one non-SY target, itself retired: a chain
+    "C0000014|2019AA|SY|||C0000010|Y|\n",  # merged into a CUI itself retired: a chain
     "C0000015|2019AA|SY|||C0000099|Y|\n",  # maps to a concept that is not loaded
+    "C0000016|2019AA|SY|||C0000001|Y|\n",  # split into two: ambiguous
+    "C0000016|2019AA|SY|||C0000003|Y|\n",
+    "C0000017|2019AA|RO|||C0000003|Y|\n",  # a single "other related" row is still not a merge
 ]
 
 
@@ -132,7 +135,9 @@ def test_concept_history(tmp_path: Path) -> None:
         "C0000015": "C0000099",
     }
     assert umls.deleted == {"C0000011"}
-    assert umls.ambiguous == {"C0000012": ("C0000001", "C0000002")}
+    assert umls.ambiguous == {"C0000016": ("C0000001", "C0000003")}
+    assert umls.related == {"C0000012": (("RB", "C0000001"), ("RN", "C0000002")),
+                            "C0000017": (("RO", "C0000003"),)}
     assert umls.stats.history_rows == len(CUI_HISTORY)
 
 
@@ -141,7 +146,7 @@ def test_resolve_cui_follows_the_history(tmp_path: Path) -> None:
     assert resolve_cui("C0000001", umls) == "C0000001"
     assert resolve_cui("C0000010", umls) == "C0000001"
     assert resolve_cui("C0000014", umls) == "C0000001"
-    for unresolvable in ("C0000011", "C0000012", "C0000015", "C0000077"):
+    for unresolvable in ("C0000011", "C0000012", "C0000015", "C0000016", "C0000017", "C0000077"):
         assert resolve_cui(unresolvable, umls) is None
 
 
@@ -153,27 +158,32 @@ def test_resolve_cui_survives_a_cycle(tmp_path: Path) -> None:
 
 def test_history_is_optional(tmp_path: Path) -> None:
     umls = load_umls(_write_umls(tmp_path, history=None))
-    assert (umls.retired, umls.deleted, umls.ambiguous) == ({}, set(), {})
+    assert (umls.retired, umls.deleted, umls.ambiguous, umls.related) == ({}, set(), {}, {})
     assert resolve_cui("C0000010", umls) is None
 
 
 def test_missing_report_gives_a_reason_per_cui(tmp_path: Path) -> None:
     umls = load_umls(_write_umls(tmp_path))
-    cuis = ["C0000001", "C0000001", "C0000010", "C0000011", "C0000011", "C0000012", "C0000015", "C0000077"]
+    cuis = ["C0000001", "C0000001", "C0000010", "C0000011", "C0000011", "C0000012", "C0000015", "C0000016",
+            "C0000017", "C0000077"]
     mentions = [Mention("1", 0, 1, "x", ("T047",), cui) for cui in cuis]
     report = missing_report(mentions, umls)
-    assert report["mentions"] == 8
-    assert report["missing_mentions"] == 6
-    assert report["missing_cuis"] == 5
-    assert report["by_reason"] == {"ambiguous": 1, "deleted": 2, "not loaded": 2, "retired": 1}
+    assert report["mentions"] == 10
+    assert report["missing_mentions"] == 8
+    assert report["missing_cuis"] == 7
+    assert report["by_reason"] == {"ambiguous": 1, "deleted": 2, "not loaded": 2, "related only": 2, "retired": 1}
     assert report["cuis"] == {
         "C0000010": {"reason": "retired, mapped to C0000001", "mentions": 1},
         "C0000011": {"reason": "deleted in a later release", "mentions": 2},
-        "C0000012": {"reason": "ambiguous history (C0000001, C0000002)", "mentions": 1},
+        "C0000012": {"reason": "retired without a successor; related concepts, not merges: RB C0000001, "
+                               "RN C0000002", "mentions": 1},
         "C0000015": {
             "reason": "retired, mapped to C0000099, which is not loaded (filtered or absent)",
             "mentions": 1,
         },
+        "C0000016": {"reason": "ambiguous history: merged into several (C0000001, C0000003)", "mentions": 1},
+        "C0000017": {"reason": "retired without a successor; related concepts, not merges: RO C0000003",
+                     "mentions": 1},
         "C0000077": {"reason": "not loaded (filtered or absent)", "mentions": 1},
     }
 

@@ -1,0 +1,143 @@
+"""The exported cross-encoder: a directory that others load with transformers or sentence-transformers
+and that returns calibrated probabilities without any code from this repository.
+
+Platt scaling, p = σ(a z + b), is folded into the one-logit classification head: its weight is
+multiplied by a and b is added to its bias, so that σ(logit) of the saved model is the calibrated
+probability (a > 0 keeps the ranking). `calibration.json` keeps the fitted parameters (and the
+retrieval weight the linking order uses), so the raw logit is (logit - b) / a.
+"""
+
+import copy
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from experiments.cross_encoder.config import CrossEncoderConfig
+from experiments.cross_encoder.scoring import CALIBRATION_FILE
+from medrepro import atomic
+
+_log = logging.getLogger(__name__)
+LABEL = "match"  # the one output: the (mention, name) pair names the same concept
+
+
+def classification_head(model: nn.Module) -> nn.Linear:
+    """The final linear layer with one output (BERT's `classifier`; other heads end in one too)."""
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    if head.out_features != 1:
+        raise ValueError(f"expected a one-logit classification head, found {head}")
+    return head
+
+
+def fold_platt(model: nn.Module, a: float, b: float) -> nn.Module:
+    """A copy of `model` whose logit is a × logit + b. A slope a <= 0 (a model that ranks matches below
+    non-matches on the calibration pairs, e.g. after a few steps) still gives calibrated probabilities,
+    but reverses or flattens the ranking: it is folded as fitted, with a warning."""
+    if not a > 0:
+        _log.warning("the Platt slope fitted on the calibration pairs is %.4g: the model does not rank matches "
+                     "above non-matches there, and its calibrated scores do not rank candidates; train longer", a)
+    folded = copy.deepcopy(model)
+    head = classification_head(folded)
+    with torch.no_grad():
+        head.weight.mul_(a)
+        head.bias.mul_(a).add_(b)
+    return folded
+
+
+def export(model: nn.Module, tokenizer: PreTrainedTokenizerBase, directory: str | Path, max_length: int,
+           calibration: dict, card: str) -> Path:
+    """Save the model with Platt folded in, its tokenizer (carrying the training max length), the
+    calibration, and `card` as README.md; every file readable by others."""
+    tokenizer.model_max_length = max_length
+    folded = fold_platt(model, calibration["platt"]["a"], calibration["platt"]["b"])
+    folded.config.id2label = {0: LABEL}
+    folded.config.label2id = {LABEL: 0}
+    with atomic.atomic_dir(directory) as tmp:
+        folded.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / CALIBRATION_FILE).write_text(json.dumps({**calibration, "folded_into_weights": "platt"}, indent=2)
+                                            + "\n")
+        (tmp / "README.md").write_text(card)
+        # safetensors writes its file 0600; a model on a shared cluster is read by other accounts.
+        for path in tmp.rglob("*"):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return Path(directory)
+
+
+def model_card(cfg: CrossEncoderConfig, variant: str, calibration: dict, held_out: dict[str, float]) -> str:
+    """README.md of the exported directory: what it scores, how to load it, the data and training
+    setting, held-out figures with 95 % intervals, and the limits."""
+    t = cfg.train
+    data = ("synthetic UMLS and MedMentions twins (smoke profile: a tiny BERT trained from scratch, not SapBERT)"
+            if cfg.data.source == "synthetic" else f"MedMentions ({cfg.data.medmentions_dir}) linked to the UMLS "
+            f"release in {cfg.data.umls_dir}")
+
+    def interval(key: str, percent: bool = False, unit: str = " %") -> str:
+        scale, unit = (100, unit) if percent else (1, "")
+        return (f"{scale * held_out[key]:.{1 if percent else 3}f}{unit} "
+                f"[{scale * held_out[key + '_ci_low']:.{1 if percent else 3}f}, "
+                f"{scale * held_out[key + '_ci_high']:.{1 if percent else 3}f}]")
+
+    return f"""# cross_encoder ({variant}): (mention, UMLS concept name) match probability
+
+A cross-encoder that reads a biomedical mention and one candidate concept name together and returns
+the **calibrated probability** that they name the same concept. It re-ranks the candidates of a
+bi-encoder retriever (`{cfg.biencoder.path}`, [CLS] pooling), as in `medrepro cross_encoder link`.
+
+## Load it
+```python
+from sentence_transformers import CrossEncoder
+model = CrossEncoder("path/to/model")                    # this directory
+model.predict([("ARF", "Acute renal failure")])         # calibrated probabilities
+```
+```python
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained("path/to/model").eval()
+tokenizer = AutoTokenizer.from_pretrained("path/to/model")
+batch = tokenizer(["ARF"], ["Acute renal failure"], padding=True, truncation=True, return_tensors="pt")
+with torch.inference_mode():
+    probability = torch.sigmoid(model(**batch).logits[:, 0])   # label "{LABEL}"
+```
+Platt scaling (a = {calibration['platt']['a']:.4f}, b = {calibration['platt']['b']:.4f}) is folded into the
+classification head, so σ(logit) is already calibrated; `calibration.json` holds the parameters (the raw
+logit is (logit − b) / a) and the retrieval weight w = {calibration['retrieval_weight']:g} of the linking order
+(cross-encoder logit + w × bi-encoder cosine). Inputs longer than {cfg.max_length} tokens are truncated.
+
+## Data
+{data}; pairs mined from the retriever's candidates: per mention the gold concept under its closest
+name, up to {cfg.mining.hard_per_positive} retrieved negatives (top {cfg.mining.hard_top_k}, similarity
+≥ {cfg.mining.hard_threshold}), {cfg.mining.type_per_positive} of the same semantic type and
+{cfg.mining.random_per_positive} random; never another concept under a name of the gold concept.
+Split by document; the dev documents are halved into checkpoint selection and calibration.
+
+## Training
+From `{cfg.cross_encoder.path}`: binary cross-entropy on one logit, AdamW (lr {t.lr:g}, weight decay
+{t.weight_decay:g}), {t.epochs:g} epochs, batch {t.batch_size} ({t.grad_accum} accumulation steps),
+{t.schedule} schedule with {t.warmup_epochs:g} warmup epochs, gradient clipping {t.clip_grad_norm:g},
+precision {t.precision}, seed {cfg.seed}, max length {cfg.max_length}; best checkpoint by {t.best_metric}.
+
+## Held-out figures (calibration half of dev; 95 % bootstrap intervals over mentions)
+| figure | value |
+|---|---|
+| pair F1 ({held_out['pairs']} pairs) | {interval('f1')} |
+| pair ROC-AUC | {held_out['roc_auc']:.3f} |
+| pair ECE after Platt (15 bins) | {held_out['ece']:.3f} |
+| bi-encoder acc@1 ({held_out['linking/mentions']:.0f} mentions) | {interval('linking/biencoder_acc_at_1', True)} |
+| re-ranked acc@1 | {interval('linking/reranked_acc_at_1', True)} |
+| re-ranked − bi-encoder acc@1 (paired) | {interval('linking/reranked_minus_biencoder', True, " points")} |
+
+The scalers and the retrieval weight were fitted on these same mentions, so the figures are slightly
+optimistic; the test-split results are in `results/cross_encoder/{variant}/` of the run that made it.
+
+## Limits
+- It scores the mention string and the name only: no context, no semantic type. Names shared by
+  several concepts (ambiguous strings, colliding abbreviations) get the same score for each.
+- Calibrated on mined pairs and candidate lists of this retriever: another retriever, corpus or
+  UMLS release shifts the score distribution and the calibration with it.
+- English only; UMLS licence terms apply to any concept names you pair it with.
+"""

@@ -1,0 +1,162 @@
+"""Linking scores: the cross-encoder over each mention's retrieved candidates, its combination with
+the retriever's similarity, and the calibration that train ships with the model and evaluate reports.
+
+A mention's candidates are the bi-encoder's top `eval.rerank_top_k` concepts (from mine's
+candidates.npz), each shown under the name that retrieved it. The re-ranked order sorts them by
+
+    cross-encoder logit + w × standardised bi-encoder cosine,
+
+with w >= 0 chosen on held-out mentions (w = 0 is the cross-encoder alone; a large w keeps the
+retriever's order). The cosine is standardised over the mention's candidates (minus their mean,
+divided by their spread): cosine scales differ between encoders, and an untrained stand-in's top
+cosines lie within 1e-5 of each other, which no fixed weight could put beside a logit. Both scores
+carry evidence: the retriever saw every name, the cross-encoder reads the mention and the name together.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from experiments.cross_encoder import model as cross
+from experiments.cross_encoder.config import CrossEncoderConfig
+from experiments.cross_encoder.mining import pair_split, read_candidates, read_pairs
+from experiments.cross_encoder.prepare import read_mentions
+from experiments.cross_encoder.retrieval import read_names
+from medrepro import bootstrap
+from medrepro.calibration import Scaler, fit_scaler
+from medrepro.errors import DataError
+
+# Candidate retrieval weights, per standard deviation of the cosine: from "cross-encoder alone" to
+# "retriever order, cross-encoder breaking ties" for logits of a few units.
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0, 64.0)
+CALIBRATION_FILE = "calibration.json"
+SCALERS = ("platt", "temperature")
+
+
+@dataclass
+class Candidates:
+    """A split's linkable mentions and their top-k candidates, with both scores (n, k)."""
+
+    mentions: np.ndarray  # indices into mentions.jsonl
+    concepts: np.ndarray  # concept index per candidate, -1 where fewer than k were found
+    bi: np.ndarray  # bi-encoder cosine, -inf where no candidate
+    cross: np.ndarray  # cross-encoder logit, -inf where no candidate
+    gold: np.ndarray  # gold concept index per mention
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.concepts >= 0
+
+    def standardised_bi(self) -> np.ndarray:
+        """The cosine minus the mean of the mention's candidates, over their standard deviation (0 where
+        all are equal or there is no candidate)."""
+        valid, cos = self.valid, np.where(self.valid, self.bi, 0.0)
+        count = np.maximum(valid.sum(axis=1, keepdims=True), 1)
+        mean = cos.sum(axis=1, keepdims=True) / count
+        spread = np.sqrt((np.where(valid, cos - mean, 0.0) ** 2).sum(axis=1, keepdims=True) / count)
+        return np.where(valid & (spread > 0), (cos - mean) / np.where(spread > 0, spread, 1.0), 0.0)
+
+    def combined(self, weight: float) -> np.ndarray:
+        return np.where(self.valid, np.where(self.valid, self.cross, 0.0) + weight * self.standardised_bi(), -np.inf)
+
+    def hits(self, score: np.ndarray | None = None) -> np.ndarray:
+        """(n, k) bool: the gold concept at each rank of the order by `score` (None: the retriever's)."""
+        concepts = self.concepts if score is None else np.take_along_axis(
+            self.concepts, np.argsort(-score, axis=1, kind="stable"), axis=1)
+        return concepts == self.gold[:, None]
+
+
+def score_candidates(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                     split: str) -> Candidates:
+    """Cross-encoder logits for the top `eval.rerank_top_k` candidates of every linkable mention of
+    `split` (a pair split of mining: train, dev, calibration or test)."""
+    mentions = read_mentions(cfg.paths.prepared)
+    cands = read_candidates(cfg.paths.mined)
+    names = [row["name"] for row in read_names(cfg.paths.index)]
+    k = cfg.eval.rerank_top_k
+    chosen = np.array([i for i, m in enumerate(mentions) if pair_split(m) == split and cands["gold"][i] >= 0],
+                      dtype=np.int64)
+    if chosen.size == 0:
+        raise DataError(f"no {split} mention resolves to a loaded concept: see prepared/missing.json and "
+                        "prepared/summary.json")
+    concepts, rows, bi = cands["concepts"][chosen, :k], cands["rows"][chosen, :k], cands["scores"][chosen, :k]
+    valid = concepts >= 0
+    pairs = [(mentions[i].text, names[r]) for i, rs, ok in zip(chosen, rows, valid, strict=True) for r in rs[ok]]
+    logits = np.full(concepts.shape, -np.inf, dtype=np.float64)
+    logits[valid] = cross.pair_logits(model, tokenizer, pairs, cfg.eval.batch_size, cfg.max_length)
+    return Candidates(chosen, concepts, np.where(valid, bi, -np.inf).astype(np.float64), logits, cands["gold"][chosen])
+
+
+def fit_retrieval_weight(candidates: Candidates) -> float:
+    """The weight of WEIGHTS with the best acc@1 on these (held-out) mentions; the smallest on ties."""
+    accuracy = [candidates.hits(candidates.combined(w))[:, 0].mean() for w in WEIGHTS]
+    return WEIGHTS[int(np.argmax(accuracy))]
+
+
+def fit_calibration(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """Platt and temperature scalers and the retrieval weight, fitted on the calibration half of dev:
+    pairs and mentions that neither trained the model nor chose its checkpoint."""
+    pairs = read_pairs(cfg.paths.mined, "calibration")
+    logits = cross.pair_logits(model, tokenizer, [(p.text, p.name) for p in pairs], cfg.eval.batch_size,
+                               cfg.max_length)
+    labels = np.array([p.label for p in pairs])
+    scalers = {name: fit_scaler(name, logits, labels) for name in SCALERS}
+    weight = fit_retrieval_weight(score_candidates(cfg, model, tokenizer, "calibration"))
+    return {"fitted_on": f"the calibration half of dev: {len(pairs)} pairs, "
+                         f"{len({p.mention for p in pairs})} mentions",
+            "default": cfg.eval.calibration, "retrieval_weight": weight,
+            **{name: {"a": s.a, "b": s.b, "temperature": s.temperature} for name, s in scalers.items()}}
+
+
+def scaler_of(calibration: dict, method: str) -> Scaler:
+    if method == "none":
+        return Scaler()
+    return Scaler(method, calibration[method]["a"], calibration[method]["b"])
+
+
+def read_calibration(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path} is missing: it is written with the exported model by `medrepro cross_encoder "
+                        "train`; train again, or pass the directory of an exported cross-encoder")
+    return json.loads(path.read_text())
+
+
+def f1_by_mention(labels: np.ndarray, predicted: np.ndarray, mention_ids: np.ndarray, n_boot: int, alpha: float,
+                  seed: int) -> bootstrap.Interval:
+    """Pair F1 with a bootstrap interval that resamples mentions, not pairs: a mention's pairs share its
+    text and stand or fall together, so they are one independent unit."""
+    _, group = np.unique(mention_ids, return_inverse=True)
+    n_groups = int(group.max()) + 1
+    tp = np.bincount(group, weights=(labels == 1) & predicted, minlength=n_groups)
+    # F1 = 2 TP / (positives + predicted positives), each summed over the resampled mentions.
+    counts = np.bincount(group, weights=(labels == 1).astype(float) + predicted, minlength=n_groups)
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        num, den = 2 * tp[idx].sum(axis=1), counts[idx].sum(axis=1)
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+    return bootstrap.bootstrap(stat, n_groups, n_boot, alpha, seed)
+
+
+def linking_accuracy(candidates: Candidates, weight: float, n_boot: int, alpha: float, seed: int) -> dict[str, float]:
+    """acc@1 and acc@5 of the retriever, of the cross-encoder alone and of the combined order, with
+    intervals on acc@1 and on the paired (same mentions) differences, resampling mentions."""
+    orders = {"biencoder": candidates.hits(), "cross_only": candidates.hits(candidates.cross),
+              "reranked": candidates.hits(candidates.combined(weight))}
+    top1 = {name: hits[:, 0].astype(float) for name, hits in orders.items()}
+    out: dict[str, float] = {"mentions": float(len(candidates.gold)), "retrieval_weight": weight,
+                             f"recall_at_{candidates.concepts.shape[1]}": float(orders["biencoder"].any(axis=1).mean())}
+    for name, hits in orders.items():
+        interval = bootstrap.bootstrap(bootstrap.mean_stat(top1[name]), len(top1[name]), n_boot, alpha, seed)
+        out |= {f"{name}_acc_at_1": interval.estimate, f"{name}_acc_at_1_ci_low": interval.low,
+                f"{name}_acc_at_1_ci_high": interval.high, f"{name}_acc_at_5": float(hits[:, :5].any(axis=1).mean())}
+    for name in ("reranked", "cross_only"):
+        diff = top1[name] - top1["biencoder"]
+        interval = bootstrap.bootstrap(bootstrap.mean_stat(diff), len(diff), n_boot, alpha, seed)
+        out |= {f"{name}_minus_biencoder": interval.estimate, f"{name}_minus_biencoder_ci_low": interval.low,
+                f"{name}_minus_biencoder_ci_high": interval.high}
+    return out

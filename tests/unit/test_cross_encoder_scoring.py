@@ -1,0 +1,119 @@
+"""Linking scores, intervals by mention, the Platt-folded export, and the contradictory-label rule."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+from transformers import BertConfig, BertForSequenceClassification
+
+from experiments.cross_encoder.config import MiningConfig
+from experiments.cross_encoder.export import fold_platt
+from experiments.cross_encoder.mining import TypePools, draw_negatives
+from experiments.cross_encoder.scoring import Candidates, f1_by_mention, fit_retrieval_weight, linking_accuracy
+from experiments.cross_encoder.umls import Concept
+from medrepro.calibration import Scaler, sigmoid
+from medrepro.errors import DataError
+
+
+def candidates(cross: list[list[float]], bi: list[list[float]], gold: list[int]) -> Candidates:
+    concepts = np.tile(np.arange(len(cross[0])), (len(cross), 1))
+    return Candidates(np.arange(len(cross)), concepts, np.array(bi, dtype=float), np.array(cross, dtype=float),
+                      np.array(gold))
+
+
+def test_standardised_cosine_puts_tiny_cosine_gaps_on_the_logit_scale():
+    # Cosines 1e-6 apart (an untrained encoder) still order the candidates once standardised.
+    c = candidates([[0.0, 0.0, 0.0]], [[1 - 2e-6, 1 - 1e-6, 1.0]], [2])
+    z = c.standardised_bi()[0]
+    assert z[2] > z[1] > z[0] and abs(z.mean()) < 1e-9 and z.std() == pytest.approx(1.0)
+    assert c.hits(c.combined(1.0))[0, 0] and not c.hits(c.combined(0.0))[0, 0]
+
+
+def test_retrieval_weight_is_chosen_where_it_helps_and_zero_when_the_cross_encoder_is_right():
+    # Mention 0: the cross-encoder is right, the retriever wrong; mention 1: the cross-encoder is
+    # undecided and the retriever right. Only a middling weight gets both.
+    c = candidates([[0.0, 3.0], [0.0, 0.0]], [[0.9, 0.1], [0.1, 0.9]], [1, 1])
+    w = fit_retrieval_weight(c)
+    assert 0 < w < 3 and c.hits(c.combined(w))[:, 0].all()
+    right = candidates([[0.0, 3.0], [3.0, 0.0]], [[0.9, 0.1], [0.1, 0.9]], [1, 0])
+    assert fit_retrieval_weight(right) == 0.0
+
+
+def test_linking_accuracy_reports_paired_differences():
+    rng = np.random.default_rng(0)
+    n, k = 400, 5
+    gold = rng.integers(0, k, n)
+    bi = rng.normal(size=(n, k))
+    cross = rng.normal(size=(n, k))
+    cross[np.arange(n), gold] += 3.0  # the cross-encoder mostly finds the gold concept
+    c = candidates(cross.tolist(), bi.tolist(), gold.tolist())
+    m = linking_accuracy(c, 0.0, 300, 0.05, 0)
+    assert m["cross_only_acc_at_1"] == m["reranked_acc_at_1"] > m["biencoder_acc_at_1"]
+    diff = m["reranked_acc_at_1"] - m["biencoder_acc_at_1"]
+    assert m["reranked_minus_biencoder"] == pytest.approx(diff)
+    assert 0 < m["reranked_minus_biencoder_ci_low"] < diff < m["reranked_minus_biencoder_ci_high"]
+    assert m["recall_at_5"] == 1.0
+
+
+def test_f1_by_mention_resamples_mentions_not_pairs():
+    rng = np.random.default_rng(1)
+    mentions = np.repeat(np.arange(60), 9)
+    labels = np.tile([1] + [0] * 8, 60)
+    # A mention's pairs stand or fall together: whole mentions are right or wrong.
+    mention_right = rng.random(60) < 0.6
+    predicted = np.where(mention_right[mentions], labels == 1, labels == 0)
+    interval = f1_by_mention(labels, predicted, mentions, 400, 0.05, 0)
+    assert interval.estimate == pytest.approx(f1_score(labels, predicted))
+    # Resampling the 540 pairs as if independent would give a narrower, overconfident interval.
+    pairs = f1_by_mention(labels, predicted, np.arange(len(labels)), 400, 0.05, 0)
+    assert interval.high - interval.low > 1.2 * (pairs.high - pairs.low)
+
+
+def test_negatives_shown_under_a_gold_name_are_never_drawn():
+    # Concepts 1 and 2 are called "cold" like the gold concept 0: neither may become a negative.
+    names = ["cold", "cold", "Cold", "fever", "cough", "rash", "nausea", "edema"]
+    concepts = [Concept(f"C9{i:06d}", name, (name,), ("T047",)) for i, name in enumerate(names)]
+    pools = TypePools(concepts)
+    cfg = MiningConfig(hard_per_positive=0, type_per_positive=3, random_per_positive=1)
+    folded = [c.preferred.casefold() for c in concepts]
+    for seed in range(20):
+        _, typed, rand = draw_negatives(0, [], pools, len(concepts), cfg, np.random.default_rng(seed),
+                                        lambda c: folded[c] == "cold")
+        assert not {1, 2} & {*typed, *rand} and len(typed) == 3 and len(rand) == 1
+
+
+def tiny_classifier() -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, num_labels=1)
+    return BertForSequenceClassification(config).eval()
+
+
+def test_folding_platt_into_the_head_gives_calibrated_probabilities(caplog):
+    model = tiny_classifier()
+    ids = torch.randint(0, 50, (8, 10))
+    with torch.inference_mode():
+        raw = model(input_ids=ids).logits[:, 0].numpy()
+        folded = fold_platt(model, 2.5, -1.25)(input_ids=ids).logits[:, 0].numpy()
+    np.testing.assert_allclose(sigmoid(folded), Scaler("platt", 2.5, -1.25)(raw), atol=1e-6)
+    with torch.inference_mode():  # the original is untouched
+        np.testing.assert_array_equal(model(input_ids=ids).logits[:, 0].numpy(), raw)
+    with caplog.at_level("WARNING"):
+        fold_platt(model, -0.5, 0.0)
+    assert "Platt slope" in caplog.text
+
+
+def test_prepare_stops_without_linkable_train_mentions_and_warns_about_empty_splits(caplog):
+    from experiments.cross_encoder.prepare import MentionRecord, _check_linkable
+
+    def record(split: str, gold: str | None) -> MentionRecord:
+        return MentionRecord(split, "1", 0, 3, "ARF", ("T047",), "C0000001", gold)
+
+    report = {"missing_mentions": 2, "by_reason": {"not loaded": 2}}
+    docs = {"train": ["doc"], "dev": ["doc"], "test": []}
+    with pytest.raises(DataError, match=r"no train mention links to a concept loaded from /umls .*data\.umls_dir"):
+        _check_linkable([record("train", None), record("dev", None)], docs, report, "/umls")
+    with caplog.at_level("WARNING"):
+        _check_linkable([record("train", "C0000001"), record("dev", None)], docs, report, "/umls")
+    assert "the test split has no document" in caplog.text
+    assert "no dev mention links to a loaded concept" in caplog.text
