@@ -137,10 +137,13 @@ def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which:
                           plot_dir / "reliability.png", "cross-encoder reliability (test pairs)", bins)
     plots.roc_png(y_test, p_test, plot_dir / "roc.png", "cross-encoder ROC (test pairs)")
     plots.pr_png(y_test, p_test, plot_dir / "pr.png", "cross-encoder precision-recall (test pairs)")
-    plots.per_class_png({f"acc@{k}": {"bi-encoder": link[f"biencoder_acc_at_{k}"],
-                                      "cross-encoder alone": link[f"cross_only_acc_at_{k}"],
-                                      "re-ranked (combined)": link[f"reranked_acc_at_{k}"]} for k in (1, 5)},
-                        plot_dir / "linking.png", f"linking accuracy, {int(link['mentions'])} test mentions")
+    orders = {"biencoder": "bi-encoder", "cross_only": "cross-encoder alone", "reranked": "re-ranked (combined)"}
+    plots.per_class_png({f"acc@{k}": {f"{label}{suffix}": link[f"{name}_acc_at_{k}{suffix}"]
+                                      for name, label in orders.items() for suffix in ("", "_ci_low", "_ci_high")}
+                         for k in (1, 5)},
+                        plot_dir / "linking.png",
+                        f"linking accuracy, {int(link['mentions'])} test mentions (95 % intervals by mention)",
+                        ylabel="share of mentions", xlabel="gold concept among the top k")
 
     metrics = {**raw, "f1_ci_low": f1.low, "f1_ci_high": f1.high,
                "ece_adaptive": adaptive_ece(y_test, p_test, bins),
