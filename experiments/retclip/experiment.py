@@ -13,7 +13,7 @@ def _workers(parser: argparse.ArgumentParser) -> None:
 
 EXPERIMENT = Experiment(
     name="retclip",
-    summary="RET-CLIP on ODIR-5K: three text encoders compared by zero-shot classification",
+    summary="RET-CLIP on ODIR-5K: three text encoders, several seeds each, compared by zero-shot classification",
     config="experiments.retclip.config:RetClipConfig",
     # One variant per text encoder; each is a key of `encoders` in every config.
     variants=("pubmedbert", "bert_base", "biobert"),
@@ -29,4 +29,5 @@ EXPERIMENT = Experiment(
     bench="experiments.retclip.bench:bench",
     val_metric="auc_macro",
     evaluate_outs=("predictions.json",),
+    compare="experiments.retclip.compare:comparison_section",
 )
