@@ -87,7 +87,7 @@ def write_plots(preds: list[zeroshot.Predictions], result: dict[str, float], var
     n_seeds = len(preds)
     cm = sum(metrics.confusion(p.y_true, p.y_pred, len(CLASSES)) for p in preds)
     plots.confusion_matrix_png(cm, CLASSES, plot_dir / "confusion_matrix.png",
-                               f"retclip {variant}: zero-shot confusion (test eyes, {n_seeds} seeds pooled)")
+                               f"retclip {variant}: test eyes, {n_seeds} seeds pooled")
     per_class = {}
     for c in CLASSES:
         row = {m: result[f"{m}/{c}"] for m in ("precision", "recall", "f1")}
