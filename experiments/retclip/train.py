@@ -10,6 +10,7 @@ A variant's run directory holds one complete run of the shared loop per seed of 
 
 import dataclasses
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -37,12 +38,12 @@ def seed_dir(run_dir: Path, seed: int) -> Path:
 
 def train(cfg: RetClipConfig, variant: str, run_dir: Path, resume: str | None = None) -> list[FitResult]:
     """Train `variant` once per seed of `cfg.seeds`; `resume` applies to each seed run that has checkpoints."""
-    from accelerate import PartialState
-
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {cfg.seeds}", "seeds")
     run_dir = Path(run_dir)
-    main = PartialState().is_main_process
+    # The launcher's rank (torchrun, accelerate launch): asking Accelerate here would set up its shared
+    # state before `fit` chooses the CPU backend.
+    main = int(os.environ.get("RANK", "0")) == 0
     if main:
         (run_dir / run_guard.COMPLETE_FILE).unlink(missing_ok=True)  # complete again only when every seed is
     results = []
