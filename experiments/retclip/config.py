@@ -36,8 +36,11 @@ class ModelConfig:
     vision_cfg: dict[str, Any] = field(default_factory=dict)
     # An open_clip pretrained tag or a weights file for the image tower; empty for random init.
     vision_pretrained: str = ""
+    # QuickGELU in the vision tower: None follows the pretrained tag (OpenAI's weights were trained with
+    # it); set it only for a weights file or random init. A value that contradicts the tag is an error.
+    quick_gelu: bool | None = None
     embed_dim: int = 512
-    context_length: int = 77
+    context_length: int = 100
     init_logit_scale: float = math.log(90)
     max_logit_scale: float = math.log(100)
 
@@ -51,7 +54,11 @@ class EvalConfig:
 
 @dataclass
 class RetClipConfig:
+    # The data seed: synthetic data, the patient split, bootstrap resamples.
     seed: int = 0
+    # Training seeds: every encoder is trained once per seed (initialisation of the heads and of a
+    # randomly initialised tower, data order, dropout), each in <run dir>/seed-<seed>/.
+    seeds: list[int] = field(default_factory=lambda: [0])
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -242,3 +242,28 @@ class EyeDataset(Dataset):
         left, right = self.imgs.get(str(eye.patient))
         image = decode_eye(left if eye.side == "left" else right, f"{self.imgs.path} record {eye.patient}")
         return self.transform(image), eye.label
+
+
+class PatientDataset(Dataset):
+    """Evaluation patients: (left image, right image, label index) for every patient whose labels, as
+    implied by both eyes' keywords, are exactly one class."""
+
+    def __init__(self, split_dir: Path, transform: Callable):
+        self.imgs, _, labels = open_split(split_dir)
+        self.n_patients = len(labels)
+        self.patients = []
+        for key in sorted(labels.keys(), key=int):
+            record = labels.get(key)
+            implied = odir.patient_labels_from_eyes(record["left"], record["right"])
+            if len(implied) == 1:
+                self.patients.append((int(key), odir.CLASSES.index(implied[0])))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.patients)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        patient, label = self.patients[index]
+        left, right = self.imgs.get(str(patient))
+        where = f"{self.imgs.path} record {patient}"
+        return self.transform(decode_eye(left, where)), self.transform(decode_eye(right, where)), label

@@ -1,44 +1,116 @@
-"""`evaluate`: zero-shot on the test split with the best checkpoint; the numbers, predictions and plots."""
+"""`evaluate`: zero-shot on the test split with every seed's best checkpoint; numbers, predictions, plots.
 
+Eyes and patients are both evaluated (see zeroshot.py); details.json holds the eye-level numbers
+under their plain names and the patient-level ones under `patient/`. Each number is the mean over
+the training seeds, with its spread over seeds (`_sd`), its per-seed values (`/seed-<s>`) and a
+95 % interval that resamples patients (see seedstats.py), beside the baselines.
+"""
+
+import json
 from pathlib import Path
 
 import numpy as np
 
-from experiments.retclip import zeroshot
+from experiments.retclip import seedstats, zeroshot
 from experiments.retclip.config import RetClipConfig
+from experiments.retclip.data import EyeDataset, PatientDataset
 from experiments.retclip.model import build_model
 from experiments.retclip.odir import CLASSES
 from experiments.retclip.prompts import load_prompts
-from experiments.retclip.train import encoder_path
+from experiments.retclip.train import encoder_path, seed_dir
 from medrepro import atomic, checkpoint, metrics, plots
 from medrepro.device import default_device
+from medrepro.errors import DataError
 from medrepro.results import Evaluation
 
 # metrics.json: the headline under the suite's short names (intervals are in details.json).
 HEADLINE = {"acc": "accuracy", "bal_acc": "balanced_accuracy", "f1_macro": "f1_macro", "auc": "auc_macro"}
+LEVELS = ("eye", "patient")
 
 
 def evaluate(cfg: RetClipConfig, variant: str, run_dir: Path, out_dir: Path, which: str = "best") -> Evaluation:
-    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant))
-    ckpt = run_dir / "checkpoints" / "best.pt" if which == "best" else Path(which)
-    saved = checkpoint.load(ckpt)
-    checkpoint.check_variant(saved, variant, ckpt)
-    model.load_state_dict(saved["model"])
-    model.to(default_device())
+    """`which`: "best" (every seed's best.pt) or one checkpoint file (then it stands for the only seed)."""
+    checkpoints = ({seed: seed_dir(run_dir, seed) / "checkpoints" / "best.pt" for seed in cfg.seeds}
+                   if which == "best" else {cfg.seeds[0]: Path(which)})
     prompts = load_prompts(Path(cfg.prompts) if cfg.prompts else None)
-    pred = zeroshot.predict(model, tokenizer, transform, prompts, Path(cfg.paths.lmdb) / "test", cfg.eval.batch_size)
-    result = zeroshot.summarize(pred, cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
-    result.update({f"logit_scale/{h}": float(s.detach().exp()) for h, s in model.logit_scales.items()})
+    lmdb = Path(cfg.paths.lmdb)
+    preds: dict[str, list[zeroshot.Predictions]] = {level: [] for level in LEVELS}
+    steps, scales = {}, {}
+    for seed, path in checkpoints.items():
+        model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant))
+        saved = checkpoint.load(path)
+        checkpoint.check_variant(saved, variant, path)
+        model.load_state_dict(saved["model"])
+        model.to(default_device())
+        steps[seed] = saved["train_state"]["step"]
+        scales.update({f"logit_scale/{h}/seed-{seed}": float(s.detach().exp()) for h, s in model.logit_scales.items()})
+        args = (model, tokenizer, transform, prompts, lmdb / "test", cfg.eval.batch_size)
+        preds["eye"].append(zeroshot.predict(*args))
+        preds["patient"].append(zeroshot.predict_patients(*args))
+    seeds = list(checkpoints)
+    majority = majority_classes(lmdb / "train")
+    result: dict[str, float] = {}
+    for level in LEVELS:
+        if len(preds[level][0].y_true) == 0:
+            raise DataError(f"no single-label test {level} in {lmdb / 'test'}: nothing to evaluate; give the test "
+                            "split more patients (data.split)")
+        summary = seedstats.encoder_summary(preds[level], seeds, majority[level], cfg.eval.bootstrap,
+                                            cfg.eval.alpha, cfg.seed)
+        result.update(summary if level == "eye" else {f"patient/{k}": v for k, v in summary.items()})
+    result["n_seeds"] = float(len(seeds))
+    result.update(scales)
+    for head in ("patient", "left", "right"):
+        result[f"logit_scale/{head}"] = float(np.mean([scales[f"logit_scale/{head}/seed-{s}"] for s in seeds]))
 
-    cm = metrics.confusion(pred.y_true, pred.y_pred, len(CLASSES))
-    plots.confusion_matrix_png(cm, CLASSES, out_dir / "plots" / "confusion_matrix.png",
-                               f"retclip {variant}: zero-shot confusion (test eyes)")
-    per_class = {c: {m: result[f"{m}/{c}"] for m in ("precision", "recall", "f1")} for c in CLASSES}
-    plots.per_class_png(per_class, out_dir / "plots" / "per_class.png", f"retclip {variant}: per-class zero-shot")
-    atomic.write_json(out_dir / "predictions.json", {
-        "classes": list(CLASSES), "y_true": pred.y_true.tolist(),
-        "y_score": np.round(pred.y_score, 6).tolist(),
-    })
-    info = {"data": cfg.data.source, "encoder": encoder_path(cfg, variant), "checkpoint": str(ckpt),
-            "step": saved["train_state"]["step"], "protocol": "single-label eyes, zero-shot"}
+    write_plots(preds["eye"], result, variant, out_dir / "plots")
+    atomic.write_json(out_dir / "predictions.json", predictions_json(preds, seeds))
+    info = {"data": cfg.data.source, "encoder": encoder_path(cfg, variant),
+            "checkpoints": {str(s): str(p) for s, p in checkpoints.items()},
+            "step": {str(s): step for s, step in steps.items()}, "seeds": seeds,
+            "bootstrap": {"n_boot": cfg.eval.bootstrap, "alpha": cfg.eval.alpha, "seed": cfg.seed},
+            "majority_class": {level: CLASSES[c] for level, c in majority.items()},
+            "protocol": "single-label eyes and patients, zero-shot; mean over training seeds; "
+                        "intervals resample patients"}
     return Evaluation({short: result[name] for short, name in HEADLINE.items()}, result, info)
+
+
+def majority_classes(train_split: Path) -> dict[str, int]:
+    """The most frequent class of the single-label training eyes and patients: the majority baseline."""
+    eyes = [eye.label for side in ("left", "right") for eye in EyeDataset(train_split, None, side).eyes]
+    patients = [label for _, label in PatientDataset(train_split, None).patients]
+    if not eyes or not patients:
+        raise DataError(f"no single-label training eyes or patients in {train_split}: nothing was trained on")
+    return {"eye": int(np.bincount(eyes).argmax()), "patient": int(np.bincount(patients).argmax())}
+
+
+def write_plots(preds: list[zeroshot.Predictions], result: dict[str, float], variant: str, plot_dir: Path) -> None:
+    n_seeds = len(preds)
+    cm = sum(metrics.confusion(p.y_true, p.y_pred, len(CLASSES)) for p in preds)
+    plots.confusion_matrix_png(cm, CLASSES, plot_dir / "confusion_matrix.png",
+                               f"retclip {variant}: test eyes, {n_seeds} seeds pooled")
+    per_class = {}
+    for c in CLASSES:
+        row = {m: result[f"{m}/{c}"] for m in ("precision", "recall", "f1")}
+        if f"f1/{c}_ci_low" in result:
+            row.update({"f1_ci_low": result[f"f1/{c}_ci_low"], "f1_ci_high": result[f"f1/{c}_ci_high"]})
+        per_class[c] = row
+    plots.per_class_png(per_class, plot_dir / "per_class.png",
+                        f"retclip {variant}: per-class zero-shot (test eyes, mean of {n_seeds} seeds)")
+
+
+def predictions_json(preds: dict[str, list[zeroshot.Predictions]], seeds: list[int]) -> dict:
+    return {"classes": list(CLASSES), "seeds": seeds, **{
+        level: {"y_true": p[0].y_true.tolist(), "patients": p[0].patients.tolist(), "n_left_out": p[0].n_left_out,
+                "y_score": {str(s): np.round(q.y_score, 6).tolist() for s, q in zip(seeds, p, strict=True)}}
+        for level, p in preds.items()}}
+
+
+def load_predictions(path: Path, level: str) -> list[zeroshot.Predictions]:
+    """The per-seed predictions of one level back from predictions.json."""
+    try:
+        saved = json.loads(path.read_text())[level]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise DataError(f"cannot read {level} predictions from {path}: {e}; re-run evaluate") from None
+    y_true, patients = np.asarray(saved["y_true"], dtype=int), np.asarray(saved["patients"], dtype=int)
+    return [zeroshot.Predictions(y_true, np.asarray(scores, dtype=float).reshape(len(y_true), len(CLASSES)),
+                                 saved["n_left_out"], patients) for scores in saved["y_score"].values()]

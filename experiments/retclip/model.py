@@ -1,22 +1,20 @@
 """RET-CLIP: one image tower for both eyes, patient/left/right heads, three text heads, three scales.
 
-open_clip builds the towers from a registered model config: the vision tower of `vision_model`
-(ViT-B-16 in the full profile) and a Hugging Face BERT text tower returning the raw [CLS] state.
-The heads follow upstream RET-CLIP: the patient feature maps the concatenated eye pair
-(2·embed → embed, no bias), left and right features are embed → embed maps, and each of the three
-text heads is an MLP (width → width → ReLU → embed) on [CLS]. The loss is the sum of three
-symmetric contrastive losses, all against the same report text.
+The towers are open_clip's: the vision tower of `vision_model` (ViT-B-16 in the full profile) and a
+Hugging Face BERT text tower returning the raw [CLS] state. The heads follow upstream RET-CLIP: the
+patient feature maps the concatenated eye pair (2·embed → embed), the left and right features are
+embed → embed maps, all three without bias; each of the three text heads is an MLP
+(width → width → ReLU → embed) on [CLS] whose weights start normal with std width^-0.5. The loss is
+the sum of three symmetric contrastive losses, all against the same report text.
 """
 
 import dataclasses
-import hashlib
-import json
-import tempfile
 from pathlib import Path
 
 import open_clip
 import torch
-from open_clip.model import CLIPVisionCfg
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from open_clip.tokenizer import HFTokenizer
 from torch import nn
 
 from experiments.retclip.config import ModelConfig
@@ -33,12 +31,14 @@ class RetClip(nn.Module):
         self.visual = visual
         self.text = text
         self.patient_proj = nn.Linear(2 * embed_dim, embed_dim, bias=False)
-        self.left_proj = nn.Linear(embed_dim, embed_dim)
-        self.right_proj = nn.Linear(embed_dim, embed_dim)
+        self.left_proj = nn.Linear(embed_dim, embed_dim, bias=False)
+        self.right_proj = nn.Linear(embed_dim, embed_dim, bias=False)
         self.text_heads = nn.ModuleDict({
             head: nn.Sequential(nn.Linear(text_width, text_width), nn.ReLU(), nn.Linear(text_width, embed_dim))
             for head in HEADS
         })
+        for linear in (m for head in self.text_heads.values() for m in head if isinstance(m, nn.Linear)):
+            nn.init.normal_(linear.weight, std=text_width**-0.5)
         self.logit_scales = nn.ParameterDict({
             head: nn.Parameter(torch.tensor(float(init_logit_scale))) for head in HEADS
         })
@@ -65,13 +65,19 @@ class RetClip(nn.Module):
         """The tripartite loss over the global batch; per-head losses and logit scales for logging."""
         image = self.encode_eyes(left, right)
         cls = self.text(tokens)
-        losses = {}
+        losses, features = {}, {}
         for head in HEADS:
-            img = gather_with_grad(image[head])
-            txt = gather_with_grad(self.text_heads[head](cls))
-            losses[head] = symmetric_infonce(img, txt, self.logit_scales[head])
+            features[head] = gather_with_grad(image[head]), gather_with_grad(self.text_heads[head](cls))
+            losses[head] = symmetric_infonce(*features[head], self.logit_scales[head])
         logs = {f"loss_{h}": loss.detach() for h, loss in losses.items()}
         logs.update({f"logit_scale_{h}": s.detach().exp() for h, s in self.logit_scales.items()})
+        # The training health signs: in-batch image→text accuracy of the patient head (chance 1/batch)
+        # and its exponentiated logit scale.
+        with torch.no_grad():
+            img, txt = features["patient"]
+            hits = (img @ txt.t()).argmax(dim=1) == torch.arange(img.shape[0], device=img.device)
+            logs["acc"] = hits.float().mean()
+        logs["logit_scale"] = logs["logit_scale_patient"]
         return sum(losses.values()), logs
 
     @torch.no_grad()
@@ -80,10 +86,29 @@ class RetClip(nn.Module):
             scale.clamp_(0.0, self.max_logit_scale)
 
 
-def open_clip_config(cfg: ModelConfig, encoder: str) -> dict:
-    """The open_clip model config: `vision_model`'s vision tower and an HF text tower on `encoder`.
+def quick_gelu(cfg: ModelConfig) -> bool:
+    """Whether the vision tower uses QuickGELU: what the pretrained tag was trained with (OpenAI's
+    weights: yes), else `model.quick_gelu` (default no)."""
+    tag_cfg = {}
+    if cfg.vision_pretrained and not Path(cfg.vision_pretrained).is_file():
+        tag_cfg = open_clip.get_pretrained_cfg(cfg.vision_model, cfg.vision_pretrained)
+        if not tag_cfg:
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(cfg.vision_model))
+            raise ConfigError(f"model.vision_pretrained: open_clip has no weights {cfg.vision_pretrained!r} for "
+                              f"{cfg.vision_model} (it has {tags}); or give a weights file")
+    if not tag_cfg:
+        return bool(cfg.quick_gelu)
+    needed = bool(tag_cfg.get("quick_gelu", False))
+    if cfg.quick_gelu is not None and cfg.quick_gelu != needed:
+        raise ConfigError(f"model.quick_gelu is {cfg.quick_gelu} but the {cfg.vision_model} weights "
+                          f"{cfg.vision_pretrained!r} were trained with quick_gelu={needed}: remove the key")
+    return needed
 
-    open_clip silently ignores keys it does not know, so vision overrides are checked here.
+
+def vision_config(cfg: ModelConfig) -> dict:
+    """`vision_model`'s open_clip vision config with the `vision_cfg` overrides.
+
+    open_clip silently ignores keys it does not know, so the overrides are checked here.
     """
     base = open_clip.get_model_config(cfg.vision_model)
     if base is None:
@@ -92,38 +117,46 @@ def open_clip_config(cfg: ModelConfig, encoder: str) -> dict:
     unknown = sorted(set(cfg.vision_cfg) - known)
     if unknown:
         raise ConfigError(f"model.vision_cfg: open_clip's vision config has no key {unknown[0]!r}")
-    text_cfg = {"hf_model_name": encoder, "hf_tokenizer_name": encoder,
-                "hf_pooler_type": "cls_last_hidden_state_pooler", "hf_proj_type": None,
-                "context_length": cfg.context_length}
-    return {"embed_dim": cfg.embed_dim, "vision_cfg": {**base["vision_cfg"], **cfg.vision_cfg}, "text_cfg": text_cfg}
+    return {**base["vision_cfg"], **cfg.vision_cfg}
 
 
-def build_model(cfg: ModelConfig, encoder: str) -> tuple[RetClip, open_clip.tokenizer.HFTokenizer, nn.Module]:
-    """Build RET-CLIP, its tokenizer and its eval image transform.
+def build_towers(vision_cfg: dict, embed_dim: int, use_quick_gelu: bool, encoder: str, context_length: int,
+                 pretrained_text: bool) -> tuple[nn.Module, nn.Module, HFTokenizer]:
+    """open_clip's vision tower and HF text tower (weights from `encoder` when `pretrained_text`), and
+    the tokenizer read from `encoder` (a hub id or a save_pretrained directory).
 
-    open_clip builds models only from registered config files; the config is registered under a
-    name made from its content, from a temporary directory (open_clip keeps what it read), so
-    nothing is written beside the run and the name is the same on every machine.
+    Built from open_clip's model class rather than `create_model`: the factory loads the text weights
+    as a separate "partial" load and warns about it on every build, and needs a registered config
+    file; the class takes the config directly and loads the text tower's weights itself.
     """
-    clip_cfg = open_clip_config(cfg, encoder)
-    text = json.dumps(clip_cfg, indent=2, sort_keys=True)
-    name = "RetClip-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-    with tempfile.TemporaryDirectory(prefix="retclip-open-clip-") as tmp:
-        (Path(tmp) / f"{name}.json").write_text(text)
-        open_clip.add_model_config(tmp)
+    text_cfg = CLIPTextCfg(hf_model_name=encoder, hf_tokenizer_name=encoder, hf_model_pretrained=pretrained_text,
+                           hf_pooler_type="cls_last_hidden_state_pooler", hf_proj_type=None,
+                           context_length=context_length)
     try:
-        clip = open_clip.create_model(name, pretrained_text=True)
+        clip = open_clip.CustomTextCLIP(embed_dim, CLIPVisionCfg(**vision_cfg), text_cfg, quick_gelu=use_quick_gelu)
+        tokenizer = HFTokenizer(encoder, context_length=context_length)
     except OSError as e:
         raise ConfigError(f"text encoder {encoder!r} could not be loaded: pass a hub id with the hub reachable, "
                           f"or a local save_pretrained directory ({str(e).splitlines()[0][:160]})") from None
-    if cfg.vision_pretrained:
-        stock = open_clip.create_model(cfg.vision_model, pretrained=cfg.vision_pretrained)
-        clip.visual.load_state_dict(stock.visual.state_dict())
-    text_width = clip.text.transformer.config.hidden_size
     # With no projection open_clip returns [CLS] unchanged only if its width equals embed_dim;
     # RET-CLIP's three text heads do the projection instead.
     clip.text.proj = nn.Identity()
-    model = RetClip(clip.visual, clip.text, text_width, cfg.embed_dim, cfg.init_logit_scale, cfg.max_logit_scale)
-    tokenizer = open_clip.get_tokenizer(name)
-    transform = open_clip.image_transform(clip.visual.image_size, is_train=False)
-    return model, tokenizer, transform
+    return clip.visual, clip.text, tokenizer
+
+
+def load_vision_weights(visual: nn.Module, cfg: ModelConfig, use_quick_gelu: bool) -> None:
+    """Copy the vision tower of open_clip's `vision_model` with `vision_pretrained` weights (a tag or a file)."""
+    stock = open_clip.create_model(cfg.vision_model, pretrained=cfg.vision_pretrained, force_quick_gelu=use_quick_gelu)
+    visual.load_state_dict(stock.visual.state_dict())
+
+
+def build_model(cfg: ModelConfig, encoder: str) -> tuple[RetClip, HFTokenizer, nn.Module]:
+    """Build RET-CLIP, its tokenizer and its eval image transform."""
+    use_quick_gelu = quick_gelu(cfg)
+    visual, text, tokenizer = build_towers(vision_config(cfg), cfg.embed_dim, use_quick_gelu, encoder,
+                                           cfg.context_length, pretrained_text=True)
+    if cfg.vision_pretrained:
+        load_vision_weights(visual, cfg, use_quick_gelu)
+    text_width = text.transformer.config.hidden_size
+    model = RetClip(visual, text, text_width, cfg.embed_dim, cfg.init_logit_scale, cfg.max_logit_scale)
+    return model, tokenizer, open_clip.image_transform(visual.image_size, is_train=False)

@@ -171,10 +171,15 @@ def read_odir(root: Path) -> list[Patient]:
             f"the file needs the columns {', '.join(required)}"
         )
     table = _one_row_per_patient(table, annotation) if kaggle else table
-    patients = [
-        _patient(row, int(index) + 2, annotation, images_dir)
-        for index, row in zip(table.index, table[list(COLUMNS)].to_dict("records"), strict=True)
-    ]
+    rows = table[list(COLUMNS)].to_dict("records")
+    patients = [_patient(row, int(index) + 2, annotation, images_dir)
+                for index, row in zip(table.index, rows, strict=True)]
+    empty = [f"{patient.id} {side}" for patient, row in zip(patients, rows, strict=True) for side in ("left", "right")
+             if not _cell_text(row[f"{side.capitalize()}-Diagnostic Keywords"])]
+    if empty:
+        _log.warning("%d eyes have an empty diagnostic keyword cell in %s and stay unlabelled (patient ID, eye: %s); "
+                     "fill the cells to use them", len(empty), annotation, ", ".join(empty[:20])
+                     + (f" and {len(empty) - 20} more" if len(empty) > 20 else ""))
     ids = Counter(patient.id for patient in patients)
     duplicated = [patient_id for patient_id, count in ids.items() if count > 1]
     if duplicated:
@@ -307,10 +312,13 @@ def _patient(row: dict[str, Any], row_number: int, path: Path, images_dir: Path)
     )
 
 
+def _cell_text(cell: Any) -> str:
+    return "" if pd.isna(cell) else str(cell).strip()
+
+
 def _usable_keywords(cell: Any) -> tuple[str, ...]:
-    # An empty cell is treated like an eye whose keywords were all about image quality.
-    text = "" if pd.isna(cell) else str(cell)
-    return tuple(keyword for keyword in split_keywords(text) if not is_quality_keyword(keyword))
+    # An empty cell (warned about by read_odir) is treated like an eye whose keywords were all about image quality.
+    return tuple(keyword for keyword in split_keywords(_cell_text(cell)) if not is_quality_keyword(keyword))
 
 
 def _int_cell(value: Any, column: str, where: str) -> int:

@@ -11,7 +11,7 @@ from experiments.retclip.data import SPLITS, build_lmdb, make_records, prepared_
 from experiments.retclip.prompts import class_prompts, load_prompts
 from experiments.retclip.synthetic import write_synthetic_odir
 from medrepro import atomic, repro
-from medrepro.errors import ConfigError
+from medrepro.errors import ConfigError, DataError
 from medrepro.tiny import build_tiny_bert
 
 
@@ -33,6 +33,12 @@ def prepare(cfg: RetClipConfig, args: argparse.Namespace | None = None) -> Path:
             repro.verify_sha256_manifest(Path(cfg.data.checksums), root)
     patients = odir.read_odir(root)
     splits = odir.split_patients(patients, cfg.data.split, cfg.seed)
+    empty = [name for name in SPLITS if not splits[name]]
+    if empty:
+        # An empty train split leaves nothing to train on; an empty valid or test split nothing to select
+        # a checkpoint or to report on: every later stage would fail or mean nothing.
+        raise DataError(f"the {empty[0]} split of {len(patients)} patients is empty (data.split "
+                        f"{list(cfg.data.split)}): give it a larger fraction or use more patients")
     records = make_records(splits, prompts)
 
     corpus = [r.text for r in records] + [t for side in ("left", "right") for ts in class_prompts(prompts, side)

@@ -25,7 +25,7 @@ class Prompts:
     report: str  # with {left} and {right}
     joiner: str
     no_keyword: str
-    templates: tuple[str, ...]  # each with {name}, optionally {side}
+    templates: tuple[str, ...]  # each with {name}, optionally {side} ("left") or {Side} ("Left")
     names: dict[str, tuple[str, ...]]  # class → canonical keyword phrases, every class of CLASSES
 
 
@@ -66,7 +66,7 @@ def load_prompts(path: Path | None = None) -> Prompts:
         joiner=_text(raw["joiner"], "joiner", path),
         no_keyword=_text(raw["no_keyword"], "no_keyword", path),
         templates=tuple(
-            _template(template, f"templates[{i}]", path, required={"name"}, allowed={"side", "name"})
+            _template(template, f"templates[{i}]", path, required={"name"}, allowed={"side", "Side", "name"})
             for i, template in enumerate(templates)
         ),
         names={label: tuple(names[label]) for label in CLASSES},
@@ -83,9 +83,16 @@ def class_prompts(prompts: Prompts, side: str) -> list[list[str]]:
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     return [
-        [template.format(side=side, name=name) for name in prompts.names[label] for template in prompts.templates]
+        [template.format(side=side, Side=side.capitalize(), name=name)
+         for name in prompts.names[label] for template in prompts.templates]
         for label in CLASSES
     ]
+
+
+def patient_prompts(prompts: Prompts) -> list[list[str]]:
+    """One list of patient-level prompts per class, in CLASSES order: the report with both eyes
+    showing the class (one prompt per canonical name)."""
+    return [[report_text(prompts, (name,), (name,)) for name in prompts.names[label]] for label in CLASSES]
 
 
 def _eye_text(prompts: Prompts, keywords: tuple[str, ...]) -> str:

@@ -192,3 +192,47 @@ def mean_stat(values: np.ndarray) -> StatRows:
     if v.ndim != 1:
         raise ValueError(f"values must be 1-D, got shape {v.shape}")
     return lambda idx: v[idx].mean(axis=1)
+
+
+def bootstrap_clusters(
+    stat_rows: StatRows,
+    clusters: np.ndarray,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> Interval:
+    """As `bootstrap`, but each resample draws whole clusters (patients, mentions) with replacement and
+    keeps every sample of each drawn cluster: the interval for data whose samples are not independent
+    (both eyes of a patient). `clusters[i]` names the cluster of sample i.
+
+    Resamples hold different numbers of samples; those of equal size are evaluated together, so
+    `stat_rows` still gets index matrices. Two statistics given the same clusters, n_boot and seed
+    see the same resamples (paired comparisons take the difference inside one statistic).
+    """
+    clusters = np.asarray(clusters)
+    if clusters.ndim != 1 or clusters.size < 1 or n_boot < 1:
+        raise ValueError(f"bootstrap_clusters needs a 1-D non-empty clusters array and n_boot >= 1, "
+                         f"got shape {clusters.shape}, n_boot={n_boot}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    n = clusters.size
+    _, codes = np.unique(clusters, return_inverse=True)
+    sizes = np.bincount(codes)
+    # members[g, :sizes[g]] are the samples of cluster g; the rest is padding (-1).
+    order = np.argsort(codes, kind="stable")
+    members = np.full((sizes.size, sizes.max()), -1)
+    members[codes[order], np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes)] = order
+
+    estimate = float(_call(stat_rows, np.arange(n)[None])[0])
+    draws = np.random.default_rng(seed).integers(0, sizes.size, size=(n_boot, sizes.size))
+    lengths = sizes[draws].sum(axis=1)
+    stats = np.empty(n_boot)
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        padded = members[draws[rows]].reshape(rows.size, -1)
+        stats[rows] = _call(stat_rows, padded[padded >= 0].reshape(rows.size, length))
+    valid = stats[~np.isnan(stats)]
+    if valid.size == 0:
+        return Interval(estimate, float("nan"), float("nan"), 0)
+    low, high = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
+    return Interval(estimate, float(low), float(high), int(valid.size))

@@ -23,7 +23,8 @@ TRACE_HOOK = Path(__file__).with_name("trace")
 # Small enough for seconds per run, large enough that an epoch has several optimizer steps:
 # 120 patients → 84 train pairs → 5 steps of 16 per epoch.
 DATA_OVERRIDES = ["data.synthetic_patients=120", "encoders.biobert.tiny.dropout=0.0"]
-TRAIN_OVERRIDES = ["train.epochs=3", "train.batch_size=16", "train.eval_every_epochs=1.0",
+# One training seed: the runs' weights are in <run>/seed-0/.
+TRAIN_OVERRIDES = ["seeds=[0]", "train.epochs=3", "train.batch_size=16", "train.eval_every_epochs=1.0",
                    "train.log_every_steps=5", "train.tracking.tensorboard=false", "train.warmup_epochs=0.5"]
 
 

@@ -9,6 +9,7 @@ import torch
 from tests.integration.conftest import TRAIN_OVERRIDES, final_weights, kill_when, medrepro, process_env
 
 pytestmark = pytest.mark.integration
+SEED = "seed-0"  # TRAIN_OVERRIDES trains one seed
 
 
 def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -20,7 +21,7 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 def test_same_seed_two_processes_bitwise_equal(retclip_workdir, reference_run):
     again = retclip_workdir / "runs" / "again"
     medrepro(["retclip", "train", "--variant", "pubmedbert", "--out", str(again), *TRAIN_OVERRIDES], retclip_workdir)
-    assert_bitwise_equal(final_weights(reference_run), final_weights(again))
+    assert_bitwise_equal(final_weights(reference_run / SEED), final_weights(again / SEED))
 
     results = []
     for run in (reference_run, again):
@@ -38,16 +39,16 @@ def test_killed_mid_epoch_then_resumed_is_bitwise_equal(retclip_workdir, referen
     """
     run = retclip_workdir / "runs" / "killed"
     kill_when(["retclip", "train", "--variant", "pubmedbert", "--out", str(run), *TRAIN_OVERRIDES,
-               "train.save_every_steps=3"], retclip_workdir, run / "checkpoints" / "step-00000006.pt")
-    assert not (run / "final.pt").exists(), "the run finished before the kill; the test proves nothing"
+               "train.save_every_steps=3"], retclip_workdir, run / SEED / "checkpoints" / "step-00000006.pt")
+    assert not (run / SEED / "final.pt").exists(), "the run finished before the kill; the test proves nothing"
 
-    latest = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
+    latest = sorted((run / SEED / "checkpoints").glob("step-*.pt"))[-1]
     state = torch.load(latest, weights_only=True)["train_state"]
     assert state["step_in_epoch"] != 0, "the checkpoint resumed from must be mid-epoch"
 
     medrepro(["retclip", "train", "--variant", "pubmedbert", "--out", str(run), "--resume", "latest",
               *TRAIN_OVERRIDES, "train.save_every_steps=3"], retclip_workdir)
-    assert_bitwise_equal(final_weights(reference_run), final_weights(run))
+    assert_bitwise_equal(final_weights(reference_run / SEED), final_weights(run / SEED))
 
 
 def test_restarting_without_resume_refuses_to_overwrite(retclip_workdir, reference_run):
@@ -72,11 +73,11 @@ def test_two_process_ddp_matches_one_process(retclip_workdir):
     medrepro(["retclip", "train", "--variant", "biobert", "--out", str(double), *overrides], retclip_workdir,
              launcher=torchrun)
 
-    manifest = json.loads((double / "manifest.json").read_text())
+    manifest = json.loads((double / SEED / "manifest.json").read_text())
     assert manifest["processes"] == 2, "torchrun's processes must train together, not each alone"
 
     def losses(run):
-        rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (run / SEED / "train_log.jsonl").read_text().splitlines()]
         return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
 
     one, two = losses(single), losses(double)
@@ -84,7 +85,7 @@ def test_two_process_ddp_matches_one_process(retclip_workdir):
     for (step, a), (_, b) in zip(one, two, strict=True):
         assert abs(a - b) <= 1e-5 * abs(a), f"step {step}: loss {a} with 1 process, {b} with 2"
 
-    w1, w2 = final_weights(single), final_weights(double)
+    w1, w2 = final_weights(single / SEED), final_weights(double / SEED)
     assert w1.keys() == w2.keys()
     worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
     assert worst < 1e-3, f"largest weight difference {worst}"

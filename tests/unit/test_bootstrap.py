@@ -8,7 +8,9 @@ from medrepro.bootstrap import (
     auc_stat,
     balanced_accuracy_stat,
     bootstrap,
+    bootstrap_clusters,
     f1_macro_stat,
+    mean_stat,
     resample_indices,
 )
 
@@ -147,3 +149,43 @@ def test_stats_validate_inputs():
         f1_macro_stat(np.array([0, 5]), np.array([0, 1]), 2)
     with pytest.raises(ValueError, match="0/1"):
         auc_stat(np.array([0, 2]), np.array([0.1, 0.2]))
+
+
+def test_clusters_of_one_sample_are_the_plain_bootstrap(labels):
+    y_true, y_pred = labels
+    stat = accuracy_stat(y_true, y_pred)
+    plain = bootstrap(stat, len(y_true), n_boot=300, seed=4)
+    assert bootstrap_clusters(stat, np.arange(len(y_true)), n_boot=300, seed=4) == plain
+
+
+def test_resamples_keep_whole_clusters():
+    clusters = np.repeat(np.arange(30), 2)  # samples 2k and 2k+1 form cluster k
+
+    def whole(idx):
+        counts = np.stack([np.bincount(row, minlength=60) for row in idx])
+        return (counts[:, ::2] == counts[:, 1::2]).all(axis=1).astype(float)
+
+    interval = bootstrap_clusters(whole, clusters, n_boot=200, seed=1)
+    assert interval.low == interval.high == 1.0
+
+
+def test_duplicated_samples_do_not_narrow_the_cluster_interval():
+    """Both eyes of a patient alike: resampling eyes would halve the variance; patients do not."""
+    rng = np.random.default_rng(0)
+    correct = (rng.random(80) < 0.6).astype(int)
+    eyes = np.repeat(correct, 2)
+    stat_one, stat_two = accuracy_stat(correct, np.ones(80, int)), accuracy_stat(eyes, np.ones(160, int))
+    patients = bootstrap(stat_one, 80, n_boot=2000, seed=2)
+    clustered = bootstrap_clusters(stat_two, np.repeat(np.arange(80), 2), n_boot=2000, seed=2)
+    naive = bootstrap(stat_two, 160, n_boot=2000, seed=2)
+    assert clustered.high - clustered.low == pytest.approx(patients.high - patients.low, rel=0.15)
+    assert naive.high - naive.low < 0.85 * (clustered.high - clustered.low)
+
+
+def test_cluster_sizes_may_differ_and_labels_may_be_any_ids():
+    clusters = np.array(["a", "b", "b", "c", "c", "c"])
+    values = np.arange(6, dtype=float)
+    interval = bootstrap_clusters(mean_stat(values), clusters, n_boot=100, seed=0)
+    assert interval.estimate == pytest.approx(2.5) and 0 <= interval.low <= interval.high <= 5
+    with pytest.raises(ValueError):
+        bootstrap_clusters(mean_stat(values), np.array([]), n_boot=10)

@@ -49,3 +49,10 @@ def test_dvc_lock_holds_only_stages_the_pipeline_defines():
         defined |= {f"{name}@{item}" for item in stage["foreach"]} if "foreach" in stage else {name}
     locked = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
     assert locked <= defined, f"stale entries in dvc.lock: {sorted(locked - defined)}"
+
+
+def test_the_report_depends_on_what_a_comparison_reads():
+    deps = pipeline.generate(ROOT).split("  report:")[1]
+    for variant in ("pubmedbert", "bert_base", "biobert"):
+        assert f"results/retclip/{variant}/predictions.json" in deps
+    assert "experiments/retclip/compare.py" in deps and "experiments/retclip/seedstats.py" in deps

@@ -1,13 +1,19 @@
 """RET-CLIP model on a tiny local BERT and a tiny ViT: shapes, loss, gradients, config errors."""
 
+import dataclasses
+import logging
 import math
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
+from open_clip.transformer import QuickGELU
 from PIL import Image
+from torch import nn
 from transformers import BertModel
 
+from experiments.retclip import model as model_module
 from experiments.retclip.config import ModelConfig
 from experiments.retclip.model import HEADS, RetClip, build_model
 from medrepro.errors import ConfigError
@@ -97,18 +103,76 @@ def test_encode_eyes_keeps_left_and_right_apart(built):
     assert torch.allclose(model.encode_eye(right, "right"), base["right"], atol=1e-5)
 
 
-def test_patient_projection(built):
+def test_heads_as_upstream(built):
+    """Upstream RET-CLIP: no bias in the three image maps; text-head weights normal with std width^-0.5."""
     model, _, _ = built
-    assert model.patient_proj.bias is None
+    assert model.patient_proj.bias is None and model.left_proj.bias is None and model.right_proj.bias is None
     assert model.patient_proj.in_features == 2 * EMBED and model.patient_proj.out_features == EMBED
     assert model.left_proj.in_features == EMBED and model.right_proj.in_features == EMBED
+    weights = torch.cat([m.weight.flatten() for h in HEADS for m in model.text_heads[h] if isinstance(m, nn.Linear)])
+    assert weights.std().item() == pytest.approx(32**-0.5, rel=0.05)  # text width 32
+
+
+def test_accuracy_extra_counts_in_batch_matches():
+    """`acc` is the share of images whose own report is the most similar text of the batch."""
+    model = RetClip(nn.Identity(), nn.Identity(), 4, 2, 0.0, 1.0)
+    with torch.no_grad():
+        model.patient_proj.weight.copy_(torch.cat([torch.eye(2), torch.zeros(2, 2)], dim=1))
+        for linear in (m for h in HEADS for m in model.text_heads[h] if isinstance(m, nn.Linear)):
+            linear.weight.copy_(torch.eye(*linear.weight.shape))
+            linear.bias.zero_()
+    left = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
+    text = torch.tensor([[1.0, 0.0, 0, 0], [0.0, 1.0, 0, 0], [0.0, 1.0, 0, 0]])
+    _, logs = model(left, torch.zeros(3, 2), text)
+    assert logs["acc"].item() == pytest.approx(2 / 3)  # the third image is closest to the first text
+
+
+def test_no_partial_initialisation_warning(bert_dir, caplog):
+    """open_clip's "initialized partially" comes from loading the text weights apart; none is logged."""
+    with caplog.at_level(logging.WARNING):
+        build_model(model_config(), str(bert_dir))
+    assert not [r for r in caplog.records if "initialized" in r.getMessage()], caplog.text
+
+
+def full_profile_model_config() -> ModelConfig:
+    from experiments.retclip.config import RetClipConfig
+    from medrepro.config import load_config
+
+    return load_config(RetClipConfig, Path("experiments/retclip/configs/full.yaml").resolve()).model
+
+
+def activations(module: nn.Module) -> set[type]:
+    return {type(m) for m in module.modules() if isinstance(m, nn.GELU | QuickGELU)}
+
+
+@pytest.mark.parametrize("tag", ["openai", "laion2b_s34b_b88k"])
+def test_vision_activation_matches_the_pretrained_tag(bert_dir, monkeypatch, tag):
+    """The full profile's ViT-B-16 built offline (weights not loaded): QuickGELU exactly when the tag
+    was trained with it, as open_clip's pretrained table says."""
+    loaded = []
+    monkeypatch.setattr(model_module, "load_vision_weights", lambda visual, cfg, qg: loaded.append((cfg, qg)))
+    cfg = dataclasses.replace(full_profile_model_config(), vision_pretrained=tag, embed_dim=EMBED,
+                              context_length=CONTEXT)
+    needed = open_clip.get_pretrained_cfg("ViT-B-16", tag).get("quick_gelu", False)
+    model, _, _ = build_model(cfg, str(bert_dir))
+    assert activations(model.visual) == {QuickGELU if needed else nn.GELU}
+    assert loaded and loaded[0][1] is needed
+    if tag == "openai":
+        assert needed and cfg.vision_pretrained == full_profile_model_config().vision_pretrained
+
+
+def test_quick_gelu_contradicting_the_tag_is_refused():
+    cfg = dataclasses.replace(full_profile_model_config(), quick_gelu=False)
+    with pytest.raises(ConfigError, match="quick_gelu"):
+        model_module.quick_gelu(cfg)
 
 
 def test_forward_loss_and_logs(built):
     model, tokenizer, _ = built
     loss, logs = model(*batch(tokenizer))
     assert loss.ndim == 0 and torch.isfinite(loss)
-    assert set(logs) == {f"loss_{h}" for h in HEADS} | {f"logit_scale_{h}" for h in HEADS}
+    assert set(logs) == {f"loss_{h}" for h in HEADS} | {f"logit_scale_{h}" for h in HEADS} | {"acc", "logit_scale"}
+    assert 0.0 <= logs["acc"].item() <= 1.0 and logs["logit_scale"] == logs["logit_scale_patient"]
     assert loss.item() == pytest.approx(sum(logs[f"loss_{h}"].item() for h in HEADS), rel=1e-5)
     for head in HEADS:
         assert logs[f"logit_scale_{head}"].item() == pytest.approx(90.0, rel=1e-4)  # exp(ln 90)

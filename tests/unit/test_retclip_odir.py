@@ -347,3 +347,13 @@ def test_synthetic_classes_are_learnable_at_32_pixels(tmp_path: Path) -> None:
     accuracy = model.score(x[test], y[test])
     majority = Counter(y[test]).most_common(1)[0][1] / test.sum()
     assert accuracy >= 0.7 and accuracy > majority + 0.2
+
+
+def test_empty_keyword_cell_warns_with_the_patient_ids(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = [*ROWS, _row(11, "", "cataract", "C"), _row(12, "normal fundus", float("nan"), "N")]
+    _write_original(tmp_path, rows)
+    with caplog.at_level(logging.WARNING):
+        patients = {patient.id: patient for patient in read_odir(tmp_path)}
+    assert "2 eyes have an empty diagnostic keyword cell" in caplog.text
+    assert "11 left" in caplog.text and "12 right" in caplog.text and "4 left" not in caplog.text
+    assert patients[11].left_labels == () and patients[12].right_labels == ()

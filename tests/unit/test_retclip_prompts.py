@@ -5,13 +5,13 @@ import pytest
 import yaml
 
 from experiments.retclip.odir import CLASSES, keyword_class
-from experiments.retclip.prompts import DEFAULT_PATH, class_prompts, load_prompts, report_text
+from experiments.retclip.prompts import DEFAULT_PATH, class_prompts, load_prompts, patient_prompts, report_text
 from medrepro.errors import DataError
 
 
 def test_default_prompts_load() -> None:
     prompts = load_prompts()
-    assert prompts.version == 1
+    assert prompts.version == 2
     assert set(prompts.names) == set(CLASSES)
     assert prompts.templates
 
@@ -24,7 +24,7 @@ def test_class_names_match_the_keywords_reports_contain() -> None:
 def test_report_text() -> None:
     prompts = load_prompts()
     text = report_text(prompts, ("moderate non proliferative retinopathy", "laser spot"), ())
-    assert text == "left eye: moderate non proliferative retinopathy, laser spot. right eye: no diagnosis."
+    assert text == "Left eye: moderate non proliferative retinopathy, laser spot. Right eye: no diagnosis."
 
 
 def test_class_prompts_shape() -> None:
@@ -34,7 +34,14 @@ def test_class_prompts_shape() -> None:
         assert len(per_class) == len(CLASSES)
         for label, texts in zip(CLASSES, per_class, strict=True):
             assert len(texts) == len(prompts.names[label]) * len(prompts.templates)
-    assert class_prompts(prompts, "right")[0][0] == "right eye: normal fundus."
+    assert class_prompts(prompts, "right")[0][0] == "Right eye: normal fundus."
+
+
+def test_patient_prompts_fill_both_eyes() -> None:
+    prompts = load_prompts()
+    per_class = patient_prompts(prompts)
+    assert len(per_class) == len(CLASSES)
+    assert per_class[CLASSES.index("C")] == ["Left eye: cataract. Right eye: cataract."]
     with pytest.raises(ValueError, match="side"):
         class_prompts(prompts, "both")
 

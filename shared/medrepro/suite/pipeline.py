@@ -155,9 +155,12 @@ def generate(root: Path | None = None) -> str:
         stages.update(experiment_stages(experiment, root))
         plots += training_plots(experiment)
         results = _config_paths(experiment, ("paths.results",))[0]
-        report_deps += [f"{results}/{v}/{f}" for v in experiment.variants for f in ("details.json", "info.json")]
+        # A comparison reads the variants' evaluation outputs beside their details.
+        read = ("details.json", "info.json", *(experiment.evaluate_outs if experiment.compare else ()))
+        report_deps += [f"{results}/{v}/{f}" for v in experiment.variants for f in read]
+        entry = [f"experiments.{experiment.name}.experiment", experiment.compare.partition(":")[0]]
         report_deps += [f"experiments/{experiment.name}/reference.yaml",
-                        *experiment_modules([f"experiments.{experiment.name}.experiment"], experiment.name, root)]
+                        *experiment_modules([e for e in entry if e], experiment.name, root)]
     stages["report"] = {"cmd": "medrepro report", "deps": [*report_deps, LIBRARY],
                         "outs": [{"results/RESULTS.md": {"cache": False}}]}
     body = yaml.safe_dump({"stages": stages, "plots": plots}, sort_keys=False, width=120)

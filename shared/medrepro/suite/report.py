@@ -18,6 +18,7 @@ import yaml
 from medrepro import atomic
 from medrepro.errors import DataError
 from medrepro.suite import registry
+from medrepro.suite.spec import resolve
 
 
 def _cell(metrics: dict[str, float], column: dict[str, Any]) -> str:
@@ -28,6 +29,9 @@ def _cell(metrics: dict[str, float], column: dict[str, Any]) -> str:
     digits = column.get("digits", 1 if column.get("percent") else 3)
     text = f"{metrics[name] * scale:.{digits}f}"
     low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+    spread = metrics.get(f"{name}_sd")
+    if column.get("spread") and spread is not None:
+        text += f" ± {spread * scale:.{digits}f}"
     if column.get("ci") and low is not None and high is not None and not (math.isnan(low) or math.isnan(high)):
         text += f" [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
     return text
@@ -78,6 +82,8 @@ def write_report(results_root: Path, names: Sequence[str] | None = None) -> Path
             continue
         reference = yaml.safe_load((registry.experiments_dir() / experiment.name / "reference.yaml").read_text())
         sections.append(experiment_section(experiment.name, experiment.variants, results_dir, reference))
+        if experiment.compare:
+            sections.append(resolve(experiment.compare)(results_dir, experiment.variants))
     atomic.write_text(out, "\n".join(sections).rstrip() + "\n")
     return out
 

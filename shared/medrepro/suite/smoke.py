@@ -28,7 +28,10 @@ def run(experiment: Experiment, cfg: Any, out: Path, variants: list[str], args: 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for argv in pipeline_commands(experiment, variants):
-        if argv[0] == "train" and checkpoint.step_checkpoints(out / cfg.paths.runs / argv[-1] / "checkpoints"):
+        run = out / cfg.paths.runs / argv[-1]
+        # A run's checkpoints, or those of its sub-runs (one per training seed, e.g.).
+        if argv[0] == "train" and any(checkpoint.step_checkpoints(d) for d in (run / "checkpoints",
+                                                                              *run.glob("*/checkpoints"))):
             argv = [*argv, "--resume", "latest"]  # an interrupted smoke run continues where it stopped
         command = [experiment.name, *argv, *config_args, *args.overrides]
         _medrepro(command, out)

@@ -65,6 +65,9 @@ class Experiment:
     val_metric: str
     # Files the evaluation writes into the variant's results directory besides the standard ones.
     evaluate_outs: tuple[str, ...] = ()
+    # Optional "module:function" (results_dir, variants) → Markdown placed under the experiment's table
+    # (e.g. paired differences between variants); it may read the files listed in `evaluate_outs`.
+    compare: str = ""
     # Commands outside the pipeline (e.g. `link`).
     commands: tuple[Command, ...] = field(default_factory=tuple)
 
