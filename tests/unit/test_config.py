@@ -315,7 +315,7 @@ def test_retclip_smoke_values():
     cfg = load_config(RetClipConfig, CONFIGS / "smoke.yaml")
     assert cfg.data.source == "synthetic" and cfg.data.split == (0.7, 0.15, 0.15)
     assert cfg.train.lr == pytest.approx(1e-3) and cfg.train.warmup_epochs == 1.0 and cfg.train.warmup_steps == 0
-    assert cfg.encoders["biobert"].tiny == TinyBertConfig(lowercase=False, vocab_size=512, seed=3)
+    assert cfg.encoders["biobert"].tiny == TinyBertConfig(lowercase=False, vocab_size=72, seed=3)
     assert cfg.model.vision_cfg["image_size"] == 32 and cfg.model.embed_dim == 64
 
 
