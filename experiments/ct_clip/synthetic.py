@@ -2,7 +2,7 @@
 
 Each volume is a chest-like block (air around a body of lung density, noise) in which every present
 abnormality is a dense ball at its own place relative to the volume's centre, and its report says
-"{label} is present." (absent ones are sometimes negated, as real reports do). The v1 tree stores
+"{label} is present." (and "{label} is not present." for each absent one, as real reports negate). The v1 tree stores
 HU + 1024 (with RescaleSlope 1 and RescaleIntercept -1024 in the metadata), the v2 tree stores HU with
 the same metadata, as the real v2 release does. Spacing and slice count vary per volume so that
 resampling and crop/pad do real work; the balls are placed in millimetres, so they land on the
@@ -49,9 +49,8 @@ def synthetic_volume(labels: np.ndarray, shape_xyz: tuple[int, int, int], spacin
 
 
 def report(labels: np.ndarray, rng: np.random.Generator) -> tuple[str, str]:
-    """(Findings, Impressions) naming every present label and some absent ones."""
-    sentences = [f"{LABELS[k]} is present." for k in np.flatnonzero(labels)]
-    sentences += [f"{LABELS[k]} is not present." for k in np.flatnonzero(labels == 0) if rng.random() < 0.3]
+    """(Findings, Impressions): every label stated present or not present, in a random order."""
+    sentences = [f"{label} is {'present' if y else 'not present'}." for label, y in zip(LABELS, labels, strict=True)]
     order = rng.permutation(len(sentences))
     findings = " ".join(["The trachea and both main bronchi are open.", *(sentences[i] for i in order)])
     present = [LABELS[k].lower() for k in np.flatnonzero(labels)]
