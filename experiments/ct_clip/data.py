@@ -27,6 +27,8 @@ from medrepro.errors import DataError
 from medrepro.shards import read_manifest
 
 FIELDS = ("npy", "txt", "labels.json", "json")
+# Enough for any .npy header NumPy writes for a plain array (magic, length, dict, padding).
+NPY_HEADER_MAX = 1 << 16
 
 
 def encode_sample(key: str, volume: np.ndarray, text: str, labels: tuple[int, ...], meta: dict) -> dict:
@@ -36,6 +38,18 @@ def encode_sample(key: str, volume: np.ndarray, text: str, labels: tuple[int, ..
     return {"__key__": key, "npy": buffer.getvalue(), "txt": text.encode("utf-8"),
             "labels.json": json.dumps(list(labels)).encode("utf-8"),
             "json": json.dumps(meta, sort_keys=True).encode("utf-8")}
+
+
+def _npy(data: bytes | memoryview) -> np.ndarray:
+    """An .npy array viewing `data` (no copy: the volume is most of a sample's bytes)."""
+    header = io.BytesIO(bytes(data[:NPY_HEADER_MAX]))
+    version = np.lib.format.read_magic(header)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(header)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not volumes")
+    volume = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=header.tell())
+    return volume.reshape(shape, order="F" if fortran else "C")
 
 
 @dataclass
@@ -53,7 +67,7 @@ def decode_sample(key: str, fields: dict[str, bytes], shape: tuple[int, ...] | N
     if missing:
         raise ValueError(f"no {', '.join(missing)} member")
     try:
-        volume = np.load(io.BytesIO(fields["npy"]), allow_pickle=False)
+        volume = _npy(fields["npy"])
         labels = np.asarray(json.loads(fields["labels.json"]))
         meta = json.loads(fields["json"])
         text = fields["txt"].decode("utf-8")
@@ -111,13 +125,17 @@ class ShardDataset(Dataset):
 
     def sample(self, i: int) -> Sample:
         shard, key, offsets = self.items[i]
-        fields = {}
+        # A sample's members are contiguous in the tar: one read covers them all.
+        start = min(offset for offset, _ in offsets.values())
+        end = max(offset + size for offset, size in offsets.values())
         with open(shard, "rb") as f:
-            for field, (offset, size) in offsets.items():
-                f.seek(offset)
-                fields[field] = f.read(size)
-                if len(fields[field]) != size:
-                    raise DataError(f"shard {shard}, sample {key}: truncated; rewrite the shards")
+            f.seek(start)
+            span = f.read(end - start)
+        if len(span) != end - start:
+            raise DataError(f"shard {shard}, sample {key}: truncated; rewrite the shards")
+        view = memoryview(span)
+        fields = {field: view[offset - start:offset - start + size] for field, (offset, size) in offsets.items()}
+        fields = {field: data if field == "npy" else bytes(data) for field, data in fields.items()}
         try:
             return decode_sample(key, fields, self.shape)
         except ValueError as e:

@@ -40,7 +40,9 @@ def synthetic_volume(labels: np.ndarray, shape_xyz: tuple[int, int, int], spacin
     x, y, z = np.meshgrid(*axes, indexing="ij")
     half = min(shape_xyz[0] * spacing_xyz[0], shape_xyz[1] * spacing_xyz[1]) / 2
     body = np.hypot(x, y) < 0.96 * half
-    hu = np.where(body, -850.0, -1000.0) + rng.normal(0.0, 30.0, size=shape_xyz)
+    # A smooth background: CTViT normalises each patch (LayerNorm over its voxels), which would blow
+    # background noise up to unit variance and bury the balls in it.
+    hu = np.where(body, -850.0, -1000.0)
     for k in np.flatnonzero(labels):
         cx, cy, cz = BALL_CENTRES_MM[k]
         ball = (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 < BALL_RADIUS_MM ** 2
