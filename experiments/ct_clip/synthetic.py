@@ -1,12 +1,12 @@
 """A synthetic CT-RATE in the release's own format, in both the v1 and the v2 convention.
 
-Each volume is a chest-like block (air around a body of lung density, noise) in which every present
-abnormality is a dense ball at its own place relative to the volume's centre, and its report says
-"{label} is present." (and "{label} is not present." for each absent one, as real reports negate). The v1 tree stores
-HU + 1024 (with RescaleSlope 1 and RescaleIntercept -1024 in the metadata), the v2 tree stores HU with
-the same metadata, as the real v2 release does. Spacing and slice count vary per volume so that
-resampling and crop/pad do real work; the balls are placed in millimetres, so they land on the
-same spot after preprocessing.
+Each volume is a chest-like block (air around a smooth body of lung density) in which every present
+abnormality is a noisy dense ball at its own place relative to the volume's centre, and its report
+says "{label} is present." (a share of the absent ones are negated, "{label} is not present.", as
+real reports do). The v1 tree stores HU + 1024 (with RescaleSlope 1 and RescaleIntercept -1024 in the
+metadata), the v2 tree stores HU with the same metadata, as the real v2 release does. Spacing and
+slice count vary per volume so that resampling and crop/pad do real work; the balls are placed in
+millimetres, so they land on the same spot after preprocessing.
 """
 
 import csv
@@ -25,6 +25,8 @@ INTERCEPT = -1024.0
 BALL_HU = 300.0
 BALL_RADIUS_MM = 5.0
 SPLIT_IDS = {"train": 0, "valid": 1}
+# The share of absent labels whose report sentence says "{label} is not present.".
+NEGATED = 0.3
 # Centres of the 18 balls in mm from the volume's centre: a 3 × 6 grid in the axial plane, 12 mm apart.
 BALL_CENTRES_MM = [((k % 6 - 2.5) * 12.0, (k // 6 - 1.0) * 12.0, 0.0) for k in range(len(LABELS))]
 
@@ -51,8 +53,9 @@ def synthetic_volume(labels: np.ndarray, shape_xyz: tuple[int, int, int], spacin
 
 
 def report(labels: np.ndarray, rng: np.random.Generator) -> tuple[str, str]:
-    """(Findings, Impressions): every label stated present or not present, in a random order."""
-    sentences = [f"{label} is {'present' if y else 'not present'}." for label, y in zip(LABELS, labels, strict=True)]
+    """(Findings, Impressions): every present label, and some absent ones negated, in a random order."""
+    sentences = [f"{LABELS[k]} is present." for k in np.flatnonzero(labels)]
+    sentences += [f"{LABELS[k]} is not present." for k in np.flatnonzero(labels == 0) if rng.random() < NEGATED]
     order = rng.permutation(len(sentences))
     findings = " ".join(["The trachea and both main bronchi are open.", *(sentences[i] for i in order)])
     present = [LABELS[k].lower() for k in np.flatnonzero(labels)]
