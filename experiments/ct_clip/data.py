@@ -144,6 +144,3 @@ class ShardDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, torch.Tensor]:
         s = self.sample(i)
         return torch.from_numpy(s.volume.astype(np.float32))[None], s.text, torch.from_numpy(s.labels)
-
-    def labels(self) -> np.ndarray:
-        return np.stack([self.sample(i).labels for i in range(len(self))])

@@ -33,7 +33,7 @@ from medrepro.tiny import build_tiny_bert
 RECORDS = "records.json"
 
 
-def report_text(record: ctrate.Record | dict, fields: tuple[str, ...]) -> str:
+def report_text(record: dict, fields: tuple[str, ...]) -> str:
     """The report text of a record: the chosen fields, joined with a space, in the given order."""
     values = {"Findings_EN": record["findings"], "Impressions_EN": record["impressions"]}
     return " ".join(values[f] for f in fields if values[f])

@@ -35,8 +35,8 @@ def prompts() -> list[tuple[str, str]]:
 class Predictions:
     y_true: np.ndarray  # (n, 18) 0/1
     y_score: np.ndarray  # (n, 18) probability of "present"
+    # Image-encoder forward passes it took (one per batch of volumes).
     image_passes: int
-    text_passes: int
 
 
 @torch.no_grad()
@@ -63,7 +63,7 @@ def predict(model: CTClip, tokenizer: Callable, dataset: ShardDataset, batch_siz
         y_score.append(torch.softmax(logits.float(), dim=-1)[..., 0].cpu().numpy())
         y_true.append(labels.numpy())
     model.train(was_training)
-    return Predictions(np.concatenate(y_true), np.concatenate(y_score).astype(np.float64), passes, 1)
+    return Predictions(np.concatenate(y_true), np.concatenate(y_score).astype(np.float64), passes)
 
 
 def corner_threshold(y: np.ndarray, score: np.ndarray) -> float:

@@ -53,6 +53,7 @@ def test_each_volume_and_each_prompt_encoded_once(tmp_path):
     pred = zeroshot.predict(model, tokenizer, _Dataset(10), batch_size=4, context_length=16)
     assert volumes_seen == [4, 4, 2], "every volume exactly once (upstream: once per label, 18 times)"
     assert text_rows == [2 * len(LABELS)], "the 36 prompts in one pass"
+    assert pred.image_passes == 3
     assert pred.y_score.shape == (10, len(LABELS)) and ((pred.y_score > 0) & (pred.y_score < 1)).all()
 
 
@@ -70,7 +71,7 @@ def _predictions(n: int, seed: int = 0) -> zeroshot.Predictions:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, size=(n, len(LABELS)))
     score = np.clip(0.5 + 0.25 * (y - 0.5) + rng.normal(0, 0.2, size=y.shape), 0, 1)
-    return zeroshot.Predictions(y, score, 1, 1)
+    return zeroshot.Predictions(y, score, 1)
 
 
 def test_bootstrap_intervals_are_wide_and_equal_a_plain_resampling_loop():
@@ -102,7 +103,7 @@ def test_bootstrap_intervals_are_wide_and_equal_a_plain_resampling_loop():
 
 def test_a_useless_score_is_near_chance_and_baselines_are_reported():
     rng = np.random.default_rng(3)
-    pred = zeroshot.Predictions(rng.integers(0, 2, size=(200, len(LABELS))), rng.random((200, len(LABELS))), 1, 1)
+    pred = zeroshot.Predictions(rng.integers(0, 2, size=(200, len(LABELS))), rng.random((200, len(LABELS))), 1)
     out = zeroshot.summarize(pred, n_boot=100, seed=0)
     assert out["auroc_macro_ci_low"] < 0.5 < out["auroc_macro_ci_high"]
     assert out["baseline_auroc"] == 0.5 and 0.4 < out["baseline_f1_all_present_weighted"] < 0.8
