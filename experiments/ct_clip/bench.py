@@ -33,6 +33,7 @@ from experiments.ct_clip.data import ShardDataset, encode_sample
 from experiments.ct_clip.experiment import EXPERIMENT
 from experiments.ct_clip.model import CTClip, build_model, tokenize
 from experiments.ct_clip.prepare import RECORDS, _process
+from experiments.ct_clip.prompts import prompts
 from experiments.ct_clip.train import encoder_path
 from medrepro.errors import DataError
 from medrepro.shards import write_manifest
@@ -89,7 +90,7 @@ def per_label_reference(model: CTClip, tokenizer, dataset: ShardDataset, batch_s
     """Upstream's loop: for each label, encode its two prompts and every volume again. Scores, passes."""
     model.eval()
     scores, passes = np.zeros((len(dataset), len(LABELS))), 0
-    for k, pair in enumerate(zeroshot.prompts()):
+    for k, pair in enumerate(prompts()):
         tokens = tokenize(tokenizer, list(pair), context_length)
         text = F.normalize(model.encode_text(**tokens), dim=-1)
         row = 0

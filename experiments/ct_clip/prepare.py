@@ -24,8 +24,8 @@ from experiments.ct_clip import ctrate
 from experiments.ct_clip.config import CtClipConfig
 from experiments.ct_clip.data import decode_sample, encode_sample
 from experiments.ct_clip.preprocess import HU_RANGE, PAD_VALUE, preprocess
+from experiments.ct_clip.prompts import prompts
 from experiments.ct_clip.synthetic import write_synthetic_ctrate
-from experiments.ct_clip.zeroshot import prompts
 from medrepro import atomic, shards
 from medrepro.errors import ConfigError, DataError
 from medrepro.tiny import build_tiny_bert

@@ -22,13 +22,10 @@ from torch.utils.data import DataLoader
 from experiments.ct_clip.ctrate import LABELS
 from experiments.ct_clip.data import ShardDataset
 from experiments.ct_clip.model import CTClip, tokenize
+from experiments.ct_clip.prompts import prompts
 from medrepro import bootstrap
 
 PER_LABEL = ("auroc", "f1", "accuracy", "precision")
-
-
-def prompts() -> list[tuple[str, str]]:
-    return [(f"{label} is present.", f"{label} is not present.") for label in LABELS]
 
 
 @dataclass

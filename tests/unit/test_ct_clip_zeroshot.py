@@ -10,6 +10,7 @@ from experiments.ct_clip import zeroshot
 from experiments.ct_clip.config import ModelConfig
 from experiments.ct_clip.ctrate import LABELS
 from experiments.ct_clip.model import CTClip, CTViT
+from experiments.ct_clip.prompts import prompts
 from medrepro.bootstrap import resample_indices
 from medrepro.config_sections import TinyBertConfig
 from medrepro.errors import ConfigError
@@ -42,7 +43,7 @@ class _Dataset(torch.utils.data.Dataset):
 def test_each_volume_and_each_prompt_encoded_once(tmp_path):
     from transformers import AutoTokenizer, BertModel
 
-    encoder = build_tiny_bert(tmp_path / "bert", [p for pair in zeroshot.prompts() for p in pair],
+    encoder = build_tiny_bert(tmp_path / "bert", [p for pair in prompts() for p in pair],
                               TinyBertConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32))
     model = CTClip(TINY, (4, 8, 8), BertModel.from_pretrained(encoder, add_pooling_layer=False))
     tokenizer = AutoTokenizer.from_pretrained(encoder)
