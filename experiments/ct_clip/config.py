@@ -1,0 +1,86 @@
+"""The ct_clip config: one YAML file per profile (configs/smoke.yaml, configs/full.yaml, configs/debug.yaml)."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from medrepro.config_sections import EncoderConfig, RuntimeConfig, TrainConfig
+
+
+@dataclass
+class PathsConfig:
+    # The CT-RATE tree (synthetic in smoke) and the tiny text encoder built beside it.
+    raw: str = "data/ct_clip/raw"
+    shards: str = "data/ct_clip/shards"
+    runs: str = "runs/ct_clip"
+    results: str = "results/ct_clip"
+
+
+@dataclass
+class SyntheticConfig:
+    # Volumes per split, half in each release's convention (v1 raw stored values, v2 already HU).
+    train: int = 192
+    valid: int = 48
+    # In-plane voxels and slices of the raw volumes, before resampling.
+    size_xy: int = 48
+    slices: tuple[int, int] = (24, 36)
+    spacing_xy: tuple[float, ...] = (1.2, 1.5, 1.8)
+    spacing_z: tuple[float, ...] = (2.0, 3.0)
+    prevalence: float = 0.3
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "ctrate"] = "synthetic"
+    # The CT-RATE dataset directory: dataset/{train,valid} (v1) or dataset/{train_fixed,valid_fixed} (v2)
+    # and the CSVs under dataset/radiology_text_reports, multi_abnormality_labels, metadata.
+    ctrate_root: str = ""
+    # Which volume tree to read: v1 ("train", "valid") or v2 ("train_fixed", "valid_fixed").
+    release: Literal["v1", "v2"] = "v2"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # Preprocessing target: spacing (x, y, z) in mm and shape (slices, height, width).
+    spacing: tuple[float, float, float] = (0.75, 0.75, 1.5)
+    shape: tuple[int, int, int] = (240, 480, 480)
+    # Samples per shard (at ~110 MB each in full, 20 make ~2.2 GB shards).
+    shard_samples: int = 20
+    # Processes preprocessing volumes; each holds one volume in memory at a time.
+    workers: int = 4
+    # The training text and the zero-shot report text come from the same fields (upstream trains on
+    # Findings and evaluates on Findings + Impressions).
+    report_fields: tuple[str, ...] = ("Findings_EN", "Impressions_EN")
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 512
+    patch: int = 20
+    temporal_patch: int = 10
+    spatial_depth: int = 4
+    temporal_depth: int = 4
+    heads: int = 8
+    dim_head: int = 32
+    latent: int = 512
+    # The learnable temperature t (logits = exp(t) · cosine), as upstream.
+    init_temperature: float = 1.0
+    max_temperature: float = 4.6052  # ln(100)
+    context_length: int = 512
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 4
+    # Validation during training: the first `val_samples` of the valid shards, the same on any world size.
+    val_samples: int = 200
+    bootstrap: int = 1000
+    alpha: float = 0.05
+
+
+@dataclass
+class CtClipConfig:
+    seed: int = 2025
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    encoders: dict[str, EncoderConfig] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

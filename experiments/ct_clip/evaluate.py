@@ -1,0 +1,87 @@
+"""`evaluate`: zero-shot on every validation volume with the best checkpoint; numbers, predictions, plots."""
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
+
+from experiments.ct_clip import zeroshot
+from experiments.ct_clip.config import CtClipConfig
+from experiments.ct_clip.ctrate import LABELS
+from experiments.ct_clip.data import ShardDataset
+from experiments.ct_clip.model import build_model
+from experiments.ct_clip.train import encoder_path
+from medrepro import atomic, checkpoint, plots
+from medrepro.device import default_device
+from medrepro.results import Evaluation
+
+# metrics.json under the suite's short names: mean AUROC and the weighted F1 and accuracy, as the paper.
+HEADLINE = {"auc": "auroc_macro", "f1": "f1_weighted", "acc": "accuracy_weighted"}
+
+
+def auroc_png(result: dict[str, float], path: Path, title: str) -> None:
+    """Per-label AUROC with its bootstrap interval, and the mean AUROC's interval as a band."""
+    names = [label for label in LABELS if f"auroc/{label}" in result]
+    value = np.array([result[f"auroc/{n}"] for n in names])
+    low = np.array([result.get(f"auroc/{n}_ci_low", np.nan) for n in names])
+    high = np.array([result.get(f"auroc/{n}_ci_high", np.nan) for n in names])
+    fig = Figure(figsize=(7, 0.32 * len(names) + 1.5))
+    ax = fig.add_subplot()
+    y = np.arange(len(names))
+    ax.errorbar(value, y, xerr=[value - low, high - value], fmt="o", color="tab:blue", capsize=3, label="label")
+    ax.axvspan(result.get("auroc_macro_ci_low", np.nan), result.get("auroc_macro_ci_high", np.nan), color="tab:green",
+               alpha=0.2, label=f"mean AUROC {result['auroc_macro']:.3f} (95% CI)")
+    ax.axvline(0.5, color="grey", linestyle="--", label="chance")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("AUROC")
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=7)
+    plots.save_figure(fig, path)
+
+
+def roc_grid_png(pred: zeroshot.Predictions, path: Path, title: str) -> None:
+    """One ROC curve per label, in a 3 × 6 grid, with the corner threshold's point."""
+    fig = Figure(figsize=(15, 8))
+    axes = fig.subplots(3, 6, sharex=True, sharey=True)
+    for k, ax in enumerate(axes.flat):
+        y, score = pred.y_true[:, k], pred.y_score[:, k]
+        ax.set_title(LABELS[k], fontsize=7)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
+        if 0 < y.sum() < len(y):
+            fpr, tpr, _ = roc_curve(y, score)
+            corner = np.argmin(np.hypot(fpr, 1 - tpr))
+            ax.plot(fpr, tpr, color="tab:blue")
+            ax.plot(fpr[corner], tpr[corner], "o", color="tab:red", markersize=4)
+    for ax in axes[-1]:
+        ax.set_xlabel("FPR", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("TPR", fontsize=8)
+    fig.suptitle(title)
+    plots.save_figure(fig, path)
+
+
+def evaluate(cfg: CtClipConfig, variant: str, run_dir: Path, out_dir: Path, which: str = "best") -> Evaluation:
+    model, tokenizer = build_model(cfg.model, tuple(cfg.data.shape), encoder_path(cfg, variant))
+    ckpt = run_dir / "checkpoints" / "best.pt" if which == "best" else Path(which)
+    saved = checkpoint.load(ckpt)
+    checkpoint.check_variant(saved, variant, ckpt)
+    model.load_state_dict(saved["model"])
+    model.to(default_device())
+    dataset = ShardDataset(Path(cfg.paths.shards) / "valid" / "manifest.json")
+    pred = zeroshot.predict(model, tokenizer, dataset, cfg.eval.batch_size, cfg.model.context_length)
+    result = zeroshot.summarize(pred, cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
+    result["temperature"] = float(model.temperature.detach())
+    auroc_png(result, out_dir / "plots" / "auroc_per_label.png", f"ct_clip {variant}: zero-shot AUROC per label")
+    roc_grid_png(pred, out_dir / "plots" / "roc_curves.png", f"ct_clip {variant}: zero-shot ROC curves")
+    atomic.write_json(out_dir / "predictions.json", {
+        "labels": list(LABELS), "volumes": [key for _, key, _ in dataset.items],
+        "y_true": pred.y_true.tolist(), "y_score": np.round(pred.y_score, 6).tolist(),
+    })
+    info = {"data": cfg.data.source, "release": cfg.data.release, "encoder": encoder_path(cfg, variant),
+            "checkpoint": str(ckpt), "step": saved["train_state"]["step"],
+            "protocol": "zero-shot, 18 labels, prompt pair softmax, corner threshold, bootstrap over volumes",
+            "bootstrap": cfg.eval.bootstrap, "report_fields": list(cfg.data.report_fields)}
+    return Evaluation({short: result[name] for short, name in HEADLINE.items()}, result, info)

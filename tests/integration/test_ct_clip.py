@@ -1,0 +1,103 @@
+"""ct_clip end to end: the smoke run learns (the `reproduced` run), a killed training resumes to the same
+bits, two processes agree with one on a single training shard (fewer shards than ranks), and `verify`
+turns a damaged shard into exit 2 naming shard and sample."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.integration.conftest import final_weights, kill_when, medrepro
+
+pytestmark = pytest.mark.integration
+
+# 48 training volumes in one shard, 16 validation volumes; batch 8: 6 steps per epoch, 18 in all.
+DATA = ["data.synthetic.train=48", "data.synthetic.valid=16", "data.shard_samples=64", "data.workers=1",
+        "encoders.cxr_bert.tiny.dropout=0.0"]
+TRAIN = [*DATA, "train.epochs=3", "train.batch_size=8", "train.eval_every_epochs=1.0", "train.log_every_steps=1",
+         "train.warmup_steps=2", "train.tracking.tensorboard=false", "eval.val_samples=16"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("ct_clip")
+    medrepro(["ct_clip", "prepare", *DATA], work)
+    medrepro(["ct_clip", "shards", *DATA], work)
+    return work
+
+
+@pytest.fixture(scope="module")
+def reference_run(workdir: Path) -> Path:
+    run = workdir / "runs" / "reference"
+    medrepro(["ct_clip", "train", "--variant", "cxr_bert", "--out", str(run), *TRAIN], workdir)
+    return run
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_smoke_learns_with_real_intervals(reproduced):
+    results = reproduced.workdir / "results" / "ct_clip" / "cxr_bert"
+    m = json.loads((results / "details.json").read_text())
+    assert m["auroc_macro_ci_low"] < m["auroc_macro"] < m["auroc_macro_ci_high"]
+    assert m["auroc_macro_ci_low"] > 0.5, "mean AUROC's whole interval must clear chance"
+    for name in ("f1_weighted", "accuracy_weighted", "precision_weighted"):
+        assert m[f"{name}_ci_high"] - m[f"{name}_ci_low"] > 0, f"{name}: zero-width interval"
+    assert m["labels_evaluated"] == 18 and m["n_volumes"] >= 48
+    headline = json.loads((results / "metrics.json").read_text())
+    assert headline == {"auc": m["auroc_macro"], "f1": m["f1_weighted"], "acc": m["accuracy_weighted"]}
+    for png in ("auroc_per_label.png", "roc_curves.png"):
+        with Image.open(results / "plots" / png) as image:
+            assert image.format == "PNG" and image.width > 300
+    manifest = json.loads((reproduced.workdir / "data" / "ct_clip" / "shards" / "train" / "manifest.json").read_text())
+    assert manifest["release"] == "v2" and manifest["dtype"] == "float16" and manifest["samples"] > 0
+
+
+def test_killed_mid_epoch_then_resumed_is_bitwise_equal(workdir, reference_run):
+    run = workdir / "runs" / "killed"
+    args = ["ct_clip", "train", "--variant", "cxr_bert", "--out", str(run), *TRAIN, "train.save_every_steps=4"]
+    kill_when(args, workdir, run / "checkpoints" / "step-00000008.pt")
+    assert not (run / "final.pt").exists(), "the run finished before the kill; the test proves nothing"
+    latest = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
+    assert torch.load(latest, weights_only=True)["train_state"]["step_in_epoch"] != 0, "must resume mid-epoch"
+    medrepro([*args, "--resume", "latest"], workdir)
+    assert_bitwise_equal(final_weights(reference_run), final_weights(run))
+
+
+def test_two_processes_on_one_shard_agree_with_one(workdir, reference_run):
+    """torchrun, 2 CPU processes (gloo), one training shard: each rank reads its samples by index."""
+    double = workdir / "runs" / "ddp-2"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    medrepro(["ct_clip", "train", "--variant", "cxr_bert", "--out", str(double), *TRAIN], workdir, launcher=torchrun)
+    assert json.loads((double / "manifest.json").read_text())["processes"] == 2
+
+    def losses(run: Path) -> list[tuple[int, float]]:
+        rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+        return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+
+    one, two = losses(reference_run), losses(double)
+    assert [s for s, _ in one] == [s for s, _ in two] == list(range(1, 19))
+    for (step, a), (_, b) in zip(one, two, strict=True):
+        assert abs(a - b) <= 1e-5 * abs(a), f"step {step}: loss {a} with 1 process, {b} with 2"
+    w1, w2 = final_weights(reference_run), final_weights(double)
+    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert worst < 1e-3, f"largest weight difference {worst}"
+
+
+def test_verify_names_the_damaged_shard_and_sample(workdir, tmp_path):
+    import shutil
+    copy = tmp_path / "work"
+    shutil.copytree(workdir / "data", copy / "data")
+    assert medrepro(["ct_clip", "verify", *DATA], copy).returncode == 0
+    shard = copy / "data" / "ct_clip" / "shards" / "valid" / "valid-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:-20000])
+    proc = medrepro(["ct_clip", "verify", *DATA], copy, check=False)
+    assert proc.returncode == 2
+    assert "valid-000000.tar is truncated or corrupt after sample valid_" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,168 @@
+"""ct_clip data: the CT-RATE reader (v1 against v2, the spacing string, bad input), preprocessing against
+hand-computed values, and the shards (round trip, verify, resume of a killed `shards`)."""
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from experiments.ct_clip import ctrate
+from experiments.ct_clip.config import CtClipConfig, SyntheticConfig
+from experiments.ct_clip.data import ShardDataset
+from experiments.ct_clip.prepare import prepare, verify, write_shards
+from experiments.ct_clip.preprocess import crop_or_pad, preprocess, resample
+from experiments.ct_clip.synthetic import write_synthetic_ctrate
+from medrepro.config import load_config
+from medrepro.errors import DataError
+
+SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "ct_clip" / "configs" / "smoke.yaml"
+TINY = SyntheticConfig(train=3, valid=2, size_xy=24, slices=(8, 10), spacing_xy=(3.0,), spacing_z=(6.0,))
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    return write_synthetic_ctrate(tmp_path_factory.mktemp("ctrate"), TINY, seed=5)
+
+
+def _config(tmp_path: Path, *extra: str) -> CtClipConfig:
+    return load_config(CtClipConfig, SMOKE, [
+        f"paths.raw={tmp_path / 'raw'}", f"paths.shards={tmp_path / 'shards'}",
+        f"encoders.cxr_bert.path={tmp_path / 'raw' / 'encoder'}", "data.synthetic.train=5", "data.synthetic.valid=3",
+        "data.synthetic.size_xy=32", "data.synthetic.slices=[8,12]", "data.shape=[8,16,16]", "data.shard_samples=2",
+        "data.workers=1", *extra])
+
+
+def _rewrite_csv(path: Path, edit) -> None:
+    rows = list(csv.DictReader(path.open()))
+    fields = list(rows[0])
+    rows, fields = edit(rows, fields)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_spacing_string():
+    assert ctrate.parse_spacing("[0.75, 0.75]", "x") == (0.75, 0.75)
+    assert ctrate.parse_spacing(" [0.6640625, 0.6640625] ", "x") == (0.6640625, 0.6640625)
+    for bad in ("0.75", "[0.75]", "[a, b]", "[0, 1]"):
+        with pytest.raises(DataError, match="XYSpacing"):
+            ctrate.parse_spacing(bad, "metadata.csv (v)")
+
+
+def test_v1_is_rescaled_and_v2_is_not_and_both_give_the_same_hu(release):
+    v1, v2 = ctrate.read_split(release, "train", "v1"), ctrate.read_split(release, "train", "v2")
+    assert [r.name for r in v1] == [r.name for r in v2] == ["train_1_a_1.nii.gz", "train_2_a_1.nii.gz",
+                                                             "train_3_a_1.nii.gz"]
+    assert "train_fixed" in str(v2[0].path) and "train_fixed" not in str(v1[0].path)
+    assert v1[0].spacing == (3.0, 3.0, 6.0) and v1[0].slope == 1.0 and v1[0].intercept == -1024.0
+    for a, b in zip(v1, v2, strict=True):
+        stored_v1, stored_v2 = ctrate.load_volume(a.path), ctrate.load_volume(b.path)
+        hu_v1, rescaled_v1 = ctrate.hounsfield(stored_v1, a.slope, a.intercept, a.name)
+        hu_v2, rescaled_v2 = ctrate.hounsfield(stored_v2, b.slope, b.intercept, b.name)
+        assert rescaled_v1 and not rescaled_v2
+        np.testing.assert_array_equal(hu_v1, hu_v2)
+        # What upstream does to v2 (slope and intercept again): every voxel 1024 HU too low.
+        np.testing.assert_array_equal(stored_v2 * b.slope + b.intercept, hu_v2 - 1024)
+
+
+def test_hounsfield_refuses_a_volume_without_air():
+    with pytest.raises(DataError, match="air density"):
+        ctrate.hounsfield(np.full((4, 4, 4), 500.0, dtype=np.float32), 1.0, -1024.0, "v.nii.gz")
+
+
+def test_resample_and_crop_pad_by_hand():
+    # Upsampling 2 → 4 along one axis, align_corners=False: a, (3a+b)/4, (a+3b)/4, b.
+    line = np.array([[[0.0]], [[400.0]]], dtype=np.float32)  # (z, y, x) = (2, 1, 1)
+    np.testing.assert_allclose(resample(line, (2.0, 1.0, 1.0), (1.0, 1.0, 1.0))[:, 0, 0], [0, 100, 300, 400])
+    cube = np.arange(27, dtype=np.float32).reshape(3, 3, 3)
+    np.testing.assert_array_equal(crop_or_pad(cube, (1, 3, 5))[0],
+                                  [[-1, 9, 10, 11, -1], [-1, 12, 13, 14, -1], [-1, 15, 16, 17, -1]])
+
+
+def test_preprocess_small_volume_by_hand():
+    # (x, y, z) = (2, 1, 3) at the target spacing: only transpose, clip, scale and pad happen.
+    hu = np.array([[[-2000.0, -500.0, 0.0]], [[250.0, 1000.0, 3000.0]]], dtype=np.float32)
+    out = preprocess(hu, (0.75, 0.75, 1.5), (0.75, 0.75, 1.5), (4, 1, 2))
+    assert out.dtype == np.float16 and out.shape == (4, 1, 2)
+    np.testing.assert_array_equal(out[:, 0, :], np.array([[-1.0, 0.25], [-0.5, 1.0], [0.0, 1.0], [-1.0, -1.0]],
+                                                         dtype=np.float16))
+
+
+def test_missing_column_missing_volume_bad_label(release, tmp_path):
+    import shutil
+    root = tmp_path / "copy"
+    shutil.copytree(release, root)
+    dirs = ctrate.csv_dir(root)
+    labels = dirs["labels"] / "train_predicted_labels.csv"
+    _rewrite_csv(labels, lambda rows, f: ([{**r, "Cardiomegaly": "2"} for r in rows], f))
+    with pytest.raises(DataError, match=r"train_predicted_labels.csv \(train_1_a_1.nii.gz\): label 'Cardiomegaly'"):
+        ctrate.read_split(root, "train", "v2")
+    shutil.copy(ctrate.csv_dir(release)["labels"] / "train_predicted_labels.csv", labels)
+    ctrate.volume_path(root, "v2", "train_2_a_1.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"train_2_a_1.nii.gz is missing on disk"):
+        ctrate.read_split(root, "train", "v2")
+    metadata = dirs["metadata"] / "train_metadata.csv"
+    _rewrite_csv(metadata, lambda rows, f: ([{k: v for k, v in r.items() if k != "XYSpacing"} for r in rows],
+                                            [c for c in f if c != "XYSpacing"]))
+    with pytest.raises(DataError, match=r"train_metadata.csv has no column XYSpacing"):
+        ctrate.read_split(root, "train", "v2")
+
+
+def test_truncated_and_four_dimensional_nifti(release, tmp_path):
+    good = ctrate.volume_path(release, "v1", "train_1_a_1.nii.gz").read_bytes()
+    truncated = tmp_path / "t.nii.gz"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match=r"t.nii.gz cannot be read .* truncated"):
+        ctrate.load_volume(truncated)
+    four = tmp_path / "f.nii.gz"
+    four.write_bytes(gzip.compress(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.int16), np.eye(4)).to_bytes()))
+    with pytest.raises(DataError, match=r"f.nii.gz has 4 dimensions"):
+        ctrate.load_volume(four)
+
+
+def test_shards_round_trip_verify_and_resume(tmp_path):
+    cfg = _config(tmp_path)
+    prepare(cfg)
+    out = write_shards(cfg)
+    manifest = json.loads((out / "train" / "manifest.json").read_text())
+    assert manifest["samples"] == 5 and [s["samples"] for s in manifest["shards"]] == [2, 2, 1]
+    assert manifest["shape"] == [8, 16, 16] and manifest["dtype"] == "float16" and manifest["release"] == "v2"
+    assert verify(cfg) == 8
+
+    # Item 1 is exactly the preprocessed source volume, its report and its labels.
+    records = ctrate.read_split(tmp_path / "raw" / "ctrate", "train", "v2")
+    volume, text, labels = ShardDataset(out / "train" / "manifest.json")[1]
+    hu, _ = ctrate.hounsfield(ctrate.load_volume(records[1].path), 1.0, -1024.0, "")
+    expected = preprocess(hu, records[1].spacing, cfg.data.spacing, cfg.data.shape)
+    np.testing.assert_array_equal(volume[0].numpy(), expected.astype(np.float32))
+    assert text == f"{records[1].findings} {records[1].impressions}"
+    assert labels.tolist() == list(records[1].labels)
+
+    # A killed run: the last shard missing. Only it is written again, byte for byte the same.
+    shards = sorted((out / "train").glob("*.tar"))
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in shards}
+    shards[-1].unlink()
+    write_shards(cfg)
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted((out / "train").glob("*.tar"))}
+    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
+    assert after[shards[0].name][1] == before[shards[0].name][1], "a finished shard was written again"
+    assert not (out / "train" / ".partial").exists()
+
+    # A flipped byte inside a volume: verify names the shard. A label out of {0, 1}: it names the sample too.
+    data = bytearray(shards[1].read_bytes())
+    data[-3000] ^= 0xFF
+    shards[1].write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"train-000001.tar: SHA-256 differs"):
+        verify(cfg)
+    data = bytearray(before[shards[1].name][0])
+    header = data.index(b"train_4_a_1.labels.json")
+    assert data[header + 512] == ord("[")
+    data[header + 513] = ord("7")
+    shards[1].write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"train-000001.tar, sample train_4_a_1: labels must be 18 values of 0 or 1"):
+        verify(cfg)
