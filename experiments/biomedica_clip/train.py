@@ -1,0 +1,218 @@
+"""`train`: open_clip's own trainer (`python -m open_clip_train.main`, torchrun for several processes),
+with arguments built from our config, and its outputs gathered into our run layout.
+
+    <run>/open_clip_args.json     the launcher command and open_clip_train's arguments, as run
+    <run>/config.yaml             our resolved config;  <run>/manifest.json  environment + data checksums
+    <run>/identity.json           the run's identity (what a resume must match)
+    <run>/logs/open_clip/         open_clip_train's own layout: out.log, params.txt, checkpoints/epoch_N.pt,
+                                  tensorboard/
+    <run>/train_log.jsonl         open_clip_train's progress lines as JSON (the suite's training curves)
+    <run>/complete.json           written last, once the final epoch's checkpoint exists
+
+open_clip_train runs with the run directory as its working directory and its default `--logs ./logs`:
+torchrun's own parser takes `--logs` for an abbreviation of its `--logs-specs` and stops, so the flag
+cannot be passed through torchrun. Every path in the arguments is absolute for the same reason.
+"""
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from experiments.biomedica_clip import archive
+from experiments.biomedica_clip.config import BiomedicaClipConfig
+from experiments.biomedica_clip.model import trainer_model_args
+from medrepro import atomic, config, repro, run_guard, shards
+from medrepro.errors import ConfigError, DataError, RunError, TrainingError
+
+NAME = "open_clip"
+_PROGRESS = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) .*?LR: ([0-9.e+-]+) Logit Scale: ([0-9.]+) "
+                       r".*?Loss: ([0-9.e+-]+) \(")
+_RATE = re.compile(r"Batch \(t\): [0-9.]+, ([0-9.e+-]+)/s")
+
+
+def logs_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "logs" / NAME
+
+
+def checkpoint_path(run_dir: Path, epoch: int) -> Path:
+    return logs_dir(run_dir) / "checkpoints" / f"epoch_{epoch}.pt"
+
+
+def data_args(cfg: BiomedicaClipConfig, run_dir: Path) -> list[str]:
+    """--dataset-type and its data flags; refuses, before anything starts, what open_clip would assert on."""
+    t = cfg.train
+    if t.dataset_type == "synthetic":
+        if not t.train_num_samples:
+            raise ConfigError("train.dataset_type synthetic needs train.train_num_samples", "train.train_num_samples")
+        return ["--dataset-type", "synthetic", "--train-num-samples", str(t.train_num_samples)]
+    if t.dataset_type == "csv":
+        table = Path(cfg.paths.prepared) / "csv" / "train.csv"
+        if not table.is_file():
+            raise DataError(f"{table} not found: run `medrepro biomedica_clip prepare` (the CSV twin)")
+        # open_clip opens the paths as written: hand it a copy with absolute ones.
+        with open(table, newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+        with atomic.atomic_path(Path(run_dir) / "train.csv") as tmp, open(tmp, "w", newline="") as out:
+            writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+            writer.writerow(rows[0])
+            writer.writerows([str((table.parent / p).resolve()), c] for p, c in rows[1:])
+        return ["--dataset-type", "csv", "--train-data", str(Path(run_dir, "train.csv").resolve()),
+                "--csv-img-key", "filepath", "--csv-caption-key", "caption"]
+
+    sources = archive.train_sources(cfg)
+    if cfg.data.upsampling and not t.dataset_resampled:
+        raise ConfigError("data.upsampling needs train.dataset_resampled=true (open_clip samples sources with "
+                          "replacement only then)", "data.upsampling")
+    n_shards = sum(len(s.paths) for s in sources)
+    if not t.dataset_resampled:
+        shards.check_shard_count(n_shards, t.processes, t.workers)
+    args = ["--dataset-type", "webdataset",
+            "--train-data", "::".join(str(Path(s.pattern).resolve()) for s in sources)]
+    if cfg.data.upsampling:
+        args += ["--train-data-upsampling-factors", "::".join(f"{s.factor:g}" for s in sources)]
+    if t.dataset_resampled:
+        args.append("--dataset-resampled")
+    samples = t.train_num_samples or source_samples(sources)
+    # open_clip reads sizes.json beside the first shard only; the count is passed for every source.
+    return [*args, "--train-num-samples", str(samples)]
+
+
+def source_samples(sources: list[archive.Source]) -> int:
+    total = 0
+    for source in sources:
+        sizes_path = source.directory / archive.SIZES
+        if not sizes_path.is_file():
+            raise DataError(f"{sizes_path} not found: run `medrepro biomedica_clip verify` (it writes it), or set "
+                            "train.train_num_samples")
+        sizes = json.loads(sizes_path.read_text())
+        missing = [p.name for p in source.paths if p.name not in sizes]
+        if missing:
+            raise DataError(f"{sizes_path} has no entry for {missing[0]}: delete it and run verify again")
+        total += sum(int(sizes[p.name]) for p in source.paths)
+    return total
+
+
+def open_clip_args(cfg: BiomedicaClipConfig, run_dir: Path, resume: str | None) -> list[str]:
+    """open_clip_train.main's argument list for this config (see `python -m open_clip_train.main --help`)."""
+    t = cfg.train
+    args = [*trainer_model_args(cfg), *data_args(cfg, run_dir),
+            "--name", NAME, "--seed", str(cfg.seed), "--device", t.device, "--precision", t.precision,
+            "--batch-size", str(t.batch_size), "--epochs", str(t.epochs), "--lr", repr(t.lr), "--wd", repr(t.wd),
+            "--warmup", str(t.warmup), "--accum-freq", str(t.accum_freq), "--workers", str(t.workers),
+            "--save-frequency", str(t.save_frequency), "--log-every-n-steps", str(t.log_every_n_steps)]
+    if t.processes > 1 and t.device == "cpu":
+        args += ["--dist-backend", "gloo"]
+    report = [name for name, on in (("tensorboard", t.tensorboard), ("wandb", t.wandb)) if on]
+    if report:
+        args += ["--report-to", ",".join(report)]
+    if t.wandb:
+        args += ["--wandb-project-name", t.wandb_project]
+    if t.grad_clip_norm:
+        args += ["--grad-clip-norm", repr(t.grad_clip_norm)]
+    if t.force_patch_dropout is not None:
+        args += ["--force-patch-dropout", repr(t.force_patch_dropout)]
+    if t.lock_image:
+        args += ["--lock-image", "--lock-image-unlocked-groups", str(t.lock_image_unlocked_groups)]
+    if t.lock_text:
+        args += ["--lock-text", "--lock-text-unlocked-layers", str(t.lock_text_unlocked_layers)]
+    args += [flag for flag, on in (("--grad-checkpointing", t.grad_checkpointing), ("--local-loss", t.local_loss),
+                                   ("--gather-with-grad", t.gather_with_grad)) if on]
+    if resume:
+        args += ["--resume", resume if resume == "latest" else str(Path(resume).resolve())]
+    return [*args, *t.extra_args]
+
+
+def launcher(cfg: BiomedicaClipConfig) -> list[str]:
+    """`python -m open_clip_train.main`, or torchrun with one process per device for processes > 1."""
+    t = cfg.train
+    if t.processes == 1:
+        return [sys.executable, "-m", "open_clip_train.main"]
+    module = "experiments.biomedica_clip.cpu_ddp" if t.device == "cpu" else "open_clip_train.main"
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(t.processes),
+            "-m", module]
+
+
+def train(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, resume: str | None = None) -> None:
+    run_dir = Path(run_dir)
+    with run_guard.exclusive(run_dir):
+        existing = sorted(logs_dir(run_dir).glob("checkpoints/*.pt"))
+        if existing and not resume:
+            raise RunError(f"{run_dir} already holds checkpoints ({existing[-1].name}): continue it with "
+                           "--resume latest, or train into another --out")
+        data = data_files(cfg)
+        ident = run_guard.identity(cfg, variant, {str(p): repro.sha256_file(p) for p in data})
+        if resume:
+            saved = json.loads((run_dir / "identity.json").read_text()) if (run_dir / "identity.json").is_file() \
+                else None
+            run_guard.check_resume(saved, ident, run_dir / "identity.json", allow_change=False)
+        command = [*launcher(cfg), *open_clip_args(cfg, run_dir, resume)]
+        print("train: " + " ".join(command), flush=True)
+        atomic.write_json(run_dir / "open_clip_args.json", {"command": command, "cwd": str(run_dir.resolve())})
+        atomic.write_json(run_dir / "identity.json", ident)
+        config.save_config(cfg, run_dir / "config.yaml")
+        repro.write_manifest(run_dir / "manifest.json", checksums=ident_checksums(ident))
+        code = subprocess.run(command, cwd=run_dir, env=trainer_env()).returncode
+        final = checkpoint_path(run_dir, cfg.train.epochs)
+        if code != 0 or not final.is_file():
+            raise TrainingError(f"open_clip_train exited with status {code}"
+                                + ("" if final.is_file() else f" without writing {final.name}")
+                                + f": see {logs_dir(run_dir) / 'out.log'} and the output above")
+        records = progress_records(logs_dir(run_dir) / "out.log", cfg)
+        atomic.write_text(run_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        step = records[-1]["step"] if records else 0
+        run_guard.mark_complete(run_dir, variant, ident["hash"], step, step)
+        print(f"train: finished; final checkpoint {final}")
+
+
+def data_files(cfg: BiomedicaClipConfig) -> list[Path]:
+    """What the run reads, for its identity and manifest: the shard manifests (each holds every shard's
+    SHA-256), or the CSV table; the tiny model's starting weights."""
+    if cfg.train.dataset_type == "csv":
+        files = [Path(cfg.paths.prepared) / "csv" / "train.csv"]
+    elif cfg.train.dataset_type == "webdataset":
+        files = [s.directory / archive.MANIFEST for s in archive.train_sources(cfg)]
+    else:
+        files = []
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{missing[0]} not found: run `medrepro biomedica_clip prepare` and `verify` first")
+    return files
+
+
+def ident_checksums(ident: dict) -> dict[str, str]:
+    return {k.removeprefix("data:"): v for k, v in ident["values"].items() if k.startswith("data:")}
+
+
+def trainer_env() -> dict[str, str]:
+    """This process's environment (runtime pins, W&B key if the user set one) with the repository on
+    PYTHONPATH, since the trainer runs in the run directory (the CPU multi-process entry point lives here)."""
+    import os
+
+    root = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+
+
+def progress_records(log: Path, cfg: BiomedicaClipConfig) -> list[dict]:
+    """open_clip_train's "Train Epoch" lines → {step, train/loss, train/lr, train/logit_scale,
+    train/samples_per_s}; a resumed run's repeated steps keep their last value."""
+    by_step: dict[int, dict] = {}
+    per_step = cfg.train.batch_size * cfg.train.accum_freq * cfg.train.processes
+    if not log.is_file():
+        return []
+    lines = log.read_text().splitlines()
+    batches = None
+    for line in lines:
+        match = _PROGRESS.search(line)
+        if match is None:
+            continue
+        epoch, seen, total, lr, scale, loss = match.groups()
+        batches = -(-int(total) // per_step)
+        step = int(epoch) * batches + int(seen) // per_step
+        rate = _RATE.search(line)
+        by_step[step] = {"step": step, "train/loss": float(loss), "train/lr": float(lr),
+                         "train/logit_scale": float(scale),
+                         "train/samples_per_s": float(rate.group(1)) if rate else float("nan")}
+    return [by_step[s] for s in sorted(by_step)]
