@@ -16,6 +16,7 @@ cannot be passed through torchrun. Every path in the arguments is absolute for t
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -189,8 +190,6 @@ def ident_checksums(ident: dict) -> dict[str, str]:
 def trainer_env() -> dict[str, str]:
     """This process's environment (runtime pins, W&B key if the user set one) with the repository on
     PYTHONPATH, since the trainer runs in the run directory (the CPU multi-process entry point lives here)."""
-    import os
-
     root = str(Path(__file__).resolve().parents[2])
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
 
@@ -202,17 +201,16 @@ def progress_records(log: Path, cfg: BiomedicaClipConfig) -> list[dict]:
     per_step = cfg.train.batch_size * cfg.train.accum_freq * cfg.train.processes
     if not log.is_file():
         return []
-    lines = log.read_text().splitlines()
-    batches = None
-    for line in lines:
+    for line in log.read_text().splitlines():
         match = _PROGRESS.search(line)
         if match is None:
             continue
         epoch, seen, total, lr, scale, loss = match.groups()
         batches = -(-int(total) // per_step)
         step = int(epoch) * batches + int(seen) // per_step
+        record = {"step": step, "train/loss": float(loss), "train/lr": float(lr), "train/logit_scale": float(scale)}
         rate = _RATE.search(line)
-        by_step[step] = {"step": step, "train/loss": float(loss), "train/lr": float(lr),
-                         "train/logit_scale": float(scale),
-                         "train/samples_per_s": float(rate.group(1)) if rate else float("nan")}
+        if rate:
+            record["train/samples_per_s"] = float(rate.group(1))
+        by_step[step] = record
     return [by_step[s] for s in sorted(by_step)]
