@@ -16,9 +16,8 @@ import tarfile
 import time
 from pathlib import Path
 
-from experiments.biomedica_clip import archive
+from experiments.biomedica_clip import archive, train
 from experiments.biomedica_clip.config import BiomedicaClipConfig
-from experiments.biomedica_clip import train
 from experiments.biomedica_clip.train import launcher, logs_dir, open_clip_args, progress_records
 from medrepro import shards
 from medrepro.errors import TrainingError
