@@ -34,9 +34,9 @@ def trainer_rate(cfg: BiomedicaClipConfig, run_dir: Path) -> float:
     return statistics.median(r["train/samples_per_s"] for r in records[2:])
 
 
-def data_path_ratio(cfg: BiomedicaClipConfig, workdir: Path) -> dict[str, float]:
+def data_path_ratio(cfg: BiomedicaClipConfig, workdir: Path, epochs: int) -> dict[str, float]:
     t = cfg.train
-    t.tensorboard, t.wandb, t.log_every_n_steps, t.save_frequency = False, False, 1, 0
+    t.tensorboard, t.wandb, t.log_every_n_steps, t.save_frequency, t.epochs = False, False, 1, 0, epochs
     shards_cfg = copy.deepcopy(cfg)
     shards_cfg.train.dataset_type = "webdataset"
     samples = t.train_num_samples or train.source_samples(archive.train_sources(cfg))
@@ -78,9 +78,9 @@ def verify_ratio(cfg: BiomedicaClipConfig, repeats: int) -> dict[str, float]:
             "verify_ratio": best["raw"] / best["verify"]}
 
 
-def bench(cfg: BiomedicaClipConfig, workdir: Path, repeats: int = 3) -> dict:
+def bench(cfg: BiomedicaClipConfig, workdir: Path, epochs: int = 2, repeats: int = 3) -> dict:
     """Both ratios on the prepared (smoke: synthetic) shards with the profile's model and batch."""
-    data = data_path_ratio(cfg, workdir)
+    data = data_path_ratio(cfg, workdir, epochs)
     check = verify_ratio(cfg, repeats)
     t = cfg.train
     return {
