@@ -17,5 +17,5 @@ EXPERIMENT = Experiment(
     train="experiments.biomedica_clip.train:train",
     evaluate="experiments.biomedica_clip.evaluate:evaluate",
     bench="experiments.biomedica_clip.bench:bench",
-    val_metric="loss",
+    val_metric="loss",  # open_clip_train's clip_val_loss on the held-out shard, per epoch
 )

@@ -2,7 +2,7 @@
 
     <paths.prepared>/train/000000.tar ...   training shards (+ sizes.json, manifest.json)
     <paths.prepared>/heldout/000000.tar     the held-out shard, all 16 classes (+ sizes.json, manifest.json)
-    <paths.prepared>/csv/train.csv, images/ the training samples for --dataset-type csv
+    <paths.prepared>/csv/                   train.csv, heldout.csv and images/ for --dataset-type csv
     <paths.prepared>/model/                 the tiny open_clip model and its "pretrained" weights (smoke)
 
 Real shards are read where they lie (`verify` checks them); for them prepare only writes the tiny
@@ -30,6 +30,8 @@ def prepare(cfg: BiomedicaClipConfig, args: argparse.Namespace | None = None) ->
                 shards.write_manifest(sorted(directory.glob("*.tar")), directory / "manifest.json",
                                       {"source": f"synthetic {split}", "seed": cfg.seed})
             synthetic.write_csv_twin(tmp / "csv", synthetic.samples(cfg.seed, "train", n_train, syn))
+            synthetic.write_csv_twin(tmp / "csv", synthetic.samples(cfg.seed, "heldout", syn.heldout_samples, syn),
+                                     "heldout.csv")
             print(f"prepare: {syn.train_shards} training shards of {syn.samples_per_shard} samples "
                   f"({len(synthetic.TRAIN_CLASSES)} classes), a held-out shard of {syn.heldout_samples} "
                   f"({len(synthetic.ALL_CLASSES)} classes, {len(synthetic.HELDOUT_CLASSES)} unseen), the CSV twin")

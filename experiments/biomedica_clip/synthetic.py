@@ -102,7 +102,7 @@ def write_shards(directory: Path, items: Iterator[Sample], per_shard: int) -> di
     return sizes
 
 
-def write_csv_twin(directory: Path, items: Iterator[Sample]) -> int:
+def write_csv_twin(directory: Path, items: Iterator[Sample], table: str = "train.csv") -> int:
     """The same samples for `--dataset-type csv`: images/<key>.jpg and a tab-separated `filepath, caption`
     table (open_clip's default separator). Paths are relative to the table's directory, so the data
     can move; `train` hands open_clip a copy with absolute paths (it opens them as given)."""
@@ -112,7 +112,7 @@ def write_csv_twin(directory: Path, items: Iterator[Sample]) -> int:
     for s in items:
         (images / f"{s.key}.jpg").write_bytes(s.jpg)
         rows.append((f"images/{s.key}.jpg", s.txt))
-    with open(directory / "train.csv", "w", newline="") as f:
+    with open(directory / table, "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(["filepath", "caption"])
         writer.writerows(rows)

@@ -50,18 +50,10 @@ def data_args(cfg: BiomedicaClipConfig, run_dir: Path) -> list[str]:
             raise ConfigError("train.dataset_type synthetic needs train.train_num_samples", "train.train_num_samples")
         return ["--dataset-type", "synthetic", "--train-num-samples", str(t.train_num_samples)]
     if t.dataset_type == "csv":
-        table = Path(cfg.paths.prepared) / "csv" / "train.csv"
-        if not table.is_file():
-            raise DataError(f"{table} not found: run `medrepro biomedica_clip prepare` (the CSV twin)")
-        # open_clip opens the paths as written: hand it a copy with absolute ones.
-        with open(table, newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t"))
-        with atomic.atomic_path(Path(run_dir) / "train.csv") as tmp, open(tmp, "w", newline="") as out:
-            writer = csv.writer(out, delimiter="\t", lineterminator="\n")
-            writer.writerow(rows[0])
-            writer.writerows([str((table.parent / p).resolve()), c] for p, c in rows[1:])
-        return ["--dataset-type", "csv", "--train-data", str(Path(run_dir, "train.csv").resolve()),
-                "--csv-img-key", "filepath", "--csv-caption-key", "caption"]
+        args = ["--dataset-type", "csv", "--csv-img-key", "filepath", "--csv-caption-key", "caption"]
+        for table, flag in (("train.csv", "--train-data"), ("heldout.csv", "--val-data")):
+            args += [flag, str(absolute_csv(Path(cfg.paths.prepared) / "csv" / table, Path(run_dir) / table))]
+        return args
 
     sources = archive.train_sources(cfg)
     if cfg.data.upsampling and not t.dataset_resampled:
@@ -77,8 +69,24 @@ def data_args(cfg: BiomedicaClipConfig, run_dir: Path) -> list[str]:
     if t.dataset_resampled:
         args.append("--dataset-resampled")
     samples = t.train_num_samples or source_samples(sources)
-    # open_clip reads sizes.json beside the first shard only; the count is passed for every source.
-    return [*args, "--train-num-samples", str(samples)]
+    heldout = archive.heldout_sources(cfg)
+    # open_clip reads sizes.json beside the first shard only; the counts are passed for every source.
+    return [*args, "--train-num-samples", str(samples),
+            "--val-data", "::".join(str(Path(s.pattern).resolve()) for s in heldout),
+            "--val-num-samples", str(source_samples(heldout))]
+
+
+def absolute_csv(table: Path, copy: Path) -> Path:
+    """A copy of a CSV twin table with absolute image paths (open_clip opens them as written)."""
+    if not table.is_file():
+        raise DataError(f"{table} not found: run `medrepro biomedica_clip prepare` (the CSV twin)")
+    with open(table, newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    with atomic.atomic_path(copy) as tmp, open(tmp, "w", newline="") as out:
+        writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+        writer.writerow(rows[0])
+        writer.writerows([str((table.parent / p).resolve()), c] for p, c in rows[1:])
+    return copy.resolve()
 
 
 def source_samples(sources: list[archive.Source]) -> int:
@@ -162,8 +170,9 @@ def train(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, resume: str | N
                                 + ("" if final.is_file() else f" without writing {final.name}")
                                 + f": see {logs_dir(run_dir) / 'out.log'} and the output above")
         records = progress_records(logs_dir(run_dir) / "out.log", cfg)
+        records += validation_records(logs_dir(run_dir) / "checkpoints" / "results.jsonl", records, cfg.train.epochs)
         atomic.write_text(run_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-        step = records[-1]["step"] if records else 0
+        step = max((r["step"] for r in records), default=0)
         run_guard.mark_complete(run_dir, variant, ident["hash"], step, step)
         print(f"train: finished; final checkpoint {final}")
 
@@ -172,9 +181,9 @@ def data_files(cfg: BiomedicaClipConfig) -> list[Path]:
     """What the run reads, for its identity and manifest: the shard manifests (each holds every shard's
     SHA-256), or the CSV table; the tiny model's starting weights."""
     if cfg.train.dataset_type == "csv":
-        files = [Path(cfg.paths.prepared) / "csv" / "train.csv"]
+        files = [Path(cfg.paths.prepared) / "csv" / table for table in ("train.csv", "heldout.csv")]
     elif cfg.train.dataset_type == "webdataset":
-        files = [s.directory / archive.MANIFEST for s in archive.train_sources(cfg)]
+        files = [s.directory / archive.MANIFEST for s in (*archive.train_sources(cfg), *archive.heldout_sources(cfg))]
     else:
         files = []
     missing = [f for f in files if not f.is_file()]
@@ -214,3 +223,22 @@ def progress_records(log: Path, cfg: BiomedicaClipConfig) -> list[dict]:
             record["train/samples_per_s"] = float(rate.group(1))
         by_step[step] = record
     return [by_step[s] for s in sorted(by_step)]
+
+
+# open_clip_train's validation metrics (checkpoints/results.jsonl, one line per epoch) → our names.
+VAL_NAMES = {"clip_val_loss": "loss", "image_to_text_R@1": "i2t_r1", "image_to_text_R@10": "i2t_r10",
+             "text_to_image_R@1": "t2i_r1", "text_to_image_R@10": "t2i_r10"}
+
+
+def validation_records(results: Path, progress: list[dict], epochs: int) -> list[dict]:
+    """One record per validated epoch, at the step that ended it; a resumed run's repeat keeps the last."""
+    if not results.is_file() or not progress:
+        return []
+    per_epoch = progress[-1]["step"] // epochs
+    by_epoch = {}
+    for line in results.read_text().splitlines():
+        metrics = json.loads(line)
+        by_epoch[int(metrics["epoch"])] = {"step": int(metrics["epoch"]) * per_epoch,
+                                           **{f"val/{ours}": float(metrics[theirs]) for theirs, ours in
+                                              VAL_NAMES.items() if theirs in metrics}}
+    return [by_epoch[e] for e in sorted(by_epoch)]

@@ -24,6 +24,7 @@ def two_sources(tmp_path: Path) -> BiomedicaClipConfig:
     cfg = BiomedicaClipConfig()
     cfg.data.source = "shards"
     cfg.data.train = f"{tmp_path}/a/{{000000..000003}}.tar::{tmp_path}/b/{{000000..000001}}.tar"
+    cfg.data.heldout = f"{tmp_path}/a/000003.tar"
     cfg.model.name, cfg.model.pretrained = "ViT-B-32-quickgelu", "openai"
     return cfg
 
@@ -41,6 +42,7 @@ def test_every_exposed_option_reaches_open_clip_train_as_it_parses_it(tmp_path):
     assert args.train_data.count("::") == 1 and args.train_data_upsampling_factors == "1::4"
     assert args.dataset_type == "webdataset" and args.dataset_resampled
     assert args.train_num_samples == 18  # both sources' sizes.json: open_clip itself reads only the first
+    assert args.val_data.endswith("a/000003.tar") and args.val_num_samples == 3
     assert (args.model, args.pretrained) == ("ViT-B-32-quickgelu", "openai")
     assert (args.batch_size, args.epochs, args.lr, args.wd, args.warmup, args.accum_freq) == (8, 3, 5e-6, 0.1, 7, 2)
     assert args.precision == "amp" and args.grad_checkpointing and args.local_loss and args.gather_with_grad
