@@ -1,4 +1,4 @@
-"""`train`: open_clip's own trainer (`python -m open_clip_train.main`, torchrun for several processes),
+"""`train`: open_clip's own trainer (open_clip_train's `main`, torchrun for several processes),
 with arguments built from our config, and its outputs gathered into our run layout.
 
     <run>/open_clip_args.json     the launcher command and open_clip_train's arguments, as run
@@ -12,6 +12,9 @@ with arguments built from our config, and its outputs gathered into our run layo
 open_clip_train runs with the run directory as its working directory and its default `--logs ./logs`:
 torchrun's own parser takes `--logs` for an abbreviation of its `--logs-specs` and stops, so the flag
 cannot be passed through torchrun. Every path in the arguments is absolute for the same reason.
+open_clip_train runs through `open_clip_compat`, which works around two defects of the pinned
+open_clip_torch 3.3.0 + webdataset 1.0.2 (WebDataset training stops after its first shard; DDP on CPU
+is refused) and otherwise calls open_clip_train's `main` unchanged.
 """
 
 import csv
@@ -134,14 +137,17 @@ def open_clip_args(cfg: BiomedicaClipConfig, run_dir: Path, resume: str | None) 
     return [*args, *t.extra_args]
 
 
+ENTRY = "experiments.biomedica_clip.open_clip_compat"
+
+
 def launcher(cfg: BiomedicaClipConfig) -> list[str]:
-    """`python -m open_clip_train.main`, or torchrun with one process per device for processes > 1."""
+    """open_clip_train's `main` through `open_clip_compat` (two defects of the pinned versions worked
+    around, see there); under torchrun with one process per device for processes > 1."""
     t = cfg.train
     if t.processes == 1:
-        return [sys.executable, "-m", "open_clip_train.main"]
-    module = "experiments.biomedica_clip.cpu_ddp" if t.device == "cpu" else "open_clip_train.main"
+        return [sys.executable, "-m", ENTRY]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(t.processes),
-            "-m", module]
+            "-m", ENTRY]
 
 
 def train(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, resume: str | None = None) -> None:
@@ -198,7 +204,7 @@ def ident_checksums(ident: dict) -> dict[str, str]:
 
 def trainer_env() -> dict[str, str]:
     """This process's environment (runtime pins, W&B key if the user set one) with the repository on
-    PYTHONPATH, since the trainer runs in the run directory (the CPU multi-process entry point lives here)."""
+    PYTHONPATH, since the trainer runs in the run directory (its entry point, open_clip_compat, lives here)."""
     root = str(Path(__file__).resolve().parents[2])
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
 

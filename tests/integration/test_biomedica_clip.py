@@ -62,7 +62,7 @@ def test_smoke_run_learns_the_unseen_classes_and_retrieval(reproduced):
 
 def test_run_layout_records_the_arguments_and_completes(reference):
     recorded = json.loads((reference / "open_clip_args.json").read_text())
-    assert recorded["command"][1:3] == ["-m", "open_clip_train.main"]
+    assert recorded["command"][1:3] == ["-m", "experiments.biomedica_clip.open_clip_compat"]
     assert "--dataset-type" in recorded["command"] and (reference / "logs" / "open_clip" / "params.txt").is_file()
     assert json.loads((reference / "complete.json").read_text())["variant"] == "finetune"
     steps = [json.loads(line)["step"] for line in (reference / "train_log.jsonl").read_text().splitlines()]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from open_clip_train.params import parse_args
 
 from experiments.biomedica_clip import synthetic
@@ -91,15 +92,31 @@ def test_wandb_key_never_enters_the_arguments(tmp_path, monkeypatch):
     assert not any("secret-key-123" in a for a in open_clip_args(cfg, tmp_path / "run", None))
 
 
-def test_launcher_uses_torchrun_for_several_processes_and_the_cpu_entry_point_on_cpu():
+def test_launcher_runs_open_clip_main_through_the_compat_entry_and_torchrun_for_several_processes():
     cfg = BiomedicaClipConfig()
-    assert launcher(cfg)[1:] == ["-m", "open_clip_train.main"]
+    assert launcher(cfg) == [sys.executable, "-m", "experiments.biomedica_clip.open_clip_compat"]
     cfg.train.processes = 4
-    assert launcher(cfg)[1:4] == ["-m", "torch.distributed.run", "--standalone"] and launcher(cfg)[-1] == \
-        "open_clip_train.main"
-    cfg.train.device = "cpu"
-    assert launcher(cfg)[-1] == "experiments.biomedica_clip.cpu_ddp"
-    assert launcher(cfg)[0] == sys.executable
+    assert launcher(cfg)[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
+    assert launcher(cfg)[-2:] == ["-m", "experiments.biomedica_clip.open_clip_compat"]
+
+
+def test_compat_keeps_open_clip_main_and_only_drops_the_shard_end_marker(tmp_path):
+    from open_clip_train import data as open_clip_data
+
+    from experiments.biomedica_clip import open_clip_compat
+
+    synthetic.write_shards(tmp_path, synthetic.samples(0, "train", 6, SMALL), 3)
+    urls = [{"url": str(p)} for p in sorted(tmp_path.glob("*.tar"))]
+    with pytest.raises(KeyError, match="fname"):  # the defect, as shipped
+        list(open_clip_data.tarfile_to_samples_nothrow(urls))
+    original = open_clip_data.tar_file_expander
+    try:
+        open_clip_compat.patch()
+        samples = list(open_clip_data.tarfile_to_samples_nothrow(urls))
+    finally:
+        open_clip_data.tar_file_expander = original
+        torch.nn.parallel.DistributedDataParallel = open_clip_compat.CpuDistributedDataParallel.__mro__[1]
+    assert len(samples) == 6 and all({"jpg", "txt", "json"} <= set(s) for s in samples)
 
 
 def test_progress_lines_become_steps(tmp_path):
