@@ -9,6 +9,7 @@ which open_clip_train reads with `--model local-dir:DIR` in its own process, and
 `open_clip.create_model_and_transforms("biomedica-tiny", pretrained=CHECKPOINT)`.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +44,15 @@ def write_tiny_model(directory: Path, model_cfg: dict[str, Any], seed: int) -> N
         {k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp)))
 
 
-def trainer_model_args(cfg: BiomedicaClipConfig) -> list[str]:
-    """open_clip_train's --model (and --pretrained) for this config."""
+def trainer_model_args(cfg: BiomedicaClipConfig, place: Callable[[Path], str]) -> list[str]:
+    """open_clip_train's --model (and --pretrained) for this config; `place` writes a local path as the
+    trainer must see it."""
     if cfg.model.tiny:
-        return ["--model", f"local-dir:{model_dir(cfg).resolve()}"]
+        return ["--model", f"local-dir:{place(model_dir(cfg))}"]
     args = ["--model", cfg.model.name]
     if cfg.model.pretrained:
-        pretrained = cfg.model.pretrained
-        if Path(pretrained).is_file():
-            pretrained = str(Path(pretrained).resolve())
-        args += ["--pretrained", pretrained]
+        pretrained = Path(cfg.model.pretrained)
+        args += ["--pretrained", place(pretrained) if pretrained.is_file() else cfg.model.pretrained]
     return args
 
 

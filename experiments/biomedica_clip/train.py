@@ -11,7 +11,9 @@ with arguments built from our config, and its outputs gathered into our run layo
 
 open_clip_train runs with the run directory as its working directory and its default `--logs ./logs`:
 torchrun's own parser takes `--logs` for an abbreviation of its `--logs-specs` and stops, so the flag
-cannot be passed through torchrun. Every path in the arguments is absolute for the same reason.
+cannot be passed through torchrun. Every path in the arguments is therefore relative to the run
+directory, which also keeps the recorded arguments (and open_clip's params.txt) the same wherever the
+project lies.
 open_clip_train runs through `open_clip_compat`, which works around two defects of the pinned
 open_clip_torch 3.3.0 + webdataset 1.0.2 (WebDataset training stops after its first shard; DDP on CPU
 is refused) and otherwise calls open_clip_train's `main` unchanged.
@@ -55,7 +57,8 @@ def data_args(cfg: BiomedicaClipConfig, run_dir: Path) -> list[str]:
     if t.dataset_type == "csv":
         args = ["--dataset-type", "csv", "--csv-img-key", "filepath", "--csv-caption-key", "caption"]
         for table, flag in (("train.csv", "--train-data"), ("heldout.csv", "--val-data")):
-            args += [flag, str(absolute_csv(Path(cfg.paths.prepared) / "csv" / table, Path(run_dir) / table))]
+            args += [flag, from_run(csv_for_run(Path(cfg.paths.prepared) / "csv" / table, Path(run_dir) / table),
+                                    run_dir)]
         return args
 
     sources = archive.train_sources(cfg)
@@ -66,7 +69,7 @@ def data_args(cfg: BiomedicaClipConfig, run_dir: Path) -> list[str]:
     if not t.dataset_resampled:
         shards.check_shard_count(n_shards, t.processes, t.workers)
     args = ["--dataset-type", "webdataset",
-            "--train-data", "::".join(str(Path(s.pattern).resolve()) for s in sources)]
+            "--train-data", "::".join(from_run(s.pattern, run_dir) for s in sources)]
     if cfg.data.upsampling:
         args += ["--train-data-upsampling-factors", "::".join(f"{s.factor:g}" for s in sources)]
     if t.dataset_resampled:
@@ -75,12 +78,18 @@ def data_args(cfg: BiomedicaClipConfig, run_dir: Path) -> list[str]:
     heldout = archive.heldout_sources(cfg)
     # open_clip reads sizes.json beside the first shard only; the counts are passed for every source.
     return [*args, "--train-num-samples", str(samples),
-            "--val-data", "::".join(str(Path(s.pattern).resolve()) for s in heldout),
+            "--val-data", "::".join(from_run(s.pattern, run_dir) for s in heldout),
             "--val-num-samples", str(source_samples(heldout))]
 
 
-def absolute_csv(table: Path, copy: Path) -> Path:
-    """A copy of a CSV twin table with absolute image paths (open_clip opens them as written)."""
+def from_run(path: str | Path, run_dir: Path) -> str:
+    """`path` as open_clip_train sees it from the run directory, its working directory."""
+    return os.path.relpath(Path(path).resolve(), Path(run_dir).resolve())
+
+
+def csv_for_run(table: Path, copy: Path) -> Path:
+    """A copy of a CSV twin table whose image paths are relative to the run directory (open_clip opens
+    them as written, from its working directory)."""
     if not table.is_file():
         raise DataError(f"{table} not found: run `medrepro biomedica_clip prepare` (the CSV twin)")
     with open(table, newline="") as f:
@@ -88,8 +97,8 @@ def absolute_csv(table: Path, copy: Path) -> Path:
     with atomic.atomic_path(copy) as tmp, open(tmp, "w", newline="") as out:
         writer = csv.writer(out, delimiter="\t", lineterminator="\n")
         writer.writerow(rows[0])
-        writer.writerows([str((table.parent / p).resolve()), c] for p, c in rows[1:])
-    return copy.resolve()
+        writer.writerows([from_run(table.parent / p, copy.parent), c] for p, c in rows[1:])
+    return copy
 
 
 def source_samples(sources: list[archive.Source]) -> int:
@@ -110,7 +119,7 @@ def source_samples(sources: list[archive.Source]) -> int:
 def open_clip_args(cfg: BiomedicaClipConfig, run_dir: Path, resume: str | None) -> list[str]:
     """open_clip_train.main's argument list for this config (see `python -m open_clip_train.main --help`)."""
     t = cfg.train
-    args = [*trainer_model_args(cfg), *data_args(cfg, run_dir),
+    args = [*trainer_model_args(cfg, lambda p: from_run(p, run_dir)), *data_args(cfg, run_dir),
             "--name", NAME, "--seed", str(cfg.seed), "--device", t.device, "--precision", t.precision,
             "--batch-size", str(t.batch_size), "--epochs", str(t.epochs), "--lr", repr(t.lr), "--wd", repr(t.wd),
             "--warmup", str(t.warmup), "--accum-freq", str(t.accum_freq), "--workers", str(t.workers),
@@ -133,7 +142,7 @@ def open_clip_args(cfg: BiomedicaClipConfig, run_dir: Path, resume: str | None) 
     args += [flag for flag, on in (("--grad-checkpointing", t.grad_checkpointing), ("--local-loss", t.local_loss),
                                    ("--gather-with-grad", t.gather_with_grad)) if on]
     if resume:
-        args += ["--resume", resume if resume == "latest" else str(Path(resume).resolve())]
+        args += ["--resume", resume if resume == "latest" else from_run(resume, run_dir)]
     return [*args, *t.extra_args]
 
 
@@ -165,7 +174,8 @@ def train(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, resume: str | N
             run_guard.check_resume(saved, ident, run_dir / "identity.json", allow_change=False)
         command = [*launcher(cfg), *open_clip_args(cfg, run_dir, resume)]
         print("train: " + " ".join(command), flush=True)
-        atomic.write_json(run_dir / "open_clip_args.json", {"command": command, "cwd": str(run_dir.resolve())})
+        # Run in the run directory; the interpreter is named, not its path (manifest.json records it).
+        atomic.write_json(run_dir / "open_clip_args.json", {"command": ["python", *command[1:]]})
         atomic.write_json(run_dir / "identity.json", ident)
         config.save_config(cfg, run_dir / "config.yaml")
         repro.write_manifest(run_dir / "manifest.json", checksums=ident_checksums(ident))
@@ -177,7 +187,9 @@ def train(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, resume: str | N
                                 + f": see {logs_dir(run_dir) / 'out.log'} and the output above")
         records = progress_records(logs_dir(run_dir) / "out.log", cfg)
         records += validation_records(logs_dir(run_dir) / "checkpoints" / "results.jsonl", records, cfg.train.epochs)
-        atomic.write_text(run_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        # Rates depend on the machine's load: they stay out of the log, whose bytes DVC hashes.
+        atomic.write_text(run_dir / "train_log.jsonl", "".join(
+            json.dumps({k: v for k, v in r.items() if k != "train/samples_per_s"}) + "\n" for r in records))
         step = max((r["step"] for r in records), default=0)
         run_guard.mark_complete(run_dir, variant, ident["hash"], step, step)
         print(f"train: finished; final checkpoint {final}")
