@@ -3,16 +3,19 @@ same bits twice, a killed run continues with --resume latest, two CPU processes 
 (gloo), the fine-tuned checkpoint loads in a fresh process, and bad input stops with one line."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from experiments.biomedica_clip.synthetic import HELDOUT_CLASSES
-from tests.integration.conftest import kill_when, medrepro, process_env
+from tests.integration.conftest import medrepro, process_env
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +30,20 @@ def checkpoint(run: Path, epoch: int) -> Path:
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def kill_group_when(args: list[str], cwd: Path, marker: Path, timeout_s: float = 600) -> None:
+    """Run `medrepro ARGS` in its own process group and SIGKILL the whole group (medrepro and the
+    open_clip_train it launched) as soon as `marker` exists, as a lost node or `scancel` would."""
+    proc = subprocess.Popen([sys.executable, "-m", "medrepro", *args], cwd=cwd, env=process_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, f"no {marker.name} within {timeout_s:.0f} s"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +95,7 @@ def test_same_seed_in_a_fresh_process_gives_the_same_weights(workdir, reference)
 
 def test_killed_run_continues_from_its_checkpoint_epoch_and_finishes(workdir, reference):
     run = workdir / "runs" / "killed"
-    kill_when(["biomedica_clip", "train", "--out", str(run), *TRAIN], workdir, checkpoint(run, 1))
+    kill_group_when(["biomedica_clip", "train", "--out", str(run), *TRAIN], workdir, checkpoint(run, 1))
     assert not checkpoint(run, 2).exists() and not (run / "complete.json").exists()
     refused = medrepro(["biomedica_clip", "train", "--out", str(run), *TRAIN], workdir, check=False)
     assert refused.returncode == 2 and "--resume latest" in refused.stderr
