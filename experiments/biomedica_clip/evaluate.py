@@ -10,6 +10,7 @@ Intervals are percentile bootstraps over articles (`pmcid` in the metadata; each
 several figures, which are not independent). Everything is computed twice, before and after.
 """
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from medrepro import plots
 from medrepro.bootstrap import bootstrap
 from medrepro.errors import DataError
 from medrepro.results import Evaluation
+from medrepro.shards import iter_samples
 
 KS = (1, 5, 10)
 
@@ -41,10 +43,6 @@ class Heldout:
 
 
 def read_heldout(cfg: BiomedicaClipConfig) -> Heldout:
-    import io
-
-    from medrepro.shards import iter_samples
-
     images, captions, labels, articles = [], [], [], []
     for source in archive.heldout_sources(cfg):
         for path in source.paths:
