@@ -185,8 +185,9 @@ def train(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, resume: str | N
             raise TrainingError(f"open_clip_train exited with status {code}"
                                 + ("" if final.is_file() else f" without writing {final.name}")
                                 + f": see {logs_dir(run_dir) / 'out.log'} and the output above")
-        records = progress_records(logs_dir(run_dir) / "out.log", cfg)
-        records += validation_records(logs_dir(run_dir) / "checkpoints" / "results.jsonl", records, cfg.train.epochs)
+        progress = progress_records(logs_dir(run_dir) / "out.log", cfg)
+        records = sorted([*progress, *validation_records(logs_dir(run_dir) / "checkpoints" / "results.jsonl",
+                                                         progress, cfg.train.epochs)], key=lambda r: r["step"])
         # Rates depend on the machine's load: they stay out of the log, whose bytes DVC hashes.
         atomic.write_text(run_dir / "train_log.jsonl", "".join(
             json.dumps({k: v for k, v in r.items() if k != "train/samples_per_s"}) + "\n" for r in records))
