@@ -13,7 +13,7 @@ from open_clip_train.params import parse_args
 from experiments.biomedica_clip import synthetic
 from experiments.biomedica_clip.config import BiomedicaClipConfig, SyntheticConfig, TrainConfig
 from experiments.biomedica_clip.evaluate import chance_recall, grouped_mean
-from experiments.biomedica_clip.train import launcher, open_clip_args, progress_records
+from experiments.biomedica_clip.train import launcher, open_clip_args, progress_records, validation_records
 from medrepro.errors import ConfigError, DataError
 
 SMALL = SyntheticConfig(image_size=32)
@@ -131,7 +131,11 @@ def test_progress_lines_become_steps(tmp_path):
     records = progress_records(log, cfg)
     assert [r["step"] for r in records] == [1, 24]
     assert records[1]["train/loss"] == 2.5 and records[0]["train/samples_per_s"] == pytest.approx(86.754)
-    json.dumps(records)
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps({"epoch": e, "clip_val_loss": loss, "image_to_text_R@1": 0.5,
+                                           "num_samples": 9}) + "\n" for e, loss in ((1, 3.0), (2, 2.0), (2, 1.5))))
+    assert validation_records(results, records, epochs=2) == [
+        {"step": 12, "val/loss": 3.0, "val/i2t_r1": 0.5}, {"step": 24, "val/loss": 1.5, "val/i2t_r1": 0.5}]
 
 
 def test_chance_recall_matches_a_simulated_random_ranking():
