@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiments.biomedica_clip import archive
+from experiments.biomedica_clip import archive, open_clip_compat
 from experiments.biomedica_clip.config import BiomedicaClipConfig
 from experiments.biomedica_clip.model import trainer_model_args
 from medrepro import atomic, config, repro, run_guard, shards
@@ -146,7 +146,8 @@ def open_clip_args(cfg: BiomedicaClipConfig, run_dir: Path, resume: str | None) 
     return [*args, *t.extra_args]
 
 
-ENTRY = "experiments.biomedica_clip.open_clip_compat"
+# Imported, not only named, so that the pipeline counts the trainer's entry point among train's code.
+ENTRY = open_clip_compat.__name__
 
 
 def launcher(cfg: BiomedicaClipConfig) -> list[str]:
