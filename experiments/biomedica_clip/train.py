@@ -25,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from experiments.biomedica_clip import archive, open_clip_compat
@@ -173,6 +174,8 @@ def train(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, resume: str | N
             saved = json.loads((run_dir / "identity.json").read_text()) if (run_dir / "identity.json").is_file() \
                 else None
             run_guard.check_resume(saved, ident, run_dir / "identity.json", allow_change=False)
+        if resume == "latest":
+            set_aside_incomplete(logs_dir(run_dir) / "checkpoints")
         command = [*launcher(cfg), *open_clip_args(cfg, run_dir, resume)]
         print("train: " + " ".join(command), flush=True)
         # Run in the run directory; the interpreter is named, not its path (manifest.json records it).
@@ -195,6 +198,26 @@ def train(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, resume: str | N
         step = max((r["step"] for r in records), default=0)
         run_guard.mark_complete(run_dir, variant, ident["hash"], step, step)
         print(f"train: finished; final checkpoint {final}")
+
+
+def set_aside_incomplete(checkpoints: Path) -> None:
+    """Rename checkpoints whose write did not finish to `*.pt.incomplete`.
+
+    open_clip_train writes `epoch_N.pt` in place with torch.save, so a run killed while saving leaves a
+    short file under the final name, and `--resume latest` (the newest `*.pt`) picks it and crashes.
+    A torch checkpoint is a zip archive: one without its central directory or with a bad CRC is
+    incomplete. Set aside, it is no longer a `*.pt`, and open_clip resumes from the newest whole one.
+    """
+    for path in sorted(checkpoints.glob("*.pt")):
+        try:
+            with zipfile.ZipFile(path) as archive_file:
+                intact = archive_file.testzip() is None
+        except (zipfile.BadZipFile, OSError):
+            intact = False
+        if not intact:
+            path.rename(path.with_name(path.name + ".incomplete"))
+            print(f"train: {path} was not completely written (the run was killed while saving it); "
+                  f"set aside as {path.name}.incomplete")
 
 
 def data_files(cfg: BiomedicaClipConfig) -> list[Path]:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -32,13 +33,22 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+def whole_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def kill_group_when(args: list[str], cwd: Path, marker: Path, timeout_s: float = 600) -> None:
     """Run `medrepro ARGS` in its own process group and SIGKILL the whole group (medrepro and the
-    open_clip_train it launched) as soon as `marker` exists, as a lost node or `scancel` would."""
+    open_clip_train it launched) as soon as the checkpoint `marker` is completely written, as a lost
+    node or `scancel` would."""
     proc = subprocess.Popen([sys.executable, "-m", "medrepro", *args], cwd=cwd, env=process_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + timeout_s
-    while not marker.exists():
+    while not whole_zip(marker):
         assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stderr.read().decode()}"
         assert time.monotonic() < deadline, f"no {marker.name} within {timeout_s:.0f} s"
         time.sleep(0.02)

@@ -13,7 +13,13 @@ from open_clip_train.params import parse_args
 from experiments.biomedica_clip import synthetic
 from experiments.biomedica_clip.config import BiomedicaClipConfig, SyntheticConfig, TrainConfig
 from experiments.biomedica_clip.evaluate import chance_recall, grouped_mean
-from experiments.biomedica_clip.train import launcher, open_clip_args, progress_records, validation_records
+from experiments.biomedica_clip.train import (
+    launcher,
+    open_clip_args,
+    progress_records,
+    set_aside_incomplete,
+    validation_records,
+)
 from medrepro.errors import ConfigError, DataError
 
 SMALL = SyntheticConfig(image_size=32)
@@ -156,3 +162,15 @@ def test_grouped_interval_resamples_whole_groups():
     assert together[""] == apart[""] == 0.5
     # Two groups of four perfectly correlated samples carry the information of two samples, not eight.
     assert together["_ci_high"] - together["_ci_low"] > apart["_ci_high"] - apart["_ci_low"]
+
+
+def test_half_written_checkpoints_are_set_aside_before_resume_latest(tmp_path):
+    torch.save({"epoch": 1, "state_dict": {"w": torch.ones(64)}}, tmp_path / "epoch_1.pt")
+    torch.save({"epoch": 2, "state_dict": {"w": torch.ones(64)}}, tmp_path / "epoch_2.pt")
+    data = (tmp_path / "epoch_2.pt").read_bytes()
+    (tmp_path / "epoch_2.pt").write_bytes(data[: len(data) // 2])  # killed while torch.save wrote it
+    (tmp_path / "epoch_3.pt").write_bytes(b"")
+    set_aside_incomplete(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pt", "epoch_2.pt.incomplete",
+                                                          "epoch_3.pt.incomplete"]
+    assert torch.load(tmp_path / "epoch_1.pt", weights_only=True)["epoch"] == 1
