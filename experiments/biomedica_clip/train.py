@@ -164,10 +164,12 @@ def launcher(cfg: BiomedicaClipConfig) -> list[str]:
 def train(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, resume: str | None = None) -> None:
     run_dir = Path(run_dir)
     with run_guard.exclusive(run_dir):
+        # open_clip_train itself refuses an existing log without --resume latest, but exits 0 doing so.
         existing = sorted(logs_dir(run_dir).glob("checkpoints/*.pt"))
-        if existing and not resume:
-            raise RunError(f"{run_dir} already holds checkpoints ({existing[-1].name}): continue it with "
-                           "--resume latest, or train into another --out")
+        if logs_dir(run_dir).exists() and not resume:
+            held = f"checkpoints ({existing[-1].name})" if existing else "an unfinished run without checkpoints"
+            raise RunError(f"{run_dir} already holds {held}: continue it with --resume latest, or train into "
+                           "another --out")
         data = data_files(cfg)
         ident = run_guard.identity(cfg, variant, {str(p): repro.sha256_file(p) for p in data})
         if resume:
