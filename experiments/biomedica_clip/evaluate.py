@@ -1,0 +1,173 @@
+"""`evaluate`: the starting ("pretrained") weights and the fine-tuned ones, on the held-out shards.
+
+- zero-shot classification over the held-out classes: one prompt per class from its label
+  (`eval.template`), the class with the most similar prompt wins; chance is 1 / classes;
+- image→text and text→image retrieval recall@1/5/10 over every held-out sample. A caption can occur
+  more than once (the synthetic captions name the class, size and panel type), so any item whose
+  caption equals the query's counts as a hit, and the chance level is computed with the same ties.
+
+Intervals are percentile bootstraps over articles (`pmcid` in the metadata; each article contributes
+several figures, which are not independent). Everything is computed twice, before and after.
+"""
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from experiments.biomedica_clip import archive
+from experiments.biomedica_clip.config import BiomedicaClipConfig
+from experiments.biomedica_clip.model import load
+from experiments.biomedica_clip.synthetic import HELDOUT_CLASSES
+from experiments.biomedica_clip.train import checkpoint_path
+from medrepro import plots
+from medrepro.bootstrap import bootstrap
+from medrepro.errors import DataError
+from medrepro.results import Evaluation
+from medrepro.shards import iter_samples
+
+KS = (1, 5, 10)
+
+
+@dataclass
+class Heldout:
+    images: list[Image.Image]
+    captions: list[str]
+    labels: list[str]
+    groups: np.ndarray  # article index of each sample (the bootstrap unit)
+
+
+def read_heldout(cfg: BiomedicaClipConfig) -> Heldout:
+    images, captions, labels, articles = [], [], [], []
+    for source in archive.heldout_sources(cfg):
+        for path in source.paths:
+            for key, sample in iter_samples(path):
+                meta = json.loads(sample.get("json", b"{}"))
+                image_field = next((f for f in archive.IMAGE_FIELDS if f in sample), None)
+                if image_field is None or "txt" not in sample:
+                    raise DataError(f"shard {path}, sample {key}: no image or caption; run verify")
+                images.append(Image.open(io.BytesIO(sample[image_field])).convert("RGB"))
+                captions.append(sample["txt"].decode().strip())
+                labels.append(str(meta.get(cfg.data.label_field, "")))
+                articles.append(meta.get("pmcid", key))
+    _, groups = np.unique(np.array(articles), return_inverse=True)
+    return Heldout(images, captions, labels, groups)
+
+
+@torch.no_grad()
+def embed_images(model: torch.nn.Module, preprocess, images: list[Image.Image], batch: int) -> np.ndarray:
+    """L2-normalised image embeddings."""
+    return torch.cat([model.encode_image(torch.stack([preprocess(im) for im in images[i:i + batch]]), normalize=True)
+                      for i in range(0, len(images), batch)]).numpy()
+
+
+@torch.no_grad()
+def embed_texts(model: torch.nn.Module, tokenizer, texts: list[str], batch: int) -> np.ndarray:
+    """L2-normalised text embeddings."""
+    return torch.cat([model.encode_text(tokenizer(texts[i:i + batch]), normalize=True)
+                      for i in range(0, len(texts), batch)]).numpy()
+
+
+def grouped_mean(values: np.ndarray, groups: np.ndarray, n_boot: int, alpha: float, seed: int) -> dict:
+    """Mean of per-sample `values` with a bootstrap interval that resamples whole groups."""
+    n_groups = int(groups.max()) + 1
+    sums = np.bincount(groups, weights=values, minlength=n_groups)
+    counts = np.bincount(groups, minlength=n_groups).astype(float)
+    interval = bootstrap(lambda idx: sums[idx].sum(1) / counts[idx].sum(1), n_groups, n_boot, alpha, seed)
+    return {"": interval.estimate, "_ci_low": interval.low, "_ci_high": interval.high}
+
+
+def chance_recall(relevant: np.ndarray, n: int, k: int) -> float:
+    """Expected recall@k of a random ranking of n items when each query has `relevant` hits among them."""
+    miss = np.ones(len(relevant))
+    for i in range(k):
+        miss *= np.clip((n - relevant - i) / (n - i), 0, None)
+    return float(np.mean(1 - miss))
+
+
+def scores(model, preprocess, tokenizer, data: Heldout, cfg: BiomedicaClipConfig, classes: list[str]) -> dict:
+    e = cfg.eval
+    out = {}
+    captions = np.array(data.captions)
+    image_emb = embed_images(model, preprocess, data.images, e.batch_size)
+    text_emb = embed_texts(model, tokenizer, data.captions, e.batch_size)
+    similarity = image_emb @ text_emb.T
+    same = captions[:, None] == captions[None, :]
+    for direction, sim in (("i2t", similarity), ("t2i", similarity.T)):
+        order = np.argsort(-sim, axis=1, kind="stable")
+        hits_ranked = np.take_along_axis(same, order, axis=1)
+        for k in KS:
+            hits = hits_ranked[:, :k].any(axis=1).astype(float)
+            for suffix, v in grouped_mean(hits, data.groups, e.bootstrap, e.alpha, cfg.seed).items():
+                out[f"{direction}_r{k}{suffix}"] = v
+
+    mask = np.isin(np.array(data.labels), classes)
+    if not mask.any():
+        raise DataError(f"no held-out sample has a {cfg.data.label_field} among the zero-shot classes "
+                        f"({', '.join(classes[:3])}...)")
+    prompt_emb = embed_texts(model, tokenizer, [e.template.format(label=c) for c in classes], e.batch_size)
+    predicted = np.argmax(image_emb[mask] @ prompt_emb.T, axis=1)
+    truth = np.array([classes.index(label) for label in np.array(data.labels)[mask]])
+    correct = (predicted == truth).astype(float)
+    for suffix, v in grouped_mean(correct, data.groups[mask], e.bootstrap, e.alpha, cfg.seed).items():
+        out[f"zeroshot_acc{suffix}"] = v
+    out["zeroshot_samples"] = int(mask.sum())
+    return out
+
+
+def zero_shot_classes(cfg: BiomedicaClipConfig, data: Heldout) -> list[str]:
+    """Synthetic: the classes never seen in training; real shards: every label in the held-out shards."""
+    if cfg.data.source == "synthetic":
+        return list(HELDOUT_CLASSES)
+    return sorted({label for label in data.labels if label})
+
+
+def evaluate(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, out_dir: Path, which: str = "best") -> Evaluation:
+    ckpt = checkpoint_path(run_dir, cfg.train.epochs) if which == "best" else Path(which)
+    data = read_heldout(cfg)
+    classes = zero_shot_classes(cfg, data)
+    result: dict[str, float] = {}
+    for phase, weights in (("before", None), ("after", ckpt)):
+        model, preprocess, tokenizer = load(cfg, weights)
+        result.update({f"{phase}/{k}": v for k, v in scores(model, preprocess, tokenizer, data, cfg, classes).items()})
+    n = len(data.captions)
+    captions = np.array(data.captions)
+    relevant = (captions[:, None] == captions[None, :]).sum(1)
+    for k in KS:
+        result[f"chance/r{k}"] = chance_recall(relevant, n, k)
+    result["chance/zeroshot_acc"] = 1 / len(classes)
+    result.update({"heldout_samples": n, "zeroshot_classes": len(classes)})
+    recall_png(result, out_dir / "plots" / "before_after.png")
+    headline = {"acc": result["after/zeroshot_acc"], "acc_before": result["before/zeroshot_acc"],
+                "r1_i2t": result["after/i2t_r1"], "r1_t2i": result["after/t2i_r1"],
+                "r1_i2t_before": result["before/i2t_r1"]}
+    info = {"data": cfg.data.source, "model": cfg.model.name, "checkpoint": str(ckpt),
+            "zeroshot_classes": classes, "template": cfg.eval.template,
+            "protocol": "zero-shot over held-out classes; retrieval over the held-out shard (caption ties count); "
+                        "bootstrap over articles"}
+    return Evaluation(headline, result, info)
+
+
+def recall_png(result: dict, path: Path) -> None:
+    """Before/after bars with their intervals for zero-shot accuracy and every recall@k, chance dashed."""
+    names = ["zeroshot_acc", *(f"{d}_r{k}" for d in ("i2t", "t2i") for k in KS)]
+    chance = [result["chance/zeroshot_acc"], *(result[f"chance/r{k}"] for _ in ("i2t", "t2i") for k in KS)]
+    fig = Figure(figsize=(9, 4))
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    for offset, phase in ((-0.2, "before"), (0.2, "after")):
+        values = np.array([result[f"{phase}/{n}"] for n in names])
+        low = values - np.array([result[f"{phase}/{n}_ci_low"] for n in names])
+        high = np.array([result[f"{phase}/{n}_ci_high"] for n in names]) - values
+        ax.bar(x + offset, values, 0.4, yerr=[low, high], capsize=3, label=phase)
+    ax.hlines(chance, x - 0.4, x + 0.4, colors="k", linestyles="dashed", label="chance")
+    ax.set_xticks(x, ["zero-shot acc", *(f"{d} R@{k}" for d in ("i→t", "t→i") for k in KS)], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title("biomedica_clip: held-out shard before and after fine-tuning (95 % bootstrap intervals)")
+    ax.legend(fontsize=8)
+    plots.save_figure(fig, path)

@@ -1,0 +1,21 @@
+"""biomedica_clip in the suite: its commands and pipeline (see experiments/README.md)."""
+
+from medrepro.suite.spec import Experiment, Stage
+
+EXPERIMENT = Experiment(
+    name="biomedica_clip",
+    summary="OpenCLIP fine-tuning on BIOMEDICA-style WebDataset shards with open_clip's own trainer",
+    config="experiments.biomedica_clip.config:BiomedicaClipConfig",
+    # One fine-tuning run; evaluate compares it with the weights it started from.
+    variants=("finetune",),
+    stages=(
+        Stage("prepare", "synthetic BIOMEDICA-style shards, their CSV twin and (smoke) the tiny open_clip model",
+              "experiments.biomedica_clip.prepare:prepare", outs=("paths.prepared",)),
+        Stage("verify", "check every shard (decodable image, caption, archive filters); sizes.json, manifest",
+              "experiments.biomedica_clip.archive:verify", outs=("paths.verified",), deps=("paths.prepared",)),
+    ),
+    train="experiments.biomedica_clip.train:train",
+    evaluate="experiments.biomedica_clip.evaluate:evaluate",
+    bench="experiments.biomedica_clip.bench:bench",
+    val_metric="loss",  # open_clip_train's clip_val_loss on the held-out shard, per epoch
+)

@@ -1,0 +1,166 @@
+"""biomedica_clip end to end: the smoke run learns (the `reproduced` pipeline), open_clip_train runs the
+same bits twice, a killed run continues with --resume latest, two CPU processes train under torchrun
+(gloo), the fine-tuned checkpoint loads in a fresh process, and bad input stops with one line."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.biomedica_clip.synthetic import HELDOUT_CLASSES
+from tests.integration.conftest import medrepro, process_env
+
+pytestmark = pytest.mark.integration
+
+# 4 shards of 32 samples: 4 optimizer steps of 32 per epoch; a held-out shard of 64.
+DATA = ["data.synthetic.train_shards=4", "data.synthetic.samples_per_shard=32", "data.synthetic.heldout_samples=64"]
+TRAIN = [*DATA, "train.epochs=2", "train.batch_size=32", "train.warmup=2", "train.tensorboard=false"]
+
+
+def checkpoint(run: Path, epoch: int) -> Path:
+    return run / "logs" / "open_clip" / "checkpoints" / f"epoch_{epoch}.pt"
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def whole_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def kill_group_when(args: list[str], cwd: Path, marker: Path, timeout_s: float = 600) -> None:
+    """Run `medrepro ARGS` in its own process group and SIGKILL the whole group (medrepro and the
+    open_clip_train it launched) as soon as the checkpoint `marker` is completely written, as a lost
+    node or `scancel` would."""
+    proc = subprocess.Popen([sys.executable, "-m", "medrepro", *args], cwd=cwd, env=process_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not whole_zip(marker):
+        assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, f"no {marker.name} within {timeout_s:.0f} s"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("biomedica_clip")
+    medrepro(["biomedica_clip", "prepare", *DATA], root)
+    medrepro(["biomedica_clip", "verify", *DATA], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(workdir: Path) -> Path:
+    """One uninterrupted run on the CSV twin (the smoke profile's dataset type)."""
+    run = workdir / "runs" / "reference"
+    medrepro(["biomedica_clip", "train", "--out", str(run), *TRAIN], workdir)
+    return run
+
+
+def test_smoke_run_learns_the_unseen_classes_and_retrieval(reproduced):
+    results = reproduced.workdir / "results" / "biomedica_clip" / "finetune"
+    m = json.loads((results / "details.json").read_text())
+    assert m["zeroshot_classes"] == len(HELDOUT_CLASSES) and m["chance/zeroshot_acc"] == 0.25
+    # Before: the starting weights sit at chance; after: far above it, on classes never trained on.
+    assert m["before/zeroshot_acc_ci_low"] < m["chance/zeroshot_acc"] < m["after/zeroshot_acc_ci_low"]
+    assert m["after/zeroshot_acc"] > 0.6
+    for direction in ("i2t", "t2i"):
+        assert m[f"after/{direction}_r10_ci_low"] > 2 * m["chance/r10"] > m[f"before/{direction}_r10"]
+        assert m[f"after/{direction}_r1"] <= m[f"after/{direction}_r5"] <= m[f"after/{direction}_r10"]
+    assert (results / "plots" / "before_after.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(json.loads((results / "metrics.json").read_text())) == {"acc", "acc_before", "r1_i2t", "r1_t2i",
+                                                                       "r1_i2t_before"}
+
+
+def test_run_layout_records_the_arguments_and_completes(reference):
+    recorded = json.loads((reference / "open_clip_args.json").read_text())
+    assert recorded["command"][1:3] == ["-m", "experiments.biomedica_clip.open_clip_compat"]
+    assert "--dataset-type" in recorded["command"] and (reference / "logs" / "open_clip" / "params.txt").is_file()
+    assert json.loads((reference / "complete.json").read_text())["variant"] == "finetune"
+    steps = [json.loads(line)["step"] for line in (reference / "train_log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 8 and steps == sorted(steps)
+
+
+def test_same_seed_in_a_fresh_process_gives_the_same_weights(workdir, reference):
+    run = workdir / "runs" / "again"
+    medrepro(["biomedica_clip", "train", "--out", str(run), *TRAIN], workdir)
+    a, b = weights(checkpoint(reference, 2)), weights(checkpoint(run, 2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_run_continues_from_its_checkpoint_epoch_and_finishes(workdir, reference):
+    run = workdir / "runs" / "killed"
+    kill_group_when(["biomedica_clip", "train", "--out", str(run), *TRAIN], workdir, checkpoint(run, 1))
+    assert not checkpoint(run, 2).exists() and not (run / "complete.json").exists()
+    refused = medrepro(["biomedica_clip", "train", "--out", str(run), *TRAIN], workdir, check=False)
+    assert refused.returncode == 2 and "--resume latest" in refused.stderr
+    medrepro(["biomedica_clip", "train", "--out", str(run), "--resume", "latest", *TRAIN], workdir)
+    log = (run / "logs" / "open_clip" / "out.log").read_text()
+    assert "epoch_1.pt' (epoch 1)" in log and log.count("Start epoch 0") == 1 and "Start epoch 1" in log
+    assert (run / "complete.json").is_file()
+    # open_clip_train restores model, optimizer and scaler, not the RNG: the resumed epoch shuffles the
+    # data in another order, so the weights differ from the uninterrupted run (measured; see the README).
+    assert weights(checkpoint(run, 1)).keys() == weights(checkpoint(reference, 2)).keys()
+
+
+def test_two_cpu_processes_train_on_the_shards_under_torchrun(workdir):
+    run = workdir / "runs" / "ddp"
+    medrepro(["biomedica_clip", "train", "--out", str(run), *TRAIN, "train.epochs=1", "train.processes=2",
+              "train.workers=1", "train.batch_size=16", "train.dataset_type=webdataset"], workdir)
+    log = (run / "logs" / "open_clip" / "out.log").read_text()
+    assert "Running in distributed mode" in log and "total 2" in log
+    assert checkpoint(run, 1).is_file() and (run / "complete.json").is_file()
+
+
+def test_fine_tuned_checkpoint_loads_with_open_clip_in_a_fresh_process(workdir, reference):
+    ckpt = checkpoint(reference, 2)
+    code = (
+        "import sys, open_clip, torch\n"
+        "open_clip.add_model_config(sys.argv[1])\n"
+        "model, _, _ = open_clip.create_model_and_transforms('biomedica-tiny', pretrained=sys.argv[2])\n"
+        "saved = torch.load(sys.argv[2], map_location='cpu', weights_only=True)['state_dict']\n"
+        "assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())\n"
+        "print('loaded', len(saved))\n"
+    )
+    config = workdir / "data" / "biomedica_clip" / "prepared" / "model" / "biomedica-tiny.json"
+    proc = subprocess.run([sys.executable, "-c", code, str(config), str(ckpt)], env=process_env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("loaded"), proc.stderr[-2000:]
+
+
+def test_too_few_shards_for_processes_times_workers_is_one_line_before_anything_runs(workdir):
+    run = workdir / "runs" / "refused"
+    proc = medrepro(["biomedica_clip", "train", "--out", str(run), *TRAIN, "train.processes=2",
+                     "train.workers=4", "train.dataset_type=webdataset"], workdir, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "4 shards cannot feed 2 processes × 4 loader workers" in proc.stderr
+    assert not (run / "logs").exists() and not (run / "open_clip_args.json").exists()
+
+
+def test_verify_stops_at_a_corrupt_sample_with_one_line_and_writes_nothing(workdir, tmp_path):
+    shutil.copytree(workdir / "data", tmp_path / "data")
+    shutil.rmtree(tmp_path / "data" / "biomedica_clip" / "verified")
+    shard = tmp_path / "data" / "biomedica_clip" / "prepared" / "train" / "000002.tar"
+    data = bytearray(shard.read_bytes())
+    start = data.index(b"\xff\xd8\xff")  # the first JPEG's bytes
+    data[start + 20:start + 200] = bytes(180)
+    shard.write_bytes(bytes(data))
+    proc = medrepro(["biomedica_clip", "verify", *DATA], tmp_path, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "000002.tar" in proc.stderr and "sample pmc" in proc.stderr
+    assert not (tmp_path / "data" / "biomedica_clip" / "verified").exists()
