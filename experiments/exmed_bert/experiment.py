@@ -16,6 +16,8 @@ def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
 def _guided_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-config", type=Path, default=Path("exmed_bert-guided.yaml"),
                         help="where to write the resolved config the guided run uses (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("exmed_bert-guided"),
+                        help="default answer for the output directory (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="write the config and stop before running")
 
 
@@ -39,6 +41,8 @@ EXPERIMENT = Experiment(
     bench="experiments.exmed_bert.bench:bench",
     val_metric="f1",
     evaluate_outs=("predictions.json",),
+    # Each evaluation reports paired differences against the other variants on the same test patients.
+    evaluate_reads_all_runs=True,
     commands=(
         Command("guided", "step-by-step prompts → a resolved config, then the run (needs a terminal)",
                 "experiments.exmed_bert.guided:guided", arguments=_guided_arguments),

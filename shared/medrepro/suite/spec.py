@@ -65,6 +65,9 @@ class Experiment:
     val_metric: str
     # Files the evaluation writes into the variant's results directory besides the standard ones.
     evaluate_outs: tuple[str, ...] = ()
+    # Evaluation reads every variant's run (paired differences between variants): every variant is
+    # trained before any is evaluated, and each evaluation depends on all runs.
+    evaluate_reads_all_runs: bool = False
     # Commands outside the pipeline (e.g. `link`).
     commands: tuple[Command, ...] = field(default_factory=tuple)
 
