@@ -132,8 +132,8 @@ def guided(cfg: ExMedBertConfig, args: argparse.Namespace) -> None:
           f"{args.write_config} --out {out}`")
     if args.dry_run:
         return
-    from medrepro.suite import smoke
     from experiments.exmed_bert.experiment import EXPERIMENT
+    from medrepro.suite import smoke
 
     smoke.run(EXPERIMENT, resolved, out, list(EXPERIMENT.variants),
               argparse.Namespace(config=args.write_config.resolve(), profile="smoke", overrides=[]))

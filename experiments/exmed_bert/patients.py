@@ -90,7 +90,7 @@ def iter_json(path: Path, chunk_size: int = 1 << 20) -> Iterator[dict]:
 
 def _field(record: dict, name: str, kind: type, path: Path, pid: str):
     value = record.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise DataError(f"{path}: patient {pid}: field {name!r} must be {kind.__name__}, got {value!r}")
     return value
 

@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 from experiments.exmed_bert import dataset, synthetic
@@ -78,9 +79,9 @@ def convert(source: Path, out: Path, data: DataConfig, seed: int) -> dict:
     sex_ids = {s: i for i, s in enumerate(vocab.sexes)}
     state_ids = {s: i for i, s in enumerate(vocab.states)}
 
-    files = {s: open(out / f"{s}.jsonl", "w", encoding="utf-8") for s in dataset.SPLITS}
     truncated, positives, unknown = 0, Counter(), 0
-    try:
+    with ExitStack() as stack:
+        files = {s: stack.enter_context(open(out / f"{s}.jsonl", "w", encoding="utf-8")) for s in dataset.SPLITS}
         for patient in read_patients(source, data.on_bad_code):
             split = split_of(patient.patient_id, seed, data.split)
             record, cut = encode(patient, ids, sex_ids, state_ids, data)
@@ -88,9 +89,6 @@ def convert(source: Path, out: Path, data: DataConfig, seed: int) -> dict:
             positives[split] += record["endpoint"]
             unknown += record["tokens"].count(dataset.UNK)
             files[split].write(json.dumps(record) + "\n")
-    finally:
-        for f in files.values():
-            f.close()
     (out / "vocab.json").write_text(json.dumps(vocab.__dict__, indent=1) + "\n")
     return {
         "source": str(source),

@@ -62,14 +62,12 @@ class MaskedPatients(torch.utils.data.Dataset):
         record = self.records[i]
         generator = torch.Generator().manual_seed(mask_seed(self.seed, self.epoch, i))
         inputs, labels = mask_codes(record["tokens"], record["types"], self.vocab_size, self.probability, generator)
-        return {**record, "tokens": inputs, "original": record["tokens"], "labels": labels}
+        return {**record, "tokens": inputs, "labels": labels}
 
 
 def collate(plos_days: float):
     def collate_fn(records: list[dict]) -> dict[str, torch.Tensor]:
         batch = dataset.pad_batch(records, plos_days)
-        # The padding mask comes from the unmasked sequence: [MASK] and [PAD] differ anyway, but be explicit.
-        batch["attention"] = dataset.pad_batch([{**r, "tokens": r["original"]} for r in records], plos_days)["attention"]
         labels = torch.full_like(batch["tokens"], IGNORE)
         for row, r in enumerate(records):
             labels[row, :len(r["labels"])] = torch.tensor(r["labels"])
@@ -133,9 +131,12 @@ def pretrain_one(cfg: ExMedBertConfig, init: str, run_dir: Path, resume: str | N
 
 
 def pretrain(cfg: ExMedBertConfig, args: argparse.Namespace | None = None) -> Path:
+    """Both runs; with `--resume latest` a run that left checkpoints continues, one that left none starts."""
     out = Path(cfg.paths.pretrained)
+    resume = getattr(args, "resume", None)
     for init in INITS:
-        pretrain_one(cfg, init, out / init, getattr(args, "resume", None))
+        started = resume is not None and checkpoint.step_checkpoints(out / init / "checkpoints")
+        pretrain_one(cfg, init, out / init, resume if started else None)
     return out
 
 

@@ -116,7 +116,8 @@ def write_clinvec(directory: Path, families: dict[str, list[list[str]]], novel_p
             centre = rng.normal(size=DIM) + (2.0 * risk_direction if _is_risk(i) and kind != "cpt" else 0.0)
             parents = sorted({a for code in family for a in codes.ancestors(kind, code)})
             rows[kind] += [(p, centre + 0.3 * rng.normal(size=DIM)) for p in parents]
-            rows[kind] += [(c, centre + 0.3 * rng.normal(size=DIM)) for c in family if rng.random() >= novel_probability]
+            rows[kind] += [(c, centre + 0.3 * rng.normal(size=DIM)) for c in family
+                           if rng.random() >= novel_probability]
     rows["phecode"].append(("250.2", rng.normal(size=DIM)))
     nodes, index = ["node_id\tnode_name\tntype\tnode_index"], 0
     for kind, entries in rows.items():

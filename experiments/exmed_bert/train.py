@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from experiments.exmed_bert import baselines, dataset
 from experiments.exmed_bert.config import ExMedBertConfig
 from experiments.exmed_bert.experiment import BASELINES
-from experiments.exmed_bert.model import EndpointModel, Encoder, count_parameters, initialise
+from experiments.exmed_bert.model import Encoder, EndpointModel, count_parameters, initialise
 from experiments.exmed_bert.pretrain import pretrained_encoder
 from medrepro import atomic, config, repro, run_guard
 from medrepro.metrics import binary_metrics
@@ -47,7 +47,8 @@ def scores(model: EndpointModel, records: list[dict], batch_size: int, plos_days
     out = []
     with torch.no_grad():
         for start in range(0, len(records), batch_size):
-            batch = {k: v.to(device) for k, v in dataset.pad_batch(records[start:start + batch_size], plos_days).items()}
+            batch = dataset.pad_batch(records[start:start + batch_size], plos_days)
+            batch = {k: v.to(device) for k, v in batch.items()}
             out.append(torch.sigmoid(model(batch)).double().cpu().numpy())
     return np.concatenate(out)
 
