@@ -44,7 +44,7 @@ def test_a_file_without_node_index_or_128_columns_is_one_line(tmp_path):
     (tmp_path / "ClinVec_icd10cm.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="expected 128 value columns and node_index"):
         clinvec.lookup(["E11:icd10cm"], tmp_path, ["icd10cm"], True)
-    with pytest.raises(DataError, match="ClinVec_atc.csv not found"):
+    with pytest.raises(DataError, match=r"ClinVec_atc\.csv not found"):
         clinvec.lookup(["E11:icd10cm"], tmp_path, ["atc"], True)
 
 

@@ -1,7 +1,6 @@
 """exmed_bert data: code validation and hierarchy, the streaming import reader, conversion."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -83,7 +82,7 @@ def test_dropping_bad_codes_counts_them_and_keeps_the_rest(tmp_path):
 def test_a_bad_date_is_one_line(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps([_patient("P1", diagnoses=[{"code": "E11.9", "date": "02/01/2020"}])]))
-    with pytest.raises(DataError, match="patient P1: diagnoses code E11.9: date '02/01/2020' is not an ISO date"):
+    with pytest.raises(DataError, match=r"patient P1: diagnoses code E11\.9: date '02/01/2020' is not an ISO date"):
         list(read_patients(path, "stop"))
 
 
