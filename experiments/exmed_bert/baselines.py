@@ -9,6 +9,9 @@ from xgboost import XGBClassifier
 from experiments.exmed_bert import dataset
 from experiments.exmed_bert.config import BaselineConfig
 
+# A fitted baseline's run directory holds its validation and test scores (no pickled model).
+SCORES = "scores.json"
+
 
 def features(records: list[dict], vocab: dataset.Vocab) -> sparse.csr_matrix:
     n_codes = len(vocab.tokens)

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from experiments.exmed_bert import dataset
+from experiments.exmed_bert import baselines, dataset
 from experiments.exmed_bert.config import ExMedBertConfig
+from experiments.exmed_bert.endpoint import endpoint_model, scores
 from experiments.exmed_bert.experiment import BASELINES, EXPERIMENT
-from experiments.exmed_bert.train import SCORES, endpoint_model, scores
 from medrepro import atomic, bootstrap, checkpoint, plots, run_guard
 from medrepro.device import default_device
 from medrepro.errors import DataError, RunError
@@ -31,7 +31,7 @@ DIFFERENCES = ("f1", "roc_auc", "pr_auc")
 def test_scores(cfg: ExMedBertConfig, variant: str, run_dir: Path, which: str, records: list[dict]) -> np.ndarray:
     """Positive-class probabilities of `variant` for the test patients, in the order of test.jsonl."""
     if variant in BASELINES:
-        path = run_dir / SCORES
+        path = run_dir / baselines.SCORES
         if not path.is_file():
             raise DataError(f"{path} not found: run `medrepro exmed_bert train --variant {variant}` first")
         saved = json.loads(path.read_text())["test"]

@@ -11,46 +11,13 @@ from torch.nn import functional as F
 
 from experiments.exmed_bert import baselines, dataset
 from experiments.exmed_bert.config import ExMedBertConfig
+from experiments.exmed_bert.endpoint import Records, endpoint_model, scores
 from experiments.exmed_bert.experiment import BASELINES
-from experiments.exmed_bert.model import Encoder, EndpointModel, count_parameters, initialise
+from experiments.exmed_bert.model import count_parameters
 from experiments.exmed_bert.pretrain import pretrained_encoder
 from medrepro import atomic, config, repro, run_guard
 from medrepro.metrics import binary_metrics
 from medrepro.trainer import fit
-
-SCORES = "scores.json"
-
-
-class Records(torch.utils.data.Dataset):
-    def __init__(self, records: list[dict]):
-        self.records = records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.records[i]
-
-
-def endpoint_model(cfg: ExMedBertConfig, vocab: dataset.Vocab, encoder_state: dict[str, torch.Tensor]
-                   ) -> EndpointModel:
-    projection = encoder_state["code_vectors"].shape[1] if "code_vectors" in encoder_state else 0
-    model = EndpointModel(Encoder(cfg.model, len(vocab.tokens), len(vocab.sexes), len(vocab.states), projection))
-    initialise(model, cfg.model.init)
-    model.encoder.load_state_dict(encoder_state)
-    return model
-
-
-def scores(model: EndpointModel, records: list[dict], batch_size: int, plos_days: float) -> np.ndarray:
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(records), batch_size):
-            batch = dataset.pad_batch(records[start:start + batch_size], plos_days)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out.append(torch.sigmoid(model(batch)).double().cpu().numpy())
-    return np.concatenate(out)
 
 
 def train(cfg: ExMedBertConfig, variant: str, out: Path, resume: str | None = None) -> None:
@@ -96,9 +63,9 @@ def train_baseline(cfg: ExMedBertConfig, variant: str, out: Path) -> None:
         config.save_config(cfg, out / "config.yaml")
         repro.write_manifest(out / "manifest.json", data=[Path(cfg.paths.dataset) / "train.jsonl"],
                              extra={"variant": variant})
-        atomic.write_json(out / SCORES, {s: {"patient_id": [r["patient_id"] for r in splits[s]],
+        atomic.write_json(out / baselines.SCORES, {s: {"patient_id": [r["patient_id"] for r in splits[s]],
                                              "score": predicted[s].tolist()} for s in ("val", "test")})
         identity = run_guard.identity(cfg, variant, {"train.jsonl": repro.sha256_file(
             Path(cfg.paths.dataset) / "train.jsonl")})
         run_guard.mark_complete(out, variant, identity["hash"], 0, 0)
-    print(f"{variant}: fitted on {len(y)} patients; scores in {out / SCORES}")
+    print(f"{variant}: fitted on {len(y)} patients; scores in {out / baselines.SCORES}")
