@@ -5,7 +5,10 @@ results carry intervals, paired differences and the coverage report."""
 import json
 
 import pytest
+import torch
 from PIL import Image
+
+from tests.integration.conftest import final_weights, kill_when, medrepro
 
 pytestmark = pytest.mark.integration
 VARIANTS = ("random_init", "clinvec_init", "random_forest", "xgboost")
@@ -59,3 +62,26 @@ def test_coverage_report_and_run_records(reproduced):
     assert (run / "mlruns").is_dir() and (run / "tensorboard").is_dir()
     report = (reproduced.workdir / "results" / "RESULTS.md").read_text()
     assert all(f"| {v} | synthetic |" in report for v in VARIANTS)
+
+
+SMALL = ["data.synthetic_patients=120", "pretrain.train.epochs=2", "pretrain.train.batch_size=16",
+         "pretrain.train.save_every_steps=2", "pretrain.train.keep_last=10", "pretrain.train.tracking.mlflow=false",
+         "pretrain.train.tracking.tensorboard=false"]
+
+
+def test_pretraining_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL the pretraining stage after its first checkpoint (step 2 of 5 in the first epoch), resume
+    with --resume latest: masking keyed by (seed, epoch, patient) and the saved state give the
+    uninterrupted run's weights bit for bit, for both initialisations."""
+    for name in ("reference", "killed"):
+        medrepro(["exmed_bert", "prepare", *SMALL], tmp_path / name)
+        medrepro(["exmed_bert", "clinvec", *SMALL], tmp_path / name)
+    reference, killed = (tmp_path / n / "data" / "exmed_bert" / "pretrained" for n in ("reference", "killed"))
+    medrepro(["exmed_bert", "pretrain", *SMALL], tmp_path / "reference")
+    kill_when(["exmed_bert", "pretrain", *SMALL], tmp_path / "killed",
+              killed / "random_init" / "checkpoints" / "step-00000002.pt.sha256")
+    assert not (killed / "random_init" / "final.pt").exists()
+    medrepro(["exmed_bert", "pretrain", "--resume", "latest", *SMALL], tmp_path / "killed")
+    for init in ("random_init", "clinvec_init"):
+        a, b = final_weights(reference / init), final_weights(killed / init)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), init
