@@ -61,19 +61,6 @@ def read_split(directory: str | Path, split: str) -> list[dict]:
     return [json.loads(line) for line in checked(directory, f"{split}.jsonl").read_text().splitlines()]
 
 
-class PatientDataset(torch.utils.data.Dataset):
-    """Map-style: item i is (i, record), so that masking can be keyed by the patient's index."""
-
-    def __init__(self, records: list[dict]):
-        self.records = records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> tuple[int, dict]:
-        return i, self.records[i]
-
-
 def pad_batch(records: list[dict], plos_days: float) -> dict[str, torch.Tensor]:
     """Right-padded tensors of a list of records; `attention` is 1 on real positions."""
     n = max(len(r["tokens"]) for r in records)

@@ -95,7 +95,7 @@ def convert(source: Path, out: Path, data: DataConfig, seed: int) -> dict:
         "patients": {s: per_split[s] for s in dataset.SPLITS},
         "positives": {s: positives[s] for s in dataset.SPLITS},
         "vocabulary": {"tokens": len(tokens), **Counter(vocab.kinds)},
-        "unknown_positions_outside_train": unknown,
+        "unknown_positions": unknown,
         "truncated_patients": truncated, "max_length": data.max_length, "truncation": data.truncation,
         "dropped_codes": {"count": len(dropped), "first": [str(b) for b in dropped[:20]]},
         "files": {name: repro.sha256_file(out / name) for name in dataset.FILES},
