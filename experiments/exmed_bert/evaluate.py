@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
+from matplotlib.figure import Figure
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from experiments.exmed_bert import baselines, dataset
 from experiments.exmed_bert.config import ExMedBertConfig
@@ -83,6 +84,21 @@ def metric_rows(y: np.ndarray, p: np.ndarray, threshold: float, max_fpr: float
     }
 
 
+def roc_compared_png(y: np.ndarray, scores_by_variant: dict[str, np.ndarray], path: Path, title: str) -> None:
+    """The ROC curves of several variants on the same test patients."""
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    for name, p in scores_by_variant.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"{name} ({roc_auc_score(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance / majority (0.5)")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize="small")
+    plots.save_figure(fig, path)
+
+
 def evaluate(cfg: ExMedBertConfig, variant: str, run: Path, out: Path, which: str = "best") -> Evaluation:
     records = dataset.read_split(cfg.paths.dataset, "test")
     y = np.array([r["endpoint"] for r in records])
@@ -101,7 +117,7 @@ def evaluate(cfg: ExMedBertConfig, variant: str, run: Path, out: Path, which: st
     details.update({"majority/f1": float(2 * y.sum() / (n + y.sum())) if majority else 0.0, "majority/roc_auc": 0.5,
                     "majority/pr_auc": float(y.mean()), "test_patients": float(n), "test_positives": float(y.sum())})
 
-    compared = []
+    compared = {variant: p}
     for other in EXPERIMENT.variants:
         other_run = Path(cfg.paths.runs) / other
         if other == variant:
@@ -111,7 +127,7 @@ def evaluate(cfg: ExMedBertConfig, variant: str, run: Path, out: Path, which: st
         except RunError:
             continue  # not trained (a smoke run of a subset of variants): no difference to report
         q = test_scores(cfg, other, other_run, "best", records)
-        compared.append(other)
+        compared[other] = q
         other_rows = metric_rows(y, q, cfg.eval.threshold, cfg.eval.max_fpr)
         for name in DIFFERENCES:
             mine, theirs = rows[name], other_rows[name]
@@ -121,12 +137,13 @@ def evaluate(cfg: ExMedBertConfig, variant: str, run: Path, out: Path, which: st
 
     plots.roc_png(y, p, out / "plots" / "roc.png", f"exmed_bert {variant}: test ROC")
     plots.pr_png(y, p, out / "plots" / "pr.png", f"exmed_bert {variant}: test precision-recall")
+    roc_compared_png(y, compared, out / "plots" / "roc_compared.png", f"exmed_bert: test ROC, {variant} and the others")
     atomic.write_json(out / "predictions.json", {"patient_id": [r["patient_id"] for r in records],
                                                  "endpoint": y.tolist(), "score": p.tolist()})
     coverage = json.loads((Path(cfg.paths.clinvec) / "coverage.json").read_text())
     info = {"data": cfg.data.source,
             "model": variant if variant in BASELINES else f"ExMed-BERT {cfg.model.preset}",
-            "checkpoint": str(which), "compared_with": compared,
+            "checkpoint": str(which), "compared_with": [v for v in compared if v != variant],
             "protocol": f"test split, {n} patients; {cfg.eval.bootstrap} bootstrap resamples of patients; "
                         f"threshold {cfg.eval.threshold}",
             "clinvec_coverage": coverage if variant == "clinvec_init" else None}
