@@ -74,6 +74,7 @@ def test_pretraining_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
     with --resume latest: masking keyed by (seed, epoch, patient) and the saved state give the
     uninterrupted run's weights bit for bit, for both initialisations."""
     for name in ("reference", "killed"):
+        (tmp_path / name).mkdir()
         medrepro(["exmed_bert", "prepare", *SMALL], tmp_path / name)
         medrepro(["exmed_bert", "clinvec", *SMALL], tmp_path / name)
     reference, killed = (tmp_path / n / "data" / "exmed_bert" / "pretrained" for n in ("reference", "killed"))
