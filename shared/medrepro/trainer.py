@@ -16,7 +16,8 @@ One function, `fit`, that a reader can hold in their head:
 The experiment supplies the model, a map-style dataset, a collate function, `loss_fn(model, batch)`
 and optionally `evaluate(model)` and `after_step(model)`. `loss_fn` returns the loss and a dict of extras
 (logged as `train/<name>`); the extras `acc` (in-batch training accuracy) and `logit_scale` (the
-exponentiated scale) also feed the health monitor. Epochs, warmup and evaluation intervals are
+exponentiated scale) also feed the health monitor. A dataset with `set_epoch(epoch)` is told the
+epoch before each epoch's loader is built. Epochs, warmup and evaluation intervals are
 given in epochs and converted to optimizer steps from the dataset size and the global batch, which
 already counts processes and accumulation, so the schedule is the same on 1 or 8 GPUs.
 """
@@ -330,6 +331,10 @@ def _check_health(monitor: HealthMonitor, stats: EpochStats, state: TrainState, 
 
 def _epoch_loader(train_set: Dataset, cfg: TrainConfig, accelerator: Accelerator, seed: int, epoch: int,
                   start_step: int, collate_fn: Callable | None) -> DataLoader:
+    if hasattr(train_set, "set_epoch"):
+        # Randomness inside the dataset (masking, augmentation) keyed by the epoch, as the batch order is,
+        # so a resumed run draws exactly what an uninterrupted one would.
+        train_set.set_epoch(epoch)
     sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.grad_accum, accelerator.process_index,
                                accelerator.num_processes, seed, epoch, start_step)
     # Its own generator: building a loader must not draw from the global stream dropout uses.

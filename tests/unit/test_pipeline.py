@@ -56,3 +56,18 @@ def test_the_report_depends_on_what_a_comparison_reads():
     for variant in ("pubmedbert", "bert_base", "biobert"):
         assert f"results/retclip/{variant}/predictions.json" in deps
     assert "experiments/retclip/compare.py" in deps and "experiments/retclip/seedstats.py" in deps
+
+
+def test_an_experiment_whose_evaluation_reads_every_run_trains_all_variants_first():
+    exmed = registry.get("exmed_bert")
+    assert exmed.evaluate_reads_all_runs
+    commands = pipeline.pipeline_commands(exmed, list(exmed.variants))
+    trains = [c for c in commands if c[0] == "train"]
+    evaluates = [c for c in commands if c[0] == "evaluate"]
+    assert len(trains) == len(evaluates) == 4
+    assert commands.index(evaluates[0]) > commands.index(trains[-1])
+    evaluate = pipeline.experiment_stages(exmed, ROOT)["exmed_bert_evaluate"]["do"]
+    assert {f"runs/exmed_bert/{v}" for v in exmed.variants} <= set(evaluate["deps"])
+    # Others keep one run per evaluation, interleaved.
+    train = pipeline.experiment_stages(registry.get("retclip"), ROOT)["retclip_evaluate"]["do"]
+    assert "runs/retclip/${item}" in train["deps"] and "runs/retclip/biobert" not in train["deps"]

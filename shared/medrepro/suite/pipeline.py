@@ -39,8 +39,12 @@ NOT_READ = {"README.md", "reference.yaml", "Dockerfile"}
 def pipeline_commands(experiment: Experiment, variants: Sequence[str]) -> list[list[str]]:
     """The experiment's stage commands in run order (without profile and overrides)."""
     commands = [[stage.name] for stage in experiment.stages]
-    for variant in variants:
-        commands += [["train", "--variant", variant], ["evaluate", "--variant", variant]]
+    trains = [["train", "--variant", variant] for variant in variants]
+    evaluates = [["evaluate", "--variant", variant] for variant in variants]
+    if experiment.evaluate_reads_all_runs:
+        return commands + trains + evaluates
+    for train, evaluate in zip(trains, evaluates, strict=True):
+        commands += [train, evaluate]
     return commands
 
 
@@ -120,10 +124,12 @@ def experiment_stages(experiment: Experiment, root: Path) -> dict[str, Any]:
         "outs": [f"{runs}/${{item}}"],
     }}
     out = f"{results}/${{item}}"
+    evaluated_runs = ([f"{runs}/{v}" for v in experiment.variants] if experiment.evaluate_reads_all_runs
+                      else [f"{runs}/${{item}}"])
     stages[f"{name}_evaluate"] = {"foreach": list(experiment.variants), "do": {
         "cmd": f"{exec_cmd} evaluate --profile ${{profile}} --variant ${{item}}",
         "params": ["profile"],
-        "deps": [stamp, f"{runs}/${{item}}", *data_outs, *_code_deps(experiment, experiment.evaluate, root)],
+        "deps": [stamp, *evaluated_runs, *data_outs, *_code_deps(experiment, experiment.evaluate, root)],
         "metrics": [{f"{out}/metrics.json": {"cache": False}}],
         "outs": [{f"{out}/{f}": {"cache": False}}
                  for f in ("details.json", "info.json", "curves", *experiment.evaluate_outs)],

@@ -68,6 +68,9 @@ class Experiment:
     # Optional "module:function" (results_dir, variants) → Markdown placed under the experiment's table
     # (e.g. paired differences between variants); it may read the files listed in `evaluate_outs`.
     compare: str = ""
+    # Evaluation reads every variant's run (paired differences between variants): every variant is
+    # trained before any is evaluated, and each evaluation depends on all runs.
+    evaluate_reads_all_runs: bool = False
     # Commands outside the pipeline (e.g. `link`).
     commands: tuple[Command, ...] = field(default_factory=tuple)
 

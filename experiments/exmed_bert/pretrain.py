@@ -1,0 +1,155 @@
+"""`pretrain`: masked-code prediction (and PLOS) with the shared loop, once from random initialisation
+and once from ClinVec; each run lands in <paths.pretrained>/<init>/ and its final.pt starts the
+fine-tuning of the variant of the same name.
+
+Masking is dynamic and keyed by (seed, epoch, patient): the positions and replacements of a patient
+in an epoch come from a generator seeded by those three numbers alone, so a resumed run masks
+exactly as the uninterrupted one did, whatever batches were already seen.
+"""
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from experiments.exmed_bert import clinvec, dataset
+from experiments.exmed_bert.config import ExMedBertConfig, ModelConfig
+from experiments.exmed_bert.model import PRESETS, Encoder, PretrainModel, count_parameters, initialise, load_clinvec
+from medrepro import checkpoint, repro, run_guard
+from medrepro.trainer import fit
+
+INITS = ("random_init", "clinvec_init")
+IGNORE = -100
+
+
+def mask_seed(seed: int, epoch: int, patient: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}:{patient}".encode()).digest()[:8], "big") >> 1
+
+
+def mask_codes(tokens: list[int], types: list[int], vocab_size: int, probability: float, generator: torch.Generator
+               ) -> tuple[list[int], list[int]]:
+    """BERT's rule over code positions (specials never): chosen with `probability` (at least one), then
+    80 % [MASK], 10 % a random code, 10 % unchanged. Returns (inputs, labels with -100 elsewhere)."""
+    ids = torch.tensor(tokens)
+    is_code = torch.tensor(types) != 0
+    chosen = (torch.rand(len(tokens), generator=generator) < probability) & is_code
+    if not chosen.any() and is_code.any():
+        codes = is_code.nonzero().flatten()
+        chosen[codes[torch.randint(len(codes), (1,), generator=generator)]] = True
+    labels = torch.where(chosen, ids, IGNORE)
+    roll = torch.rand(len(tokens), generator=generator)
+    random_codes = torch.randint(len(dataset.SPECIALS), vocab_size, (len(tokens),), generator=generator)
+    inputs = torch.where(chosen & (roll < 0.8), dataset.MASK, ids)
+    inputs = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_codes, inputs)
+    return inputs.tolist(), labels.tolist()
+
+
+class MaskedPatients(torch.utils.data.Dataset):
+    def __init__(self, records: list[dict], vocab_size: int, probability: float, seed: int):
+        self.records, self.vocab_size, self.probability, self.seed = records, vocab_size, probability, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.records[i]
+        generator = torch.Generator().manual_seed(mask_seed(self.seed, self.epoch, i))
+        inputs, labels = mask_codes(record["tokens"], record["types"], self.vocab_size, self.probability, generator)
+        return {**record, "tokens": inputs, "labels": labels}
+
+
+def collate(plos_days: float):
+    def collate_fn(records: list[dict]) -> dict[str, torch.Tensor]:
+        batch = dataset.pad_batch(records, plos_days)
+        labels = torch.full_like(batch["tokens"], IGNORE)
+        for row, r in enumerate(records):
+            labels[row, :len(r["labels"])] = torch.tensor(r["labels"])
+        batch["labels"] = labels
+        return batch
+
+    return collate_fn
+
+
+def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    logits, plos = model(batch)
+    mlm = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+    extras = {"mlm_loss": mlm.detach()}
+    loss = mlm
+    if plos is not None and (batch["plos"] != IGNORE).any():
+        plos_loss = F.cross_entropy(plos, batch["plos"], ignore_index=IGNORE)
+        extras["plos_loss"] = plos_loss.detach()
+        loss = loss + plos_loss
+    return loss, extras
+
+
+def build(cfg: ExMedBertConfig, init: str, vocab: dataset.Vocab) -> PretrainModel:
+    """The pretraining model of one initialisation, seeded, with ClinVec rows copied in for clinvec_init."""
+    repro.seed_everything(cfg.seed, cfg.pretrain.train.deterministic)
+    vectors, initialised, method = clinvec.read_initialisation(cfg.paths.clinvec)
+    projection = vectors.shape[1] if method == "learned_projection" and init == "clinvec_init" else 0
+    encoder = Encoder(cfg.model, len(vocab.tokens), len(vocab.sexes), len(vocab.states), projection)
+    model = PretrainModel(encoder, len(vocab.tokens), cfg.pretrain.plos)
+    initialise(model, cfg.model.init)
+    if init == "clinvec_init":
+        load_clinvec(encoder, vectors, initialised)
+    return model
+
+
+def pretrain_one(cfg: ExMedBertConfig, init: str, run_dir: Path, resume: str | None = None) -> Path:
+    vocab = dataset.read_vocab(cfg.paths.dataset)
+    train_set = MaskedPatients(dataset.read_split(cfg.paths.dataset, "train"), len(vocab.tokens),
+                               cfg.pretrain.mask_probability, cfg.seed)
+    # Validation masks are fixed: epoch 0 of another seed stream.
+    val = MaskedPatients(dataset.read_split(cfg.paths.dataset, "val"), len(vocab.tokens),
+                         cfg.pretrain.mask_probability, cfg.seed + 1)
+    val_batch = collate(cfg.pretrain.plos_days)([val[i] for i in range(len(val))])
+    model = build(cfg, init, vocab)
+    print(f"pretraining {init}: preset {cfg.model.preset}, {count_parameters(model):,} parameters")
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        logits, plos = model(val_batch)
+        mask = val_batch["labels"] != IGNORE
+        metrics = {"val/loss": loss_fn(model, val_batch)[0].item(),
+                   "val/mlm_acc": (logits.argmax(-1)[mask] == val_batch["labels"][mask]).float().mean().item()}
+        known = val_batch["plos"] != IGNORE
+        if plos is not None and known.any():
+            metrics["val/plos_acc"] = (plos.argmax(-1)[known] == val_batch["plos"][known]).float().mean().item()
+        return metrics
+
+    fit(model, train_set, cfg.pretrain.train, run_dir, loss_fn=loss_fn, seed=cfg.seed,
+        collate_fn=collate(cfg.pretrain.plos_days), evaluate=evaluate, resume=resume,
+        run_name=f"exmed_bert-pretrain-{init}", run_config=cfg,
+        data=[Path(cfg.paths.dataset) / "train.jsonl", Path(cfg.paths.clinvec) / "vectors.npz"], variant=init)
+    return run_dir
+
+
+def pretrain(cfg: ExMedBertConfig, args: argparse.Namespace | None = None) -> Path:
+    """Both runs; with `--resume latest` a run that left checkpoints continues, one that left none starts."""
+    out = Path(cfg.paths.pretrained)
+    resume = getattr(args, "resume", None)
+    for init in INITS:
+        started = resume is not None and checkpoint.step_checkpoints(out / init / "checkpoints")
+        pretrain_one(cfg, init, out / init, resume if started else None)
+    return out
+
+
+def pretrained_encoder(cfg: ExMedBertConfig, init: str) -> dict[str, torch.Tensor]:
+    """The encoder weights of a finished pretraining run."""
+    run_dir = Path(cfg.paths.pretrained) / init
+    run_guard.completed(run_dir, init)
+    state = checkpoint.load(run_dir / "final.pt")["model"]
+    return {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+
+
+def parameter_counts(vocab_size: int = 30000, n_sexes: int = 4, n_states: int = 60) -> dict[str, int]:
+    """Pretraining-model parameters of each preset at a given vocabulary size (for the README)."""
+    return {p: count_parameters(PretrainModel(Encoder(ModelConfig(preset=p), vocab_size, n_sexes, n_states),
+                                              vocab_size, True)) for p in PRESETS}
+

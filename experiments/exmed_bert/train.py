@@ -1,0 +1,71 @@
+"""`train`: fine-tune ExMed-BERT from its pretrained encoder (random_init, clinvec_init) with the
+shared loop, best checkpoint by validation F1; or fit a baseline (random_forest, xgboost) on the same
+split and store its validation and test scores."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from experiments.exmed_bert import baselines, dataset
+from experiments.exmed_bert.config import ExMedBertConfig
+from experiments.exmed_bert.endpoint import Records, endpoint_model, scores
+from experiments.exmed_bert.experiment import BASELINES
+from experiments.exmed_bert.model import count_parameters
+from experiments.exmed_bert.pretrain import pretrained_encoder
+from medrepro import atomic, config, repro, run_guard
+from medrepro.metrics import binary_metrics
+from medrepro.trainer import fit
+
+
+def train(cfg: ExMedBertConfig, variant: str, out: Path, resume: str | None = None) -> None:
+    if variant in BASELINES:
+        return train_baseline(cfg, variant, out)
+    vocab = dataset.read_vocab(cfg.paths.dataset)
+    train_records = dataset.read_split(cfg.paths.dataset, "train")
+    val_records = dataset.read_split(cfg.paths.dataset, "val")
+    val_labels = np.array([r["endpoint"] for r in val_records])
+    repro.seed_everything(cfg.seed, cfg.train.deterministic)  # before the classifier is initialised
+    model = endpoint_model(cfg, vocab, pretrained_encoder(cfg, variant))
+    print(f"fine-tuning {variant}: {count_parameters(model):,} parameters")
+    labels = np.array([r["endpoint"] for r in train_records])
+    positive_weight = torch.tensor((labels == 0).sum() / max(1, (labels == 1).sum()), dtype=torch.float32)
+
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        logits = model(batch)
+        return F.binary_cross_entropy_with_logits(logits, batch["endpoint"],
+                                                  pos_weight=positive_weight.to(logits.device)), {}
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        p = scores(model, val_records, cfg.eval.batch_size, cfg.pretrain.plos_days)
+        m = binary_metrics(val_labels, p, cfg.eval.threshold)
+        return {f"val/{k}": m[k] for k in ("f1", "precision", "recall", "roc_auc", "pr_auc")}
+
+    fit(model, Records(train_records), cfg.train, out, loss_fn=loss_fn, seed=cfg.seed,
+        collate_fn=lambda rs: dataset.pad_batch(rs, cfg.pretrain.plos_days), evaluate=evaluate, resume=resume,
+        run_name=f"exmed_bert-{variant}", run_config=cfg,
+        data=[Path(cfg.paths.dataset) / "train.jsonl", Path(cfg.paths.pretrained) / variant / "final.pt"],
+        variant=variant)
+
+
+def train_baseline(cfg: ExMedBertConfig, variant: str, out: Path) -> None:
+    """Fit on train, score val and test; scores.json, the resolved config and manifest, then the completion mark."""
+    vocab = dataset.read_vocab(cfg.paths.dataset)
+    splits = {s: dataset.read_split(cfg.paths.dataset, s) for s in dataset.SPLITS}
+    x = {s: baselines.features(records, vocab) for s, records in splits.items()}
+    y = np.array([r["endpoint"] for r in splits["train"]])
+    with run_guard.exclusive(out):
+        (out / run_guard.COMPLETE_FILE).unlink(missing_ok=True)
+        predicted, _ = baselines.fit_predict(variant, cfg.baselines, cfg.seed, x["train"], y,
+                                             {"val": x["val"], "test": x["test"]})
+        config.save_config(cfg, out / "config.yaml")
+        repro.write_manifest(out / "manifest.json", data=[Path(cfg.paths.dataset) / "train.jsonl"],
+                             extra={"variant": variant})
+        atomic.write_json(out / baselines.SCORES, {s: {"patient_id": [r["patient_id"] for r in splits[s]],
+                                             "score": predicted[s].tolist()} for s in ("val", "test")})
+        identity = run_guard.identity(cfg, variant, {"train.jsonl": repro.sha256_file(
+            Path(cfg.paths.dataset) / "train.jsonl")})
+        run_guard.mark_complete(out, variant, identity["hash"], 0, 0)
+    print(f"{variant}: fitted on {len(y)} patients; scores in {out / baselines.SCORES}")

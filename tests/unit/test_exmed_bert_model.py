@@ -1,0 +1,111 @@
+"""exmed_bert model and pretraining: presets, initialisation, ClinVec loading, dynamic masking keyed by
+(seed, epoch, patient), and an exact resume of pretraining."""
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.exmed_bert import clinvec, dataset, pretrain
+from experiments.exmed_bert.config import ExMedBertConfig, ModelConfig, PathsConfig
+from experiments.exmed_bert.model import PRESETS, Encoder, PretrainModel, count_parameters, initialise, load_clinvec
+from experiments.exmed_bert.prepare import prepare
+from medrepro.config_sections import TrackingConfig, TrainConfig
+
+
+def test_presets_grow_and_are_counted_from_the_model():
+    counts = pretrain.parameter_counts(vocab_size=1000)
+    assert list(counts) == list(PRESETS)
+    assert counts["tiny"] < counts["small"] < counts["medium"] < counts["large"]
+    model = PretrainModel(Encoder(ModelConfig(preset="tiny"), 1000, 4, 60), 1000, True)
+    assert counts["tiny"] == count_parameters(model)
+    custom = Encoder(ModelConfig(preset="custom", hidden_size=48, layers=3, heads=4, intermediate_size=96), 10, 3, 3)
+    assert custom.hidden_size == 48 and len(custom.layers.layers) == 3
+
+
+@pytest.mark.parametrize("method", ["orthogonal", "xavier", "kaiming"])
+def test_initialisation_methods(method):
+    torch.manual_seed(0)
+    model = PretrainModel(Encoder(ModelConfig(preset="small"), 50, 3, 3), 50, True)
+    initialise(model, method)
+    weight = model.transform[0].weight
+    if method == "orthogonal":
+        torch.testing.assert_close(weight @ weight.T, torch.eye(64), atol=1e-5, rtol=0)
+    assert model.transform[0].bias.abs().sum() == 0 and model.encoder.code.weight[dataset.PAD].abs().sum() == 0
+    # The sinusoidal visit table is fixed, not a parameter.
+    assert "visit_table" not in dict(model.named_parameters())
+
+
+def test_clinvec_rows_are_loaded_and_fresh_rows_kept():
+    encoder = Encoder(ModelConfig(preset="tiny"), 8, 3, 3)
+    before = encoder.code.weight.detach().clone()
+    vectors = np.zeros((8, 32), dtype=np.float32)
+    vectors[5] = np.arange(32)
+    initialised = np.zeros(8, dtype=bool)
+    initialised[5] = True
+    load_clinvec(encoder, vectors, initialised)
+    row = encoder.code.weight[5].detach().numpy()
+    assert np.corrcoef(row, np.arange(32))[0, 1] > 0.999
+    torch.testing.assert_close(encoder.code.weight[6], before[6])
+
+
+def test_masking_is_keyed_by_seed_epoch_and_patient():
+    records = [{"tokens": [2, *range(5, 45), 3], "types": [0, *[1] * 40, 0]} for _ in range(3)]
+    data = pretrain.MaskedPatients(records, 60, 0.15, seed=7)
+    first = [data[i]["labels"] for i in range(3)]
+    assert [data[i]["labels"] for i in (2, 1, 0)] == first[::-1]  # order of access does not matter
+    assert first[0] != first[1]  # patients differ
+    data.set_epoch(1)
+    assert data[0]["labels"] != first[0]  # epochs differ
+    data.set_epoch(0)
+    assert data[0]["labels"] == first[0]
+    labels, inputs = np.array(first[0]), np.array(data[0]["tokens"])
+    assert labels[0] == -100 and labels[-1] == -100  # specials are never masked
+    masked = labels != -100
+    assert masked.any() and (inputs[masked] == dataset.MASK).mean() > 0.5
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> ExMedBertConfig:
+    root = tmp_path_factory.mktemp("exmed")
+    cfg = ExMedBertConfig(paths=PathsConfig(**{f.name: str(root / f.name) for f in dataclasses.fields(PathsConfig)}))
+    cfg.data.synthetic_patients = 120
+    cfg.pretrain.train = TrainConfig(epochs=2, batch_size=16, lr=3e-3, eval_every_epochs=1.0, save_every_steps=2,
+                                     keep_last=100, log_every_steps=2, tracking=TrackingConfig(tensorboard=False))
+    prepare(cfg)
+    clinvec.clinvec_stage(cfg)
+    return cfg
+
+
+def test_pretraining_resumes_exactly(prepared, tmp_path):
+    cfg = prepared
+    full = pretrain.pretrain_one(cfg, "clinvec_init", tmp_path / "full")
+    steps = sorted((full / "checkpoints").glob("step-*.pt"))
+    assert len(steps) >= 3
+    # An interrupted run: only a mid-run checkpoint (in the middle of an epoch) is left.
+    middle = steps[1]
+    resumed = tmp_path / "resumed" / "checkpoints"
+    resumed.mkdir(parents=True)
+    for path in (middle, middle.with_name(middle.name + ".sha256")):
+        shutil.copy(path, resumed / path.name)
+    pretrain.pretrain_one(cfg, "clinvec_init", resumed.parent, resume="latest")
+    a = torch.load(full / "final.pt", weights_only=True)["model"]
+    b = torch.load(resumed.parent / "final.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_learned_projection_keeps_128_d_vectors_for_the_model(prepared):
+    cfg = dataclasses.replace(prepared, clinvec=dataclasses.replace(prepared.clinvec, resize="learned_projection"),
+                              paths=dataclasses.replace(prepared.paths, clinvec=prepared.paths.clinvec + "-lp"))
+    clinvec.clinvec_stage(cfg)
+    vocab = dataset.read_vocab(cfg.paths.dataset)
+    model = pretrain.build(cfg, "clinvec_init", vocab)
+    assert model.encoder.code_vectors.shape == (len(vocab.tokens), clinvec.DIM)
+    assert model.encoder.projection.weight.shape == (32, clinvec.DIM)
+    batch = dataset.pad_batch(dataset.read_split(cfg.paths.dataset, "val")[:4], 7)
+    logits, plos = model(batch)
+    assert logits.shape[-1] == len(vocab.tokens) and plos.shape == (4, 2)
