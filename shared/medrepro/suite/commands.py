@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from medrepro import atomic, config, run_guard, runtime
+from medrepro.config_sections import TrackingConfig
 from medrepro.suite import registry
 from medrepro.suite.spec import Command, Experiment, resolve
 
@@ -133,13 +134,14 @@ def _log_test_metrics(experiment: Experiment, cfg: object, variant: str, run: Pa
 
     from medrepro import tracking
 
-    train = getattr(cfg, "train", None)
-    if train is None or not train.tracking.test_metrics:
+    # An experiment whose training is not the shared loop's (its own train section) has no such trackers.
+    tracking_cfg = getattr(getattr(cfg, "train", None), "tracking", None)
+    if not isinstance(tracking_cfg, TrackingConfig) or not tracking_cfg.test_metrics:
         return
     for opened in sorted([*run.glob(tracking.TRACKING_FILE), *run.glob(f"*/{tracking.TRACKING_FILE}")]):
         fit_file = opened.parent / "fit.json"
         step = json.loads(fit_file.read_text())["state"]["step"] if fit_file.is_file() else 0
-        written = tracking.log_test_metrics(opened.parent, train.tracking, f"{experiment.name}-{variant}",
+        written = tracking.log_test_metrics(opened.parent, tracking_cfg, f"{experiment.name}-{variant}",
                                             evaluation.headline, step)
         if written:
             print(f"test metrics logged to {', '.join(written)} of {opened.parent} at step {step}")
