@@ -39,7 +39,11 @@ def format_duration(seconds: float) -> str:
 
 def memory_in_use() -> str:
     if torch.cuda.is_available():
-        return f"{torch.cuda.max_memory_allocated() / 2**30:.1f}G"
+        try:  # utilisation is read through NVML, which a CUDA build of torch may lack
+            busy = f", GPU {torch.cuda.utilization()}% busy"
+        except (ModuleNotFoundError, RuntimeError):
+            busy = ""
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.1f}G{busy}"
     try:
         import resource  # not on Windows
 
@@ -175,7 +179,8 @@ def log_test_metrics(run_dir: str | Path, cfg: TrackingConfig, run_name: str, me
 
 
 class Progress:
-    """One console line per logging step: step, epoch, loss, lr, samples/s, ETA, memory.
+    """One console line per logging step: step, epoch, loss, lr, samples/s, time per step, elapsed, ETA,
+    memory (and GPU utilisation on a GPU).
 
     Throughput and ETA count training time only: the loop reports the seconds it spent evaluating and
     checkpointing (`pause`), which would otherwise show up as a tenfold drop at every evaluation.
@@ -202,8 +207,9 @@ class Progress:
         self.t_last, self.step_last, self.paused_since_last = now, step, 0.0
         shown = "".join(f" | {k} {v:.4g}" for k, v in (extras or {}).items())
         return (f"step {step}/{self.total} | epoch {step / self.steps_per_epoch:.2f} | loss {loss:.4f}{shown} | "
-                f"lr {lr:.3g} | {rate:.1f} samples/s | eta {format_duration(per_step * (self.total - step))} | "
-                f"mem {memory_in_use()}")
+                f"lr {lr:.3g} | {rate:.1f} samples/s | {per_step:.3g} s/step | "
+                f"elapsed {format_duration(self.training_seconds())} | "
+                f"eta {format_duration(per_step * (self.total - step))} | mem {memory_in_use()}")
 
     @staticmethod
     def emit(text: str) -> None:
