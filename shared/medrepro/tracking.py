@@ -56,9 +56,6 @@ def mlflow_uri(cfg: TrackingConfig, run_dir: Path) -> str:
     """The configured URI, else a file store inside the run directory (nothing leaves the machine)."""
     if cfg.mlflow_tracking_uri:
         return cfg.mlflow_tracking_uri
-    # MLflow 3 keeps the plain file store behind an opt-in; it opens in well under a second, where a
-    # fresh SQLite store spends ten seconds creating its tables.
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return (run_dir / "mlruns").resolve().as_uri()
 
 
@@ -73,6 +70,11 @@ def build_trackers(cfg: TrackingConfig, run_dir: Path, run_name: str, opened: di
         trackers.append(TensorBoardTracker(TENSORBOARD_DIR, run_dir))
     if cfg.mlflow:
         import mlflow
+
+        # MLflow 3 keeps the plain file store (the default, also when a run is reopened to log its test
+        # metrics) behind an opt-in; it opens in well under a second, where a fresh SQLite store spends
+        # ten seconds creating its tables.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
         mlflow.set_tracking_uri(opened.get("mlflow_uri") or mlflow_uri(cfg, run_dir))
         trackers.append(MLflowTracker(experiment_name=cfg.mlflow_experiment, run_id=opened.get("mlflow_run_id"),

@@ -2,6 +2,9 @@
 names, test metrics logged by a later process, W&B offline with a key that is never written down."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -23,8 +26,13 @@ def test_tensorboard_and_mlflow_get_the_config_and_the_same_metric_names(tmp_pat
     cfg = config(tracking={"tensorboard": True, "mlflow": True})
     fit(make_model(), data(), cfg, tmp_path, loss_fn=mse, seed=0, evaluate=lambda m: {"val/loss": 1.0},
         run_name="lin")
-    assert tracking.log_test_metrics(tmp_path, TrackingConfig(), "lin", {"acc": 0.75}, step=8) == [
-        "tensorboard", "mlflow"]
+    # evaluate logs from a later process, which has none of MLflow's state (or opt-ins) of this one
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ALLOW_FILE_STORE"}
+    logged = subprocess.run([sys.executable, "-c", "import sys; from medrepro import tracking; from "
+                             "medrepro.config_sections import TrackingConfig; print(tracking.log_test_metrics("
+                             "sys.argv[1], TrackingConfig(), 'lin', {'acc': 0.75}, step=8))", str(tmp_path)],
+                            env=env, capture_output=True, text=True)
+    assert logged.stdout.strip() == "['tensorboard', 'mlflow']", logged.stderr[-2000:]
 
     events = tensorboard_run(tmp_path)
     tb_names = set(events.Tags()["scalars"])
