@@ -2,6 +2,7 @@
 shared loop, best checkpoint by validation F1; or fit a baseline (random_forest, xgboost) on the same
 split and store its validation and test scores."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,10 @@ from experiments.exmed_bert.model import count_parameters
 from experiments.exmed_bert.pretrain import pretrained_encoder
 from medrepro import atomic, config, repro, run_guard
 from medrepro.metrics import binary_metrics
+from medrepro.results import TRAIN_LOG
 from medrepro.trainer import fit
+
+VAL_METRICS = ("f1", "precision", "recall", "roc_auc", "pr_auc")
 
 
 def train(cfg: ExMedBertConfig, variant: str, out: Path, resume: str | None = None) -> None:
@@ -41,7 +45,7 @@ def train(cfg: ExMedBertConfig, variant: str, out: Path, resume: str | None = No
     def evaluate(model: nn.Module) -> dict[str, float]:
         p = scores(model, val_records, cfg.eval.batch_size, cfg.pretrain.plos_days)
         m = binary_metrics(val_labels, p, cfg.eval.threshold)
-        return {f"val/{k}": m[k] for k in ("f1", "precision", "recall", "roc_auc", "pr_auc")}
+        return {f"val/{k}": m[k] for k in VAL_METRICS}
 
     fit(model, Records(train_records), cfg.train, out, loss_fn=loss_fn, seed=cfg.seed,
         collate_fn=lambda rs: dataset.pad_batch(rs, cfg.pretrain.plos_days), evaluate=evaluate, resume=resume,
@@ -51,7 +55,8 @@ def train(cfg: ExMedBertConfig, variant: str, out: Path, resume: str | None = No
 
 
 def train_baseline(cfg: ExMedBertConfig, variant: str, out: Path) -> None:
-    """Fit on train, score val and test; scores.json, the resolved config and manifest, then the completion mark."""
+    """Fit on train, score val and test; scores.json, the validation point, the resolved config and
+    manifest, then the completion mark."""
     vocab = dataset.read_vocab(cfg.paths.dataset)
     splits = {s: dataset.read_split(cfg.paths.dataset, s) for s in dataset.SPLITS}
     x = {s: baselines.features(records, vocab) for s, records in splits.items()}
@@ -65,6 +70,11 @@ def train_baseline(cfg: ExMedBertConfig, variant: str, out: Path) -> None:
                              extra={"variant": variant})
         atomic.write_json(out / baselines.SCORES, {s: {"patient_id": [r["patient_id"] for r in splits[s]],
                                              "score": predicted[s].tolist()} for s in ("val", "test")})
+        # A tree model has no training curve: its one validation point, under the names the fine-tuned
+        # variants log, so every variant's curves/val.csv charts the same metrics.
+        val_labels = np.array([r["endpoint"] for r in splits["val"]])
+        m = binary_metrics(val_labels, predicted["val"], cfg.eval.threshold)
+        atomic.write_text(out / TRAIN_LOG, json.dumps({"step": 0, **{f"val/{k}": m[k] for k in VAL_METRICS}}) + "\n")
         identity = run_guard.identity(cfg, variant, {"train.jsonl": repro.sha256_file(
             Path(cfg.paths.dataset) / "train.jsonl")})
         run_guard.mark_complete(out, variant, identity["hash"], 0, 0)
