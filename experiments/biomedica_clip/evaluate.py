@@ -26,7 +26,7 @@ from experiments.biomedica_clip.model import load
 from experiments.biomedica_clip.synthetic import HELDOUT_CLASSES
 from experiments.biomedica_clip.train import checkpoint_path
 from medrepro import plots
-from medrepro.bootstrap import bootstrap
+from medrepro.bootstrap import bootstrap_clusters, mean_stat
 from medrepro.errors import DataError
 from medrepro.results import Evaluation
 from medrepro.shards import iter_samples
@@ -75,10 +75,7 @@ def embed_texts(model: torch.nn.Module, tokenizer, texts: list[str], batch: int)
 
 def grouped_mean(values: np.ndarray, groups: np.ndarray, n_boot: int, alpha: float, seed: int) -> dict:
     """Mean of per-sample `values` with a bootstrap interval that resamples whole groups."""
-    n_groups = int(groups.max()) + 1
-    sums = np.bincount(groups, weights=values, minlength=n_groups)
-    counts = np.bincount(groups, minlength=n_groups).astype(float)
-    interval = bootstrap(lambda idx: sums[idx].sum(1) / counts[idx].sum(1), n_groups, n_boot, alpha, seed)
+    interval = bootstrap_clusters(mean_stat(values), groups, n_boot, alpha, seed)
     return {"": interval.estimate, "_ci_low": interval.low, "_ci_high": interval.high}
 
 
