@@ -13,6 +13,8 @@ def test_no_health_sign_fires_on_any_smoke_run(reproduced):
             if not info.is_file():
                 continue
             health = json.loads(info.read_text())["training_health"]
+            if health is None:
+                continue  # trained outside the shared loop (open_clip_train, a tree baseline)
             assert health == [], f"{experiment.name}/{variant}: {[w['message'] for w in health]}"
             run = reproduced.workdir / "runs" / experiment.name / variant
             fits = [*run.glob("fit.json"), *run.glob("*/fit.json")]  # a run per seed, when trained per seed
