@@ -21,9 +21,9 @@ class TrackingConfig:
     wandb: bool = False
     wandb_project: str = "medrepro"
     # `evaluate` also logs the test metrics (as test/<name>) into the trackers of the run it evaluated.
-    # They go into the run's tensorboard/ and mlruns/, which .dvcignore keeps out of the hash of the
-    # train stage's output, so the pipeline does not see its training changed.
-    test_metrics: bool = True
+    # Off by default: it writes into the run directory, the train stage's output and the evaluate
+    # stage's input, which a pipeline stage must not change. Turn it on when evaluating by hand.
+    test_metrics: bool = False
 
 
 @dataclass

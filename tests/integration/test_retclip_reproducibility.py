@@ -27,7 +27,7 @@ def test_same_seed_two_processes_bitwise_equal(retclip_workdir, reference_run):
     for run in (reference_run, again):
         out = retclip_workdir / "results" / run.name
         medrepro(["retclip", "evaluate", "--variant", "pubmedbert", "--run", str(run), "--out", str(out),
-                  "eval.bootstrap=50"], retclip_workdir)
+                  "seeds=[0]", "eval.bootstrap=50"], retclip_workdir)
         results.append(json.loads((out / "details.json").read_text()))
     assert results[0] == results[1]
 
