@@ -42,6 +42,9 @@ class DataConfig:
 class IndexConfig:
     # `flat`: exact inner product; `hnsw` and `ivf` are approximate, for millions of names.
     kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    # How `hnsw` and `ivf` store the vectors: float32, or fp16 (half the memory, the same recall on
+    # unit vectors; see `bench`). `flat` always stores float32.
+    storage: Literal["float32", "fp16"] = "float32"
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     ivf_nlist: int = 1024
@@ -84,6 +87,29 @@ class EvalConfig:
 
 
 @dataclass
+class BenchConfig:
+    """What `bench` measures beyond the mined data (see bench.py and index_bench.py)."""
+
+    score_pairs: int = 2000
+    repeats: int = 3
+    # FAISS at UMLS scale: synthetic unit vectors of SapBERT's width, one measurement per size.
+    index_sizes: list[int] = field(default_factory=lambda: [100_000, 1_000_000, 4_000_000])
+    index_queries: int = 1000
+    index_dim: int = 768
+    # The synthetic names' intrinsic dimension: it decides how well approximate search does.
+    index_latent_dim: int = 32
+    index_kinds: list[str] = field(default_factory=lambda: ["hnsw", "hnsw_fp16", "ivf", "ivf_fp16"])
+    hnsw_ef_search: list[int] = field(default_factory=lambda: [128, 256, 512, 1024])
+    ivf_nprobe: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    # Approximate indexes are built up to this size only: HNSW over 4M names takes about 20 minutes
+    # on 2 cores. Exact search is measured at every size.
+    approximate_max_names: int = 1_000_000
+    # `mine` (with its inputs: synthetic data, prepare, index) at these multiples of the profile's
+    # synthetic sizes.
+    mine_scales: list[int] = field(default_factory=lambda: [1, 10, 100])
+
+
+@dataclass
 class CrossEncoderConfig:
     seed: int = 0
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -97,3 +123,4 @@ class CrossEncoderConfig:
     max_length: int = 128
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)

@@ -141,6 +141,12 @@ def best_names(encoder: BiEncoder, queries: np.ndarray, golds: np.ndarray, conce
 
 def mine(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> dict:
     """Write candidates.npz, pairs_{train,dev,test}.jsonl and mining.json (recall, sample mix)."""
+    return mine_timed(cfg)[0]
+
+
+def mine_timed(cfg: CrossEncoderConfig) -> tuple[dict, dict[str, float]]:
+    """`mine`, and the seconds of its phases (encode, search, negatives, write), which go to the
+    console and to `bench`, never into the outputs: those must depend on the inputs alone."""
     concepts = read_concepts(cfg.paths.prepared)
     mentions = read_mentions(cfg.paths.prepared)
     position = {c.cui: i for i, c in enumerate(concepts)}
@@ -205,12 +211,12 @@ def mine(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> dic
         for split in PAIR_SPLITS:
             atomic.write_text(tmp / f"pairs_{split}.jsonl", "".join(json.dumps(asdict(p)) + "\n" for p in pairs[split]))
         atomic.write_json(tmp / "mining.json", report)
+    t4 = time.perf_counter()
     print(json.dumps({"recall": report["recall"], "mix": report["mix"]["train"], "pairs": report["pairs"]}))
-    # Speed goes to the console only, so that the outputs depend on the inputs alone (`bench` measures it).
     n = len(mentions)
     print(f"mentions/s: encode {n / max(t1 - t0, 1e-9):.0f}, search {n / max(t2 - t1, 1e-9):.0f}, "
           f"select negatives {linkable.size / max(t3 - t2, 1e-9):.0f}")
-    return report
+    return report, {"encode": t1 - t0, "search": t2 - t1, "negatives": t3 - t2, "write": t4 - t3}
 
 
 def _save_npz(path: Path, cand: np.ndarray, rows: np.ndarray, scores: np.ndarray, gold: np.ndarray) -> None:

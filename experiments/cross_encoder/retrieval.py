@@ -55,19 +55,33 @@ class BiEncoder:
 
 
 def build_index(vectors: np.ndarray, cfg: IndexConfig) -> faiss.Index:
-    """An inner-product index over unit vectors: exact (`flat`) or approximate (`hnsw`, `ivf`)."""
+    """An inner-product index over unit vectors: exact (`flat`) or approximate (`hnsw`, `ivf`), the
+    approximate ones storing float32 or fp16 vectors."""
     n, dim = vectors.shape
-    if cfg.kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif cfg.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    else:
-        # k-means needs about 39 training points per list; fewer names get fewer lists, not an error.
-        nlist = max(1, min(cfg.ivf_nlist, n // 39))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = 1234
+    index = empty_index(dim, n, cfg)
+    if not index.is_trained:
         index.train(vectors)
     index.add(vectors)
+    return index
+
+
+def empty_index(dim: int, n: int, cfg: IndexConfig) -> faiss.Index:
+    """The untrained index `build_index` fills, sized for `n` vectors (IVF's list count depends on it)."""
+    ip = faiss.METRIC_INNER_PRODUCT
+    fp16 = cfg.storage == "fp16"
+    if cfg.kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if cfg.kind == "hnsw":
+        if fp16:
+            return faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, cfg.hnsw_m, ip)
+        return faiss.IndexHNSWFlat(dim, cfg.hnsw_m, ip)
+    # k-means needs about 39 training points per list; fewer names get fewer lists, not an error.
+    nlist = max(1, min(cfg.ivf_nlist, n // 39))
+    if fp16:
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_fp16, ip)
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, ip)
+    index.cp.seed = 1234
     return index
 
 
@@ -81,6 +95,15 @@ def configure_search(index: faiss.Index, cfg: IndexConfig) -> faiss.Index:
     if cfg.gpu and cfg.kind != "hnsw" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     return index
+
+
+def index_device(index: faiss.Index) -> str:
+    """Where the index searches, for the log: `GPU` or `CPU`, with why not GPU when it is not."""
+    if type(index).__name__.startswith("Gpu"):
+        return "GPU"
+    if not hasattr(faiss, "StandardGpuResources"):
+        return "CPU (this faiss has no GPU support)"
+    return "CPU (no GPU visible)" if faiss.get_num_gpus() == 0 else "CPU"
 
 
 @dataclass
@@ -139,7 +162,8 @@ def write_index(directory: str | Path, concepts: list[Concept], encoder: BiEncod
     t1 = time.perf_counter()
     index = build_index(vectors, cfg)
     t2 = time.perf_counter()
-    meta = {"kind": cfg.kind, "encoder": encoder_path, "pooling": "cls", "dim": int(vectors.shape[1]),
+    meta = {"kind": cfg.kind, "storage": "float32" if cfg.kind == "flat" else cfg.storage, "encoder": encoder_path,
+            "pooling": "cls", "dim": int(vectors.shape[1]),
             "names": len(names), "concepts": len(concepts)}
     if isinstance(index, faiss.IndexIVF):
         meta["nlist"] = int(index.nlist)
@@ -149,7 +173,8 @@ def write_index(directory: str | Path, concepts: list[Concept], encoder: BiEncod
                                               for n, o in zip(names, owners, strict=True)))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     # Timings are printed, not stored: the index directory must depend on its inputs alone.
-    print(f"encoded {len(names)} names in {t1 - t0:.1f}s, built the {cfg.kind} index in {t2 - t1:.1f}s")
+    print(f"encoded {len(names)} names in {t1 - t0:.1f}s, built the {cfg.kind} index in {t2 - t1:.1f}s "
+          f"(faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads)")
     return meta
 
 
@@ -176,7 +201,9 @@ def read_index(directory: str | Path, concepts: list[Concept], cfg: IndexConfig)
         raise DataError(f"{directory / INDEX_FILE} holds {index.ntotal} vectors but {NAMES_FILE} {len(rows)} names; "
                         "re-run `medrepro cross_encoder index`")
     owners = np.array([position[r["cui"]] for r in rows], dtype=np.int64)
-    return NameIndex(configure_search(index, cfg), owners, [r["name"] for r in rows], concepts)
+    index = configure_search(index, cfg)
+    print(f"searching the {type(index).__name__} of {index.ntotal} names on {index_device(index)}")
+    return NameIndex(index, owners, [r["name"] for r in rows], concepts)
 
 
 def recall_at(gold: np.ndarray, candidates: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:

@@ -225,8 +225,21 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(smoke):
 
 def test_bench_reports_ratios_and_equal_scores(smoke, tmp_path):
     out = tmp_path / "bench.json"
-    medrepro(["cross_encoder", "bench", "--out", str(out)], smoke)
+    # The UMLS-scale and ×100 parts at toy sizes: what is checked here is the wiring, not the figures.
+    medrepro(["cross_encoder", "bench", "--out", str(out), "bench.index_sizes=[3000]", "bench.index_dim=64",
+              "bench.index_queries=100", "bench.approximate_max_names=3000", "bench.mine_scales=[1,2]",
+              "bench.repeats=1"], smoke)
     result = json.loads(out.read_text())
-    assert result["setting"]["pairs"] > 0 and result["rates"]["score_max_abs_difference"] < 1e-5
+    rates = result["rates"]
+    assert result["setting"]["pairs"] > 0 and rates["score_max_abs_difference"] < 1e-5
     assert result["ratios"]["score_ratio"] > 0 and result["ratios"]["search_ratio"] > 0
-    assert result["rates"]["candidates_mentions_per_s"] > 0 and result["rates"]["mining_mentions_per_s"] > 0
+    assert rates["candidates_mentions_per_s"] > 0 and rates["mining_mentions_per_s"] > 0
+    assert {r["kind"] for r in rates["index"]} == {"flat", "hnsw", "hnsw_fp16", "ivf", "ivf_fp16"}
+    if rates["index_chosen"] is not None:
+        assert result["ratios"]["index_speedup"] == rates["index_chosen"]["speedup"] >= 10
+    # Twice the documents, about twice the mentions, and every phase of mine timed at both scales.
+    scaling = rates["mine_scaling"]
+    assert [r["scale"] for r in scaling] == [1, 2] and 1.8 < scaling[1]["mentions"] / scaling[0]["mentions"] < 2.2
+    assert set(rates["mine_scaling_exponents"]) == {"prepare", "index", "mine", "mine_encode", "mine_search",
+                                                    "mine_negatives", "mine_write"}
+    assert all(np.isfinite(v) for v in rates["mine_scaling_exponents"].values())
