@@ -4,6 +4,7 @@ Needs a Docker engine with BuildKit (a client with buildx, or set MEDREPRO_DOCKE
 supports DOCKER_BUILDKIT=1). Under CI a missing engine fails; elsewhere these tests skip.
 """
 
+import json
 import os
 import subprocess
 
@@ -59,6 +60,52 @@ def test_default_command_reproduces_the_committed_numbers(retclip_image, tmp_pat
     committed = REPO / "results" / "retclip" / "pubmedbert"
     for name in ("metrics.json", "details.json", "curves/train.csv"):
         assert (results / name).read_bytes() == (committed / name).read_bytes(), name
+
+
+# Run in the cross_encoder image, with no GPU visible: faiss first, then torch, as retrieval.py
+# imports them; then the CUDA libraries the process mapped.
+FAISS_PROBE = """
+import importlib.metadata as md, json, os
+import faiss, numpy as np
+import torch
+
+x = np.random.default_rng(0).standard_normal((500, 32)).astype("float32")
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+found = {}
+for name, index in (("flat", faiss.IndexFlatIP(32)), ("hnsw", faiss.IndexHNSWFlat(32, 16, faiss.METRIC_INNER_PRODUCT))):
+    index.add(x)
+    found[name] = index.search(x[:20], 1)[1][:, 0].tolist()
+libs = {os.path.realpath(line.split()[-1]) for line in open("/proc/self/maps") if "/nvidia/" in line}
+print(json.dumps({
+    "faiss": faiss.__version__, "options": faiss.get_compile_options(),
+    "gpu_support": hasattr(faiss, "StandardGpuResources"), "gpus": faiss.get_num_gpus(),
+    "cuda_available": torch.cuda.is_available(), "found": found,
+    "installed": sorted(d for d in ("faiss-cpu", "faiss-gpu") if any(
+        dist.metadata["Name"] == d for dist in md.distributions())),
+    "libs": sorted(os.path.relpath(p, os.path.dirname(os.path.dirname(faiss.__file__))) for p in libs),
+}))
+"""
+
+
+def test_cross_encoder_image_has_gpu_faiss_that_runs_cpu_indexes():
+    """The images carry faiss' GPU build (and not faiss-cpu: both install `faiss`). With no GPU visible
+    it reports none and runs CPU indexes; its CUDA 12 libraries load beside torch's CUDA 13 ones, with
+    the one libcurand.so.10 both name being torch's (images/base/Dockerfile)."""
+    image = build("cross_encoder")
+    cmd = images.run_command(image, [])
+    cmd[cmd.index(image):] = ["--entrypoint", "python", image, "-c", FAISS_PROBE]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads(done.stdout.splitlines()[-1])
+    assert probe["installed"] == ["faiss-gpu"] and probe["faiss"].startswith("1.15.")
+    assert probe["gpu_support"] and "GPU" in probe["options"].split()
+    assert probe["gpus"] == 0 and probe["cuda_available"] is False
+    assert probe["found"] == {"flat": list(range(20)), "hnsw": list(range(20))}
+    libs = probe["libs"]
+    assert [lib for lib in libs if "libcurand" in lib] == ["nvidia/cu13/lib/libcurand.so.10"], libs
+    for lib in ("nvidia/cuda_runtime/lib/libcudart.so.12", "nvidia/cublas/lib/libcublas.so.12",
+                "nvidia/cu13/lib/libcudart.so.13", "nvidia/cu13/lib/libcublas.so.13"):
+        assert lib in libs, (lib, libs)
 
 
 @pytest.mark.parametrize("name", [n for n in images.experiments_with_images() if n != "retclip"])

@@ -74,6 +74,16 @@ def test_image_lock_pins_torch_and_uv():
     assert "pytest==" not in lock, "the image lock holds runtime packages only"
 
 
+def test_each_lock_installs_one_faiss():
+    """faiss-cpu and faiss-gpu both install the module `faiss`: the dev environment gets the CPU build,
+    the images the GPU build, whose CUDA 12 libraries come as the -cu12 wheels beside torch's CUDA 13."""
+    dev = (images.REPO / "requirements.lock").read_text()
+    image = (images.REPO / "images" / "requirements.lock").read_text()
+    assert "\nfaiss-cpu==1.15." in dev and "\nfaiss-gpu" not in dev
+    assert "\nfaiss-gpu==1.15." in image and "\nfaiss-cpu" not in image
+    assert "\nnvidia-cuda-runtime-cu12==" in image and "\nnvidia-cuda-runtime==13." in image
+
+
 def test_stamp_on_host_needs_no_engine():
     assert images.stamp("retclip", "host") == "host"
 
