@@ -22,7 +22,6 @@ faiss writes it (what `index` stores and `mine` loads; for `flat`, names × 768 
 is used, as the full profile does.
 """
 
-import gc
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -110,7 +109,6 @@ def _index_config(kind: str) -> IndexConfig:
 
 def build(names: SyntheticNames, kind: str, ivf_nlist: int, hnsw_m: int) -> tuple[faiss.Index, float]:
     """(index, build seconds without generating the vectors)."""
-    gc.collect()
     cfg = _index_config(kind)
     cfg.ivf_nlist, cfg.hnsw_m = ivf_nlist, hnsw_m
     index = empty_index(names.dim, names.n, cfg)
