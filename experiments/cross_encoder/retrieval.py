@@ -98,12 +98,14 @@ def configure_search(index: faiss.Index, cfg: IndexConfig) -> faiss.Index:
 
 
 def index_device(index: faiss.Index) -> str:
-    """Where the index searches, for the log: `GPU` or `CPU`, with why not GPU when it is not."""
+    """Where the index searches, for the log: `GPU`, or `CPU` with its kernel level (the runtime's
+    `cpu_kernels` pins it) and why not GPU."""
     if type(index).__name__.startswith("Gpu"):
         return "GPU"
+    cpu = f"CPU with {faiss.SIMDConfig.get_level_name()} kernels"
     if not hasattr(faiss, "StandardGpuResources"):
-        return "CPU (this faiss has no GPU support)"
-    return "CPU (no GPU visible)" if faiss.get_num_gpus() == 0 else "CPU"
+        return f"{cpu} (this faiss has no GPU support)"
+    return f"{cpu} (no GPU visible)" if faiss.get_num_gpus() == 0 else cpu
 
 
 @dataclass

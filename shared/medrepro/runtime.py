@@ -1,6 +1,6 @@
 """Pin how the process computes on CPU: thread counts and kernel instruction sets.
 
-torch, numpy, OpenMP, MKL, oneDNN and OpenBLAS read these settings once, when they load, so `pin`
+torch, numpy, OpenMP, MKL, oneDNN, OpenBLAS and FAISS read these settings once, when they load, so `pin`
 must run before torch or numpy is imported; the command line calls it right after loading the config, and the variables
 pass on to every child process (DataLoader workers, process pools, `torchrun`).
 """
@@ -22,6 +22,8 @@ _KERNEL_ENV = {
         # numpy's runtime-dispatched AVX-512 loops (float64 exp and log differ) and OpenBLAS' kernel.
         "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
         "OPENBLAS_CORETYPE": "Haswell",
+        # FAISS' dynamically dispatched distance kernels (flat search scores differ in the last bits).
+        "FAISS_SIMD_LEVEL": "AVX2",
     },
 }
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -52,8 +54,11 @@ def state() -> dict[str, object]:
     """What is in force: for the manifest of every run."""
     import torch
 
-    return {
+    found = {
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "env": {key: os.environ[key] for key in (*_THREAD_ENV, *_KERNEL_ENV["portable"]) if key in os.environ},
     }
+    if "faiss" in sys.modules:  # only the experiments that search load it
+        found["faiss_simd_level"] = sys.modules["faiss"].SIMDConfig.get_level_name()
+    return found

@@ -13,6 +13,7 @@ from experiments.cross_encoder.retrieval import (
     build_index,
     configure_search,
     first_distinct,
+    index_device,
     name_rows,
     recall_at,
 )
@@ -98,6 +99,14 @@ def test_every_index_kind_finds_the_nearest_concept(kind):
     assert (owners[rows] == found).all()
     if kind == "ivf":
         assert index.nprobe == 4
+
+
+def test_the_search_log_names_the_device_and_the_kernel_level_in_force():
+    import faiss
+
+    shown = index_device(configure_search(build_index(np.eye(4, dtype=np.float32), IndexConfig(gpu=False)),
+                                          IndexConfig(gpu=False)))
+    assert shown.startswith(f"CPU with {faiss.SIMDConfig.get_level_name()} kernels"), shown
 
 
 def test_candidates_pad_when_fewer_concepts_exist():
