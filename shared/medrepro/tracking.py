@@ -69,6 +69,10 @@ def build_trackers(cfg: TrackingConfig, run_dir: Path, run_name: str, opened: di
     if cfg.tensorboard:
         trackers.append(TensorBoardTracker(TENSORBOARD_DIR, run_dir))
     if cfg.mlflow:
+        # Offline by default: MLflow's telemetry thread (started by `import mlflow`) calls home and,
+        # when an answer comes, draws from Python's global `random`, at a time that depends on the
+        # network; checkpoints save that generator's state, so they would differ from run to run.
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         import mlflow
 
         # MLflow 3 keeps the plain file store (the default, also when a run is reopened to log its test

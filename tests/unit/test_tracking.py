@@ -92,3 +92,19 @@ def test_a_stopped_run_closes_its_mlflow_run(tmp_path):
     mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
     runs = mlflow.search_runs(experiment_names=["medrepro"], output_format="list")
     assert [r.info.status for r in runs] == ["FINISHED"]
+
+
+def test_mlflow_never_calls_home(tmp_path):
+    """MLflow's telemetry thread would reach the internet and, at a network-dependent moment, draw from
+    Python's global `random`, whose state every checkpoint saves: opening an MLflow tracker starts no
+    telemetry client."""
+    script = ("import sys; from pathlib import Path; from medrepro import tracking\n"
+              "from medrepro.config_sections import TrackingConfig\n"
+              "tracking.build_trackers(TrackingConfig(tensorboard=False, mlflow=True), Path(sys.argv[1]), 'x')\n"
+              "from mlflow.telemetry.client import get_telemetry_client\n"
+              "print(get_telemetry_client())")
+    # MLflow also stays quiet under pytest and CI (their variables): a user's shell has neither.
+    quiet = ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS")
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    shown = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert shown.stdout.strip() == "None", shown.stdout + shown.stderr[-2000:]
