@@ -47,7 +47,7 @@ def _best(fn: Callable[[], float], repeats: int) -> float:
 
 
 def scoring_ratio(cfg: CrossEncoderConfig, workdir: Path, n_pairs: int, repeats: int) -> dict[str, float]:
-    pairs = [(p.text, p.name) for p in read_pairs(cfg.paths.mined, "test")][:n_pairs]
+    pairs = [p.inputs for p in read_pairs(cfg.paths.mined, "test")][:n_pairs]
     repro.seed_everything(cfg.seed)
     model, tokenizer = cross.load(cfg.cross_encoder.path)
     exported = workdir / "model"

@@ -36,6 +36,9 @@ class DataConfig:
     checksums: str = ""
     synthetic_concepts: int = 400
     synthetic_documents: int = 150
+    # Words of the document on each side of a mention that the cross-encoder reads with it (ambiguous
+    # names, "RI" the disorder or the procedure, are told apart by them and the semantic types).
+    context_words: int = 16
 
 
 @dataclass

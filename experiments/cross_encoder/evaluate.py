@@ -10,7 +10,9 @@ and on the linking top-1 probabilities.
 Linking re-ranks each test mention's top `rerank_top_k` bi-encoder candidates and compares acc@1 and
 acc@5 of three orders: the retriever's, the cross-encoder's alone, and the combined score (see
 scoring.py), with paired intervals of the differences; a mention whose gold concept was not retrieved
-is a miss for all. The seed's before/after table compares the zero-shot cross-encoder (the starting
+is a miss for all. The same figures are reported for the ambiguous mentions alone (`ambiguous_*`:
+their string names concepts of different semantic types), which only context and type can settle.
+The seed's before/after table compares the zero-shot cross-encoder (the starting
 model with a fresh head) with the fine-tuned one on raw scores.
 """
 
@@ -24,6 +26,7 @@ from experiments.cross_encoder import model as cross
 from experiments.cross_encoder import scoring
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.mining import KINDS, read_pairs
+from experiments.cross_encoder.prepare import read_concepts, read_mentions
 from experiments.cross_encoder.train import EXPORT_DIR
 from medrepro import atomic, checkpoint, plots, repro
 from medrepro.calibration import Scaler, adaptive_ece, reliability_bins, sigmoid
@@ -104,7 +107,7 @@ def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which:
     bins, e = cfg.eval.calibration_bins, cfg.eval
 
     test_pairs = read_pairs(cfg.paths.mined, "test")
-    z_test = cross.pair_logits(model, tokenizer, [(p.text, p.name) for p in test_pairs], e.batch_size, cfg.max_length)
+    z_test = cross.pair_logits(model, tokenizer, [p.inputs for p in test_pairs], e.batch_size, cfg.max_length)
     y_test = np.array([p.label for p in test_pairs])
     p_test = sigmoid(z_test)
     raw = binary_metrics(y_test, p_test, e.threshold, bins)
@@ -119,6 +122,13 @@ def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which:
     candidates = scoring.score_candidates(cfg, model, tokenizer, "test")
     weight = calibration["retrieval_weight"]
     link = scoring.linking_accuracy(candidates, weight, e.bootstrap, e.alpha, cfg.seed)
+    mentions = read_mentions(cfg.paths.prepared)
+    ambiguous = scoring.ambiguous([mentions[i].text for i in candidates.mentions], read_concepts(cfg.paths.prepared))
+    if ambiguous.any():
+        # Mentions whose string names concepts of different types: what context and type must settle.
+        shown = scoring.linking_accuracy(candidates.subset(ambiguous), weight, e.bootstrap, e.alpha, cfg.seed)
+        link |= {f"ambiguous_{key}": value for key, value in shown.items()
+                 if key == "mentions" or "acc_at_1" in key or "minus_biencoder" in key}
     chosen = scalers[e.calibration] if e.calibration != "none" else Scaler()
     combined = candidates.combined(weight)
     prob = chosen(np.where(candidates.valid, candidates.cross, 0.0))
@@ -138,11 +148,18 @@ def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which:
     plots.roc_png(y_test, p_test, plot_dir / "roc.png", "cross-encoder ROC (test pairs)")
     plots.pr_png(y_test, p_test, plot_dir / "pr.png", "cross-encoder precision-recall (test pairs)")
     orders = {"biencoder": "bi-encoder", "cross_only": "cross-encoder alone", "reranked": "re-ranked (combined)"}
-    plots.per_class_png({f"acc@{k}": {f"{label}{suffix}": link[f"{name}_acc_at_{k}{suffix}"]
-                                      for name, label in orders.items() for suffix in ("", "_ci_low", "_ci_high")}
-                         for k in (1, 5)},
+    groups = {f"acc@{k}": {f"{label}{suffix}": link[f"{name}_acc_at_{k}{suffix}"]
+                           for name, label in orders.items() for suffix in ("", "_ci_low", "_ci_high")}
+              for k in (1, 5)}
+    if ambiguous.any():
+        groups["acc@1*"] = {
+            f"{label}{suffix}": link[f"ambiguous_{name}_acc_at_1{suffix}"]
+            for name, label in orders.items() for suffix in ("", "_ci_low", "_ci_high")}
+    plots.per_class_png(groups,
                         plot_dir / "linking.png",
                         f"linking accuracy, {int(link['mentions'])} test mentions (95 % intervals by mention)",
+                        caption=(f"* the {int(ambiguous.sum())} mentions whose string names concepts of different "
+                                 "semantic types" if ambiguous.any() else ""),
                         ylabel="share of mentions", xlabel="gold concept among the top k")
 
     metrics = {**raw, "f1_ci_low": f1.low, "f1_ci_high": f1.high,
@@ -153,7 +170,7 @@ def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which:
                **{f"pairs/{kind}_correct": v for kind, v in by_kind.items()},
                **{f"linking/{key}": v for key, v in link.items()},
                **{f"{row}/{key}": v for row, figures in table.items() for key, v in figures.items()}}
-    check = [{"text": p.text, "name": p.name, "probability": float(q)}
+    check = [{"first": p.inputs[0], "second": p.inputs[1], "probability": float(q)}
              for p, q in zip(test_pairs[:EXPORT_CHECK_PAIRS], scalers["platt"](z_test[:EXPORT_CHECK_PAIRS]),
                              strict=True)]
     atomic.write_json(out / "calibration.json", calibration)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from experiments.cross_encoder import pair_text
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.scoring import CALIBRATION_FILE
 from medrepro import atomic
@@ -82,24 +83,40 @@ def model_card(cfg: CrossEncoderConfig, variant: str, calibration: dict, held_ou
                 f"[{scale * held_out[key + '_ci_low']:.{1 if percent else 3}f}, "
                 f"{scale * held_out[key + '_ci_high']:.{1 if percent else 3}f}]")
 
-    return f"""# cross_encoder ({variant}): (mention, UMLS concept name) match probability
+    first, second = (pair_text.mention_input("ARF", "patients with", "after cardiac surgery"),
+                     pair_text.candidate_input("Acute renal failure", ["Disease or Syndrome"]))
+    return f"""# cross_encoder ({variant}): (mention in context, UMLS concept) match probability
 
-A cross-encoder that reads a biomedical mention and one candidate concept name together and returns
-the **calibrated probability** that they name the same concept. It re-ranks the candidates of a
-bi-encoder retriever (`{cfg.biencoder.path}`, [CLS] pooling), as in `medrepro cross_encoder link`.
+A cross-encoder that reads a biomedical mention in its context and one candidate concept (a name
+with its semantic types) together and returns the **calibrated probability** that they are the same
+concept. It re-ranks the candidates of a bi-encoder retriever (`{cfg.biencoder.path}`, [CLS]
+pooling), as in `medrepro cross_encoder link`.
+
+## Input
+Two segments, built exactly as in training:
+- the mention in square brackets between up to {cfg.data.context_words} words of its document on each
+  side: `{first}`;
+- the candidate name, then its UMLS semantic type names (MRSTY's STY, joined by ` ; `) in
+  parentheses: `{second}`.
+
+The context and the types tell apart names shared by concepts of different types ("RI": renal
+insufficiency in "patients with RI", renal imaging in "RI was performed").
 
 ## Load it
 ```python
 from sentence_transformers import CrossEncoder
 model = CrossEncoder("path/to/model")                    # this directory
-model.predict([("ARF", "Acute renal failure")])         # calibrated probabilities
+# calibrated probabilities
+model.predict([("{first}", "{second}")])
 ```
 ```python
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 model = AutoModelForSequenceClassification.from_pretrained("path/to/model").eval()
 tokenizer = AutoTokenizer.from_pretrained("path/to/model")
-batch = tokenizer(["ARF"], ["Acute renal failure"], padding=True, truncation=True, return_tensors="pt")
+batch = tokenizer(["{first}"],
+                  ["{second}"],
+                  padding=True, truncation=True, return_tensors="pt")
 with torch.inference_mode():
     probability = torch.sigmoid(model(**batch).logits[:, 0])   # label "{LABEL}"
 ```
@@ -135,8 +152,9 @@ The scalers and the retrieval weight were fitted on these same mentions, so the 
 optimistic; the test-split results are in `results/cross_encoder/{variant}/` of the run that made it.
 
 ## Limits
-- It scores the mention string and the name only: no context, no semantic type. Names shared by
-  several concepts (ambiguous strings, colliding abbreviations) get the same score for each.
+- It sees {cfg.data.context_words} words each side of the mention and the semantic types: a name shared
+  by concepts of one type (three renal disorders all written "RI") stays ambiguous unless those words
+  tell them apart; evidence further away in the document is not read.
 - Calibrated on mined pairs and candidate lists of this retriever: another retriever, corpus or
   UMLS release shifts the score distribution and the calibration with it.
 - English only; UMLS licence terms apply to any concept names you pair it with.

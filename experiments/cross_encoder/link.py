@@ -3,7 +3,9 @@
 Input is a PubTator file (its mention lines give the spans; any CUIs in it are ignored) or JSON lines
 `{"id": "...", "text": "...", "spans": [[start, end], ...]}` with 0-based, end-exclusive offsets.
 Each mention's candidates come from the bi-encoder index and are re-ranked by the exported
-cross-encoder's logit plus the retrieval weight times the standardised cosine (scoring.py);
+cross-encoder, which reads the mention in its context and each candidate name with its semantic
+types (pair_text.py; the context comes from the document text), by its logit plus the retrieval
+weight times the standardised cosine (scoring.py);
 `confidence` is the exported model's probability, which carries its Platt calibration (export.py).
 """
 
@@ -16,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from experiments.cross_encoder import model as cross
-from experiments.cross_encoder import scoring
+from experiments.cross_encoder import pair_text, scoring
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.medmentions import read_pubtator, text_lines
-from experiments.cross_encoder.prepare import read_concepts
+from experiments.cross_encoder.prepare import concept_type_names, read_concepts
 from experiments.cross_encoder.retrieval import BiEncoder, read_index
 from experiments.cross_encoder.train import EXPORT_DIR
 from medrepro import atomic
@@ -34,17 +36,21 @@ class Span:
     start: int
     end: int
     text: str
+    left: str  # context words (pair_text.context)
+    right: str
 
 
-def read_spans(path: Path) -> list[Span]:
-    """Spans from PubTator (told by its `PMID|t|` first line) or from JSON lines."""
+def read_spans(path: Path, context_words: int) -> list[Span]:
+    """Spans from PubTator (told by its `PMID|t|` first line) or from JSON lines, each with up to
+    `context_words` words of its document on either side."""
     first = next((line for _, line in text_lines(path) if line.strip()), "")
     if "|t|" in first.split("\t")[0]:
-        return [Span(m.pmid, m.start, m.end, m.text) for doc in read_pubtator(path) for m in doc.mentions]
-    return list(_json_spans(path))
+        return [Span(m.pmid, m.start, m.end, m.text, *pair_text.context(doc.text, m.start, m.end, context_words))
+                for doc in read_pubtator(path) for m in doc.mentions]
+    return list(_json_spans(path, context_words))
 
 
-def _json_spans(path: Path) -> Iterator[Span]:
+def _json_spans(path: Path, context_words: int) -> Iterator[Span]:
     for number, line in text_lines(path):
         if not line.strip():
             continue
@@ -65,7 +71,8 @@ def _json_spans(path: Path) -> Iterator[Span]:
                     or not 0 <= span[0] < span[1] <= len(text)):
                 raise DataError(f"line {where}: span {span!r} is not [start, end] with 0 <= start < end <= "
                                 f"{len(text)} (the text's length)")
-            yield Span(doc, span[0], span[1], text[span[0]:span[1]])
+            yield Span(doc, span[0], span[1], text[span[0]:span[1]],
+                       *pair_text.context(text, span[0], span[1], context_words))
 
 
 def link_command(cfg: CrossEncoderConfig, args: argparse.Namespace) -> int:
@@ -75,10 +82,11 @@ def link_command(cfg: CrossEncoderConfig, args: argparse.Namespace) -> int:
 
 
 def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, top: int) -> int:
-    spans = read_spans(inputs)
+    spans = read_spans(inputs, cfg.data.context_words)
     if not spans:
         raise DataError(f"{inputs} holds no mention to link")
     concepts = read_concepts(cfg.paths.prepared)
+    types = concept_type_names(cfg.paths.prepared, concepts)
     index = read_index(cfg.paths.index, concepts, cfg.index)
     encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
     model, tokenizer = cross.load(model_dir)
@@ -87,7 +95,10 @@ def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, top:
 
     cand, rows, bi_scores = index.candidates(encoder.encode([s.text for s in spans]), cfg.eval.rerank_top_k)
     valid = cand >= 0
-    pairs = [(s.text, index.names[r]) for s, rs, ok in zip(spans, rows, valid, strict=True) for r in rs[ok]]
+    pairs = [(pair_text.mention_input(s.text, s.left, s.right),
+              pair_text.candidate_input(index.names[r], types[c]))
+             for s, rs, cs, ok in zip(spans, rows, cand, valid, strict=True)
+             for r, c in zip(rs[ok], cs[ok], strict=True)]
     logits = np.full(cand.shape, -np.inf)
     logits[valid] = cross.pair_logits(model, tokenizer, pairs, cfg.eval.batch_size, cfg.max_length)
     scored = scoring.Candidates(np.arange(len(spans)), cand, np.where(valid, bi_scores, -np.inf), logits,

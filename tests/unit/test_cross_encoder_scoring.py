@@ -107,7 +107,7 @@ def test_prepare_stops_without_linkable_train_mentions_and_warns_about_empty_spl
     from experiments.cross_encoder.prepare import MentionRecord, _check_linkable
 
     def record(split: str, gold: str | None) -> MentionRecord:
-        return MentionRecord(split, "1", 0, 3, "ARF", ("T047",), "C0000001", gold)
+        return MentionRecord(split, "1", 0, 3, "ARF", ("T047",), "C0000001", gold, "", "was seen")
 
     report = {"missing_mentions": 2, "by_reason": {"not loaded": 2}}
     docs = {"train": ["doc"], "dev": ["doc"], "test": []}
@@ -117,3 +117,15 @@ def test_prepare_stops_without_linkable_train_mentions_and_warns_about_empty_spl
         _check_linkable([record("train", "C0000001"), record("dev", None)], docs, report, "/umls")
     assert "the test split has no document" in caplog.text
     assert "no dev mention links to a loaded concept" in caplog.text
+
+
+def test_ambiguous_mentions_are_names_of_concepts_with_different_types():
+    from experiments.cross_encoder.scoring import ambiguous
+    from experiments.cross_encoder.umls import Concept
+
+    concepts = [Concept("C1", "Renal insufficiency", ("Renal insufficiency", "RI"), ("T047",)),
+                Concept("C2", "Renal imaging", ("Renal imaging", "RI"), ("T061",)),
+                Concept("C3", "Renal injury", ("Renal injury", "RIN"), ("T037",)),
+                Concept("C4", "Renal infarction", ("Renal infarction", "RIN"), ("T037",))]
+    # "ri" across two types: ambiguous; "RIN" only within one type; a name of one concept; no name.
+    assert ambiguous(["ri", "RIN", "renal imaging", "RX"], concepts).tolist() == [True, False, False, False]

@@ -36,7 +36,7 @@ def test_umls_has_what_the_reader_must_handle(synthetic: tuple[Path, Path, Umls]
     # Every kept name comes from an English, unsuppressed atom of its own concept.
     english = {(row["CUI"], row["STR"]) for row in rows if row["LAT"] == "ENG" and row["SUPPRESS"] == "N"}
     for concept in umls.concepts.values():
-        assert 2 <= len(concept.names) <= 5
+        assert 2 <= len(concept.names) <= 6  # the preferred name, up to four synonyms, an abbreviation
         assert all((concept.cui, name) in english for name in concept.names)
     # At most one preferred atom per concept; a few concepts have none and fall back.
     preferred = Counter(
@@ -120,7 +120,9 @@ def test_concept_sources_agree(synthetic: tuple[Path, Path, Umls], tmp_path: Pat
 def test_more_concepts_than_the_vocabulary_stay_distinct(tmp_path: Path) -> None:
     umls = load_umls(write_synthetic_umls(tmp_path, 1000, seed=0))
     assert len(umls.concepts) == 1000
-    assert len({concept.preferred.casefold() for concept in umls.concepts.values()}) == 1000
+    # Numbered copies keep every concept's names apart from the others' (single names such as an
+    # abbreviation may be shared: that ambiguity is intended).
+    assert len({frozenset(n.casefold() for n in concept.names) for concept in umls.concepts.values()}) == 1000
 
 
 def test_sizes_must_be_positive(tmp_path: Path) -> None:
@@ -129,3 +131,29 @@ def test_sizes_must_be_positive(tmp_path: Path) -> None:
     umls_dir = write_synthetic_umls(tmp_path, 5, seed=0)
     with pytest.raises(ValueError, match="n_documents"):
         write_synthetic_medmentions(tmp_path, umls_dir, 0, seed=0)
+
+
+def test_names_shared_by_a_disorder_and_a_procedure_sit_in_sentences_of_their_kind(tmp_path: Path) -> None:
+    """Abbreviations such as "RI" name a disorder and a procedure of one organ; the sentence around each
+    mention is one written for its gold concept's kind, so context can settle what the string cannot."""
+    umls_dir = write_synthetic_umls(tmp_path / "umls", 400, seed=0)
+    umls = load_umls(umls_dir)
+    corpus = write_synthetic_medmentions(tmp_path / "medmentions", umls, 150, seed=0)
+    is_procedure: dict[str, set[bool]] = {}
+    for concept in umls.concepts.values():
+        for name in concept.names:
+            is_procedure.setdefault(name.casefold(), set()).add(concept.types[0] == "T061")
+    shared = {name for name, kinds in is_procedure.items() if kinds == {True, False}}
+    seen = Counter()
+    for doc in read_pubtator(corpus):
+        for m in doc.mentions:
+            gold = resolve_cui(m.cui, umls)
+            if m.text.casefold() not in shared or gold is None:
+                continue
+            procedure = umls.concepts[gold].types[0] == "T061"
+            before, after = doc.text[:m.start], doc.text[m.end:]
+            in_procedure_slot = (after.startswith((" was performed", " were discharged")) or
+                                 before.endswith(("underwent ", "Outcomes of ", " after ")))
+            assert in_procedure_slot == procedure, (m, doc.text[max(0, m.start - 40):m.end + 40])
+            seen[procedure] += 1
+    assert seen[True] >= 5 and seen[False] >= 5, seen
