@@ -21,8 +21,13 @@ def build(name: str) -> str:
         if os.environ.get("CI"):
             pytest.fail("CI is set but no Docker engine answers `docker info`; .ci/run should have started one")
         pytest.skip("no Docker engine answers `docker info`")
-    subprocess.run(["medrepro", "images", "build", name], cwd=REPO, check=True,
-                   env={**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"})
+    done = subprocess.run(["medrepro", "images", "build", name], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"})
+    if done.returncode != 0:
+        # The end of the log, where the cause is, at the end of the failure message (a long report is
+        # cut in its middle).
+        tail = [line for line in done.stderr.splitlines() if not line.startswith("WARNING: Location")][-40:]
+        pytest.fail(f"medrepro images build {name} failed ({done.returncode}):\n" + "\n".join(tail), pytrace=False)
     return images.tag(name)
 
 

@@ -62,6 +62,7 @@ def test_docker_client_can_be_chosen(monkeypatch):
 def test_wheelhouse_download_checks_hashes(tmp_path):
     cmd = images.wheelhouse_command(Path("images/requirements.lock"), tmp_path)
     assert "--require-hashes" in cmd and "--only-binary=:all:" in cmd and "--no-deps" in cmd
+    assert "--no-cache-dir" in cmd, "a pip cache would keep a second copy of the wheels"
 
 
 def test_every_experiment_with_a_dockerfile_is_found():
@@ -99,13 +100,16 @@ def test_exec_passes_everything_after_the_experiment_through(monkeypatch):
 # ------------------------------------------------------------------ BuildKit client choice (fake clients)
 
 
-def fake_client(directory: Path, version: str, buildx: bool) -> Path:
-    """A `docker` that answers `--version` and `buildx version` as a real client of that kind does."""
+def fake_client(directory: Path, version: str, buildx: bool, root: Path | None = None) -> Path:
+    """A `docker` that answers `--version` and `buildx version` as a real client of that kind does, and
+    with `root`, `info` with that data directory (and no image exists)."""
     directory.mkdir(parents=True, exist_ok=True)
     client = directory / "docker"
     client.write_text("#!/bin/sh\n"
                       f'if [ "$1" = "--version" ]; then echo "Docker version {version}, build abc"; exit 0; fi\n'
                       f'if [ "$1" = "buildx" ]; then {"echo v0.20.1; exit 0" if buildx else "exit 1"}; fi\n'
+                      + (f'if [ "$1" = "info" ]; then echo {root}; exit 0; fi\n' if root else "")
+                      + 'if [ "$1" = "image" ]; then exit 1; fi\n'
                       "exit 3\n")
     client.chmod(0o755)
     return client
@@ -182,6 +186,39 @@ def test_build_uses_the_chosen_client(only_fakes, tmp_path):
     builds = [(cmd, env) for cmd, env in ran if cmd[1:2] == ["build"]]
     assert [cmd[0] for cmd, _ in builds] == [str(old), str(old)]
     assert all(env["DOCKER_BUILDKIT"] == "1" for _, env in builds)
+
+
+def test_a_first_base_build_without_room_stops_before_downloading(only_fakes, tmp_path):
+    engine_root = tmp_path / "docker-root"
+    engine_root.mkdir()
+    only_fakes.setenv("PATH", str(fake_client(tmp_path / "usr", "20.10.24", buildx=False, root=engine_root).parent))
+    real_usage = images.shutil.disk_usage
+    only_fakes.setattr(images.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=int(3e9))
+                       if Path(p) == engine_root else real_usage(p))
+    ran = []
+    only_fakes.setattr(images, "_run", lambda cmd, **kw: ran.append(cmd) or 0)
+    with pytest.raises(images.MedreproError) as raised:
+        images.build(["retclip"], tmp_path / "wheelhouse")
+    message = str(raised.value)
+    assert "\n" not in message and str(engine_root) in message and "3.0 GB" in message
+    assert ran == [], "nothing downloaded or built"
+
+
+def test_a_failed_wheel_download_is_tried_again_then_reported(monkeypatch, tmp_path):
+    codes = iter([1, 0])
+    ran = []
+
+    def fake_run(cmd, check=True, **kw):
+        ran.append(check)
+        return next(codes)
+
+    monkeypatch.setattr(images, "_run", fake_run)
+    images.download_wheelhouse(tmp_path)
+    assert ran == [False, False], "a retry after the first failure, which did not raise"
+    ran.clear()
+    monkeypatch.setattr(images, "_run", lambda cmd, check=True, **kw: ran.append(check) or 1)
+    images.download_wheelhouse(tmp_path)
+    assert ran == [False] * (images.DOWNLOAD_TRIES - 1) + [True], "the last try raises on failure"
 
 
 def test_usage_lists_every_command(capsys):

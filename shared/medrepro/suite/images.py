@@ -132,9 +132,54 @@ def git_revision(repo: Path = REPO) -> str:
 
 
 def wheelhouse_command(lock: Path, dest: Path) -> list[str]:
-    """Download every locked wheel, hashes checked; already present wheels are not fetched again."""
-    return [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--require-hashes",
-            "--no-deps", "--only-binary=:all:", "-r", str(lock), "-d", str(dest)]
+    """Download every locked wheel, hashes checked; already present wheels are not fetched again. No
+    pip cache: it would hold a second copy of the 4 GB."""
+    return [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-cache-dir",
+            "--require-hashes", "--no-deps", "--only-binary=:all:", "-r", str(lock), "-d", str(dest)]
+
+
+# A dropped connection in 4 GB of downloads should not cost the build; a retry fetches only what is missing.
+DOWNLOAD_TRIES = 3
+
+
+def download_wheelhouse(dest: Path, lock: Path = REPO / "images" / "requirements.lock") -> None:
+    for attempt in range(1, DOWNLOAD_TRIES + 1):
+        if _run(wheelhouse_command(lock, dest), check=attempt == DOWNLOAD_TRIES) == 0:
+            return
+        print(f"images: wheel download failed (try {attempt} of {DOWNLOAD_TRIES}); trying again", file=sys.stderr)
+
+
+# Free disk a first base build needs at its peak, measured with Docker 20.10 and overlay2: the
+# engine holds the build context (the 4 GB wheelhouse), the venv as it is installed and the image
+# layer exported from it (8.5 GB each), 20 GB in all; the wheelhouse itself lies beside the repository.
+BASE_BUILD_NEEDS_GB = {"Docker data": 20, "the wheelhouse": 4}
+
+
+def docker_root(client: str) -> Path | None:
+    """The engine's data directory, when the engine runs on this machine (else None)."""
+    proc = subprocess.run([client, "info", "--format", "{{.DockerRootDir}}"], capture_output=True, text=True)
+    path = Path(proc.stdout.strip())
+    return path if proc.returncode == 0 and path.is_absolute() and path.exists() else None
+
+
+def check_disk_for_base(client: str, wheelhouse: Path) -> None:
+    """Stop at once when a first base build cannot fit, instead of failing minutes into it."""
+    if image_exists(tag("base")):
+        return
+    downloaded = wheelhouse.is_dir() and any(wheelhouse.glob("*.whl"))
+    places = {"Docker data": docker_root(client), "the wheelhouse": None if downloaded else wheelhouse.parent}
+    needs: dict[int, tuple[float, list[str], Path]] = {}  # by filesystem: both often share one
+    for what, place in places.items():
+        if place is None or not place.exists():
+            continue
+        gb, whats, first = needs.get(place.stat().st_dev, (0.0, [], place))
+        needs[place.stat().st_dev] = (gb + BASE_BUILD_NEEDS_GB[what], [*whats, what], first)
+    for gb, whats, place in needs.values():
+        free_gb = shutil.disk_usage(place).free / 1e9
+        if free_gb < gb:
+            raise MedreproError(f"the first base image build needs about {gb:.0f} GB free on the disk of {place} "
+                                f"({' and '.join(whats)}), and {free_gb:.1f} GB are: free space there (e.g. "
+                                "`docker system prune`) and build again")
 
 
 def build_command(name: str, os_base: str, revision: str, version: str = __version__,
@@ -225,8 +270,9 @@ def ensure_os_base() -> str:
 
 def build(names: Sequence[str], wheelhouse: Path) -> None:
     client = buildkit_client()  # before minutes of wheel downloads
+    check_disk_for_base(client, wheelhouse)
     revision = git_revision()
-    _run(wheelhouse_command(REPO / "images" / "requirements.lock", wheelhouse))
+    download_wheelhouse(wheelhouse)
     os_base = ensure_os_base()
     env = {**os.environ, "DOCKER_BUILDKIT": "1"}
     for name in ["base", *names]:
@@ -304,7 +350,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "wheelhouse":
-        _run(wheelhouse_command(REPO / "images" / "requirements.lock", args.dest))
+        download_wheelhouse(args.dest)
     elif args.command == "build":
         build(args.names or experiments_with_images(), args.wheelhouse)
     elif args.command == "run":
