@@ -41,25 +41,20 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every global RNG state, in types that `torch.load(weights_only=True)` accepts."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
+    """The RNG streams training draws from (torch's, CPU and CUDA), for a checkpoint.
+
+    Python's and NumPy's global streams are seeded but not saved: our code draws only from private
+    generators, while libraries draw from the globals at moments that depend on threads and the
+    network (a telemetry thread's retry jitter). Saving them made a checkpoint's bytes differ from run
+    to run with identical weights, and restoring them would change nothing that training computes.
+    """
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -4,6 +4,10 @@
 in a scratch copy of the work tree (traced, for the stage-dependency test). Every experiment's
 end-to-end checks read that one run; nothing runs the pipeline twice.
 `retclip_workdir`: a tiny prepared retclip dataset for the training reproducibility tests.
+
+Under pytest-xdist (`--dist=loadgroup`, pyproject.toml) the tests that use one of these fixtures run in
+one worker, and so do the other tests of a module (its module-scoped fixtures), so that each fixture
+is built once; unit tests spread freely.
 """
 
 import os
@@ -26,6 +30,17 @@ DATA_OVERRIDES = ["data.synthetic_patients=120", "encoders.biobert.tiny.dropout=
 # One training seed: the runs' weights are in <run>/seed-0/.
 TRAIN_OVERRIDES = ["seeds=[0]", "train.epochs=3", "train.batch_size=16", "train.eval_every_epochs=1.0",
                    "train.log_every_steps=5", "train.tracking.tensorboard=false", "train.warmup_epochs=0.5"]
+
+
+SESSION_FIXTURES = ("reproduced", "retclip_workdir")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(item.path).parent != Path(__file__).parent:
+            continue
+        shared = [name for name in SESSION_FIXTURES if name in item.fixturenames]
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.module.__name__))
 
 
 def process_env(**extra: str) -> dict[str, str]:

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from medrepro.suite import registry
+
+pytestmark = pytest.mark.integration
 
 
 def test_no_health_sign_fires_on_any_smoke_run(reproduced):
