@@ -165,6 +165,7 @@ def recall_png(result: dict, path: Path) -> None:
     ax.hlines(chance, x - 0.4, x + 0.4, colors="k", linestyles="dashed", label="chance")
     ax.set_xticks(x, ["zero-shot acc", *(f"{d} R@{k}" for d in ("i→t", "t→i") for k in KS)], fontsize=8)
     ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction correct (accuracy, recall@k)")
     ax.set_title("biomedica_clip: held-out shard before and after fine-tuning (95 % bootstrap intervals)")
     ax.legend(fontsize=8)
     plots.save_figure(fig, path)
