@@ -2,12 +2,10 @@
 
 `reproduced`: `medrepro verify` once per test session: the whole smoke pipeline reproduced by `dvc repro`
 in a scratch copy of the work tree (traced, for the stage-dependency test). Every experiment's
-end-to-end checks read that one run; nothing runs the pipeline twice.
+end-to-end checks read that one run; nothing runs the pipeline twice. It starts in the background
+with the session's first integration test, and the tests that read it run last: the smoke profile
+pins one thread, so the pipeline takes one core while the other tests run on the rest.
 `retclip_workdir`: a tiny prepared retclip dataset for the training reproducibility tests.
-
-Under pytest-xdist (`--dist=loadgroup`, pyproject.toml) the tests that use one of these fixtures run in
-one worker, and so do the other tests of a module (its module-scoped fixtures), so that each fixture
-is built once; unit tests spread freely.
 """
 
 import os
@@ -15,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,15 +31,14 @@ TRAIN_OVERRIDES = ["seeds=[0]", "train.epochs=3", "train.batch_size=16", "train.
                    "train.log_every_steps=5", "train.tracking.tensorboard=false", "train.warmup_epochs=0.5"]
 
 
-SESSION_FIXTURES = ("reproduced", "retclip_workdir")
+def reads_the_pipeline(item: pytest.Item) -> bool:
+    return "reproduced" in getattr(item, "fixturenames", ())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if Path(item.path).parent != Path(__file__).parent:
-            continue
-        shared = [name for name in SESSION_FIXTURES if name in item.fixturenames]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.module.__name__))
+    """The tests that read the background pipeline go last (in their order), so that everything
+    else runs while it does."""
+    items.sort(key=reads_the_pipeline)
 
 
 def process_env(**extra: str) -> dict[str, str]:
@@ -100,16 +98,47 @@ class Reproduced:
     trace_dir: Path
 
 
+class PipelineInBackground:
+    """`medrepro verify` into a kept work directory, every medrepro process traced, in its own process
+    group (so that an interrupted session stops DVC and its stages too)."""
+
+    def __init__(self, root: Path):
+        self.workdir, self.trace_dir, self.log_dir = root / "work", root / "trace", root / "log"
+        self.trace_dir.mkdir()
+        self.log_dir.mkdir()
+        env = process_env(PYTHONPATH=os.pathsep.join([str(TRACE_HOOK), os.environ.get("PYTHONPATH", "")]),
+                          MEDREPRO_TRACE_DIR=str(self.trace_dir),
+                          PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        self.args = [sys.executable, "-m", "medrepro", "verify", "--workdir", str(self.workdir)]
+        with open(self.log_dir / "stdout", "wb") as out, open(self.log_dir / "stderr", "wb") as err:
+            self.proc = subprocess.Popen(self.args, cwd=REPO, env=env, stdout=out, stderr=err,
+                                         start_new_session=True)
+
+    def result(self) -> Reproduced:
+        returncode = self.proc.wait()
+        stdout, stderr = ((self.log_dir / name).read_text(errors="replace") for name in ("stdout", "stderr"))
+        assert (self.workdir / "dvc.lock").is_file(), f"verify did not get to run the pipeline:\n{stderr[-4000:]}"
+        return Reproduced(self.workdir, subprocess.CompletedProcess(self.args, returncode, stdout, stderr),
+                          self.trace_dir)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pipeline(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineInBackground | None]:
+    """Started with the first integration test, if any selected test reads it."""
+    if not any(reads_the_pipeline(item) for item in request.session.items):
+        yield None
+        return
+    running = PipelineInBackground(tmp_path_factory.mktemp("verify"))
+    yield running
+    running.stop()
+
+
 @pytest.fixture(scope="session")
-def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Reproduced:
-    """`medrepro verify` into a kept work directory, every medrepro process traced."""
-    root = tmp_path_factory.mktemp("verify")
-    workdir, trace_dir = root / "work", root / "trace"
-    trace_dir.mkdir()
-    env = process_env(PYTHONPATH=os.pathsep.join([str(TRACE_HOOK), os.environ.get("PYTHONPATH", "")]),
-                      MEDREPRO_TRACE_DIR=str(trace_dir),
-                      PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "medrepro", "verify", "--workdir", str(workdir)], cwd=REPO,
-                          env=env, capture_output=True, text=True)
-    assert (workdir / "dvc.lock").is_file(), f"verify did not get to run the pipeline:\n{proc.stderr[-4000:]}"
-    return Reproduced(workdir, proc, trace_dir)
+def reproduced(pipeline: PipelineInBackground) -> Reproduced:
+    return pipeline.result()
