@@ -29,9 +29,13 @@ def restore_global_rng_and_determinism(monkeypatch):
     torch.set_rng_state(saved[2])
 
 
+def torch_draws() -> tuple:
+    return torch.rand(3).tolist(), torch.randn(2).tolist(), torch.randint(0, 1 << 30, (2,)).tolist()
+
+
 def draws() -> tuple:
     return (random.random(), random.randrange(1 << 30), np.random.rand(3).tolist(), np.random.randn(3).tolist(),
-            torch.rand(3).tolist(), torch.randn(2).tolist())
+            *torch_draws())
 
 
 # ----------------------------------------------------------------------------------------- seeding
@@ -61,10 +65,6 @@ def test_seed_everything_deterministic_mode():
 
 
 # ------------------------------------------------------------------------------------------- state
-
-
-def torch_draws() -> tuple:
-    return torch.rand(3).tolist(), torch.randn(2).tolist(), torch.randint(0, 1 << 30, (2,)).tolist()
 
 
 def test_rng_state_round_trip_restores_the_torch_stream():
