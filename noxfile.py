@@ -38,6 +38,14 @@ def smoke(session: nox.Session, exp: str) -> None:
 
 
 @nox.session
+@nox.parametrize("exp", EXPERIMENTS)
+def dryrun(session: nox.Session, exp: str) -> None:
+    """The full profile at real size on a few generated samples in dryrun-out/<exp>/ (CPU; random weights
+    where the published ones are not on this machine): parameters, memory projection, every stage."""
+    session.run("medrepro", exp, "dryrun", "--out", f"dryrun-out/{exp}", *session.posargs)
+
+
+@nox.session
 def repro(session: nox.Session) -> None:
     """`dvc repro` of the results table with the profile in params.yaml, then the metrics."""
     session.run("dvc", "repro", *session.posargs)

@@ -61,15 +61,17 @@ def read_heldout(cfg: BiomedicaClipConfig) -> Heldout:
 
 @torch.no_grad()
 def embed_images(model: torch.nn.Module, preprocess, images: list[Image.Image], batch: int) -> np.ndarray:
-    """L2-normalised image embeddings."""
-    return torch.cat([model.encode_image(torch.stack([preprocess(im) for im in images[i:i + batch]]), normalize=True)
-                      for i in range(0, len(images), batch)]).numpy()
+    """L2-normalised image embeddings, `batch` images at a time on the model's device."""
+    device = next(model.parameters()).device
+    return torch.cat([model.encode_image(torch.stack([preprocess(im) for im in images[i:i + batch]]).to(device),
+                                         normalize=True).cpu() for i in range(0, len(images), batch)]).numpy()
 
 
 @torch.no_grad()
 def embed_texts(model: torch.nn.Module, tokenizer, texts: list[str], batch: int) -> np.ndarray:
-    """L2-normalised text embeddings."""
-    return torch.cat([model.encode_text(tokenizer(texts[i:i + batch]), normalize=True)
+    """L2-normalised text embeddings, `batch` captions at a time on the model's device."""
+    device = next(model.parameters()).device
+    return torch.cat([model.encode_text(tokenizer(texts[i:i + batch]).to(device), normalize=True).cpu()
                       for i in range(0, len(texts), batch)]).numpy()
 
 

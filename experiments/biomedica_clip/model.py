@@ -20,6 +20,7 @@ from torch import nn
 
 from experiments.biomedica_clip.config import BiomedicaClipConfig
 from medrepro import atomic
+from medrepro.device import default_device
 from medrepro.errors import ConfigError
 
 TINY_NAME = "biomedica-tiny"
@@ -57,14 +58,14 @@ def trainer_model_args(cfg: BiomedicaClipConfig, place: Callable[[Path], str]) -
 
 
 def load(cfg: BiomedicaClipConfig, weights: str | Path | None) -> tuple[nn.Module, Any, Any]:
-    """(model in eval mode, validation transform, tokenizer) with `weights` (an open_clip_train
-    checkpoint), or the starting weights (the pretrained ones) when None."""
+    """(model in eval mode on the default device, validation transform, tokenizer) with `weights` (an
+    open_clip_train checkpoint), or the starting weights (the pretrained ones) when None."""
     if cfg.model.tiny:
         open_clip.add_model_config(model_dir(cfg) / f"{TINY_NAME}.json")
         name, pretrained = TINY_NAME, str(weights or model_dir(cfg) / WEIGHTS)
     else:
         name, pretrained = cfg.model.name, str(weights or cfg.model.pretrained) or None
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device="cpu")
-    model.eval()
+    model.to(default_device()).eval()
     return model, preprocess, open_clip.get_tokenizer(name)
 

@@ -37,6 +37,7 @@ EXPERIMENT = Experiment(
     train="experiments.cross_encoder.train:train",
     evaluate="experiments.cross_encoder.evaluate:evaluate",
     bench="experiments.cross_encoder.bench:bench",
+    dryrun="experiments.cross_encoder.dryrun",
     val_metric="f1",
     evaluate_outs=("calibration.json", "evaluation_results.json"),
     commands=(

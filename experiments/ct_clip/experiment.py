@@ -26,6 +26,7 @@ EXPERIMENT = Experiment(
     train="experiments.ct_clip.train:train",
     evaluate="experiments.ct_clip.evaluate:evaluate",
     bench="experiments.ct_clip.bench:bench",
+    dryrun="experiments.ct_clip.dryrun",
     val_metric="auroc_macro",
     evaluate_outs=("predictions.json",),
     commands=(

@@ -15,7 +15,7 @@ quantiser is left out here (README, Deviations).
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoTokenizer, BertModel
+from transformers import BertModel, BertTokenizerFast
 
 from experiments.ct_clip.config import ModelConfig
 from medrepro.contrastive import gather_with_grad, symmetric_infonce
@@ -53,6 +53,16 @@ class Transformer(nn.Module):
         return self.norm(x)
 
 
+def token_grid(temporal_patch: int, patch: int, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The token grid (t, h, w) of a volume of `shape` (slices, height, width)."""
+    d, h, w = shape
+    if d % temporal_patch or h % patch or w % patch:
+        raise ConfigError(f"volume shape {tuple(shape)} is not divisible by the patches "
+                          f"({temporal_patch}, {patch}, {patch}): change data.shape or the "
+                          "model's patch sizes", "data.shape")
+    return d // temporal_patch, h // patch, w // patch
+
+
 class CTViT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -64,12 +74,7 @@ class CTViT(nn.Module):
         self.temporal = Transformer(cfg.dim, cfg.temporal_depth, cfg.heads, cfg.dim_head)
 
     def grid(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        d, h, w = shape
-        if d % self.temporal_patch or h % self.patch or w % self.patch:
-            raise ConfigError(f"volume shape {tuple(shape)} is not divisible by the patches "
-                              f"({self.temporal_patch}, {self.patch}, {self.patch}): change data.shape or the "
-                              "model's patch sizes", "data.shape")
-        return d // self.temporal_patch, h // self.patch, w // self.patch
+        return token_grid(self.temporal_patch, self.patch, shape)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) → tokens (B, t, h, w, dim)."""
@@ -114,18 +119,22 @@ class CTClip(nn.Module):
         self.temperature.clamp_(max=self.max_temperature)
 
 
-def build_model(cfg: ModelConfig, shape: tuple[int, int, int], encoder: str) -> tuple[CTClip, AutoTokenizer]:
+def build_model(cfg: ModelConfig, shape: tuple[int, int, int], encoder: str) -> tuple[CTClip, BertTokenizerFast]:
     """The model and its tokenizer; `encoder` is a hub id or a local `save_pretrained` directory.
 
     CXR-BERT-specialized's checkpoint is a BERT (under the `bert.` prefix) plus a projection head that
-    [CLS] features do not use, so BertModel loads it without the repository's own model code.
+    [CLS] features do not use, so BertModel loads it without the repository's own model code. Its
+    tokenizer_config.json names `CXRBertTokenizer` from that code, which AutoTokenizer refuses to load
+    without trust_remote_code; the class is an empty subclass of BertTokenizer, so BERT's own tokenizer
+    reads the files (as upstream CT-CLIP does), and no code from the hub runs.
     """
+    token_grid(cfg.temporal_patch, cfg.patch, shape)  # a shape mistake before seconds of loading
     text = BertModel.from_pretrained(encoder, add_pooling_layer=False)
-    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    tokenizer = BertTokenizerFast.from_pretrained(encoder)
     return CTClip(cfg, shape, text), tokenizer
 
 
-def tokenize(tokenizer: AutoTokenizer, texts: list[str], context_length: int) -> dict[str, torch.Tensor]:
+def tokenize(tokenizer: BertTokenizerFast, texts: list[str], context_length: int) -> dict[str, torch.Tensor]:
     """Padded to `context_length` as upstream, so that a batch's shape never depends on its neighbours."""
     out = tokenizer(texts, padding="max_length", truncation=True, max_length=context_length, return_tensors="pt")
     return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}

@@ -64,9 +64,15 @@ def predict(model: CTClip, tokenizer: Callable, dataset: ShardDataset, batch_siz
 
 
 def corner_threshold(y: np.ndarray, score: np.ndarray) -> float:
-    """The threshold of the ROC point closest to (FPR 0, TPR 1)."""
+    """The threshold of the ROC point closest to (FPR 0, TPR 1).
+
+    scikit-learn's first ROC point (nothing predicted positive) has the threshold +inf; where that
+    point is the closest (scores ranked against the labels), the threshold is the next float above the
+    highest score instead: the same predictions, and a number JSON can hold.
+    """
     fpr, tpr, thresholds = roc_curve(y, score)
-    return float(thresholds[np.argmin(np.hypot(fpr, 1 - tpr))])
+    threshold = float(thresholds[np.argmin(np.hypot(fpr, 1 - tpr))])
+    return threshold if np.isfinite(threshold) else float(np.nextafter(score.max(), np.inf))
 
 
 def per_label(y: np.ndarray, score: np.ndarray) -> dict[str, float]:

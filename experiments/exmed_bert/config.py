@@ -23,6 +23,9 @@ class DataConfig:
     # A bad code stops the conversion listing the first few (`stop`), or is dropped and counted (`drop`).
     on_bad_code: Literal["stop", "drop"] = "stop"
     synthetic_patients: int = 400
+    # Visits per synthetic patient, drawn uniformly between the two (inclusive); a visit holds about
+    # 4.5 positions (codes and its [SEP]), so [120, 130] fills data.max_length 512.
+    synthetic_visits: tuple[int, int] = (3, 8)
     # Share of the synthetic codes that ClinVec does not hold (they take an ancestor's vector).
     novel_code_probability: float = 0.3
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)

@@ -39,6 +39,7 @@ EXPERIMENT = Experiment(
     train="experiments.exmed_bert.train:train",
     evaluate="experiments.exmed_bert.evaluate:evaluate",
     bench="experiments.exmed_bert.bench:bench",
+    dryrun="experiments.exmed_bert.dryrun",
     val_metric="f1",
     evaluate_outs=("predictions.json",),
     # Each evaluation reports paired differences against the other variants on the same test patients.

@@ -109,7 +109,8 @@ def prepare(cfg: ExMedBertConfig, args: argparse.Namespace | None = None) -> Pat
     with atomic.atomic_dir(out) as tmp:
         if cfg.data.source == "synthetic":
             families = synthetic.code_families(cfg.seed)
-            patients = synthetic.synthetic_patients(cfg.data.synthetic_patients, cfg.seed, families)
+            patients = synthetic.synthetic_patients(cfg.data.synthetic_patients, cfg.seed, families,
+                                                     tuple(cfg.data.synthetic_visits))
             source = synthetic.write_patients(tmp / "source" / "patients.json", patients)
             synthetic.write_clinvec(tmp / "source" / "clinvec", families, cfg.data.novel_code_probability, cfg.seed)
         else:

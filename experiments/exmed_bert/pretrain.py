@@ -89,6 +89,39 @@ def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     return loss, extras
 
 
+@torch.no_grad()
+def validation_metrics(model: nn.Module, items: list[dict], batch_size: int, plos_days: float) -> dict[str, float]:
+    """Validation loss and accuracies over masked items, in batches of `batch_size` on the model's device.
+
+    Sums over batches, weighted by masked positions (MLM) and known stays (PLOS), so the result is the
+    one-batch computation (mean masked-code cross-entropy + mean PLOS cross-entropy) up to the order of
+    float summation; the whole split never sits in memory as one batch.
+    """
+    device = next(model.parameters()).device
+    make = collate(plos_days)
+    mlm_loss = plos_loss = 0.0
+    masked = mlm_correct = known = plos_correct = 0
+    for start in range(0, len(items), batch_size):
+        batch = {k: v.to(device) for k, v in make(items[start:start + batch_size]).items()}
+        logits, plos = model(batch)
+        mask = batch["labels"] != IGNORE
+        targets = batch["labels"][mask]
+        chosen = logits[mask].float()
+        mlm_loss += F.cross_entropy(chosen, targets, reduction="sum").item()
+        mlm_correct += int((chosen.argmax(-1) == targets).sum())
+        masked += int(mask.sum())
+        has_stay = batch["plos"] != IGNORE
+        if plos is not None and has_stay.any():
+            plos_loss += F.cross_entropy(plos[has_stay].float(), batch["plos"][has_stay], reduction="sum").item()
+            plos_correct += int((plos[has_stay].argmax(-1) == batch["plos"][has_stay]).sum())
+            known += int(has_stay.sum())
+    metrics = {"val/loss": mlm_loss / masked + (plos_loss / known if known else 0.0),
+               "val/mlm_acc": mlm_correct / masked}
+    if known:
+        metrics["val/plos_acc"] = plos_correct / known
+    return metrics
+
+
 def build(cfg: ExMedBertConfig, init: str, vocab: dataset.Vocab) -> PretrainModel:
     """The pretraining model of one initialisation, seeded, with ClinVec rows copied in for clinvec_init."""
     repro.seed_everything(cfg.seed, cfg.pretrain.train.deterministic)
@@ -109,19 +142,12 @@ def pretrain_one(cfg: ExMedBertConfig, init: str, run_dir: Path, resume: str | N
     # Validation masks are fixed: epoch 0 of another seed stream.
     val = MaskedPatients(dataset.read_split(cfg.paths.dataset, "val"), len(vocab.tokens),
                          cfg.pretrain.mask_probability, cfg.seed + 1)
-    val_batch = collate(cfg.pretrain.plos_days)([val[i] for i in range(len(val))])
+    val_items = [val[i] for i in range(len(val))]
     model = build(cfg, init, vocab)
     print(f"pretraining {init}: preset {cfg.model.preset}, {count_parameters(model):,} parameters")
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        logits, plos = model(val_batch)
-        mask = val_batch["labels"] != IGNORE
-        metrics = {"val/loss": loss_fn(model, val_batch)[0].item(),
-                   "val/mlm_acc": (logits.argmax(-1)[mask] == val_batch["labels"][mask]).float().mean().item()}
-        known = val_batch["plos"] != IGNORE
-        if plos is not None and known.any():
-            metrics["val/plos_acc"] = (plos.argmax(-1)[known] == val_batch["plos"][known]).float().mean().item()
-        return metrics
+        return validation_metrics(model, val_items, cfg.eval.batch_size, cfg.pretrain.plos_days)
 
     fit(model, train_set, cfg.pretrain.train, run_dir, loss_fn=loss_fn, seed=cfg.seed,
         collate_fn=collate(cfg.pretrain.plos_days), evaluate=evaluate, resume=resume,

@@ -70,7 +70,8 @@ def _draw(rng: np.random.Generator, families: list[list[str]], risky: bool) -> s
     return family[rng.choice(len(family), p=weights / weights.sum())]
 
 
-def synthetic_patients(n: int, seed: int, families: dict[str, list[list[str]]]) -> list[dict]:
+def synthetic_patients(n: int, seed: int, families: dict[str, list[list[str]]],
+                       visits: tuple[int, int] = (3, 8)) -> list[dict]:
     rng = np.random.default_rng(seed + 1)
     patients = []
     for i in range(n):
@@ -81,7 +82,7 @@ def synthetic_patients(n: int, seed: int, families: dict[str, list[list[str]]]) 
                         "sex": "FM"[rng.integers(2)], "state": STATES[rng.integers(len(STATES))],
                         "diagnoses": [], "prescriptions": [], "procedures": []}
         risk_codes = 0
-        for _ in range(int(rng.integers(3, 9))):
+        for _ in range(int(rng.integers(visits[0], visits[1] + 1))):
             for field, kind, count in (("diagnoses", "icd10cm", rng.integers(1, 4)),
                                        ("prescriptions", "atc", rng.integers(0, 3)),
                                        ("procedures", "cpt", rng.integers(0, 2))):

@@ -37,10 +37,7 @@ def train(cfg: ExMedBertConfig, variant: str, out: Path, resume: str | None = No
     labels = np.array([r["endpoint"] for r in train_records])
     positive_weight = torch.tensor((labels == 0).sum() / max(1, (labels == 1).sum()), dtype=torch.float32)
 
-    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        logits = model(batch)
-        return F.binary_cross_entropy_with_logits(logits, batch["endpoint"],
-                                                  pos_weight=positive_weight.to(logits.device)), {}
+    loss_fn = endpoint_loss(positive_weight)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         p = scores(model, val_records, cfg.eval.batch_size, cfg.pretrain.plos_days)
@@ -52,6 +49,16 @@ def train(cfg: ExMedBertConfig, variant: str, out: Path, resume: str | None = No
         run_name=f"exmed_bert-{variant}", run_config=cfg,
         data=[Path(cfg.paths.dataset) / "train.jsonl", Path(cfg.paths.pretrained) / variant / "final.pt"],
         variant=variant)
+
+
+def endpoint_loss(positive_weight: torch.Tensor):
+    """Fine-tuning's loss: BCE on the endpoint logit, positives weighted by negatives/positives of train."""
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        logits = model(batch)
+        return F.binary_cross_entropy_with_logits(logits, batch["endpoint"],
+                                                  pos_weight=positive_weight.to(logits.device)), {}
+
+    return loss_fn
 
 
 def train_baseline(cfg: ExMedBertConfig, variant: str, out: Path) -> None:

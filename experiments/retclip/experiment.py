@@ -39,6 +39,7 @@ EXPERIMENT = Experiment(
     train="experiments.retclip.train:train",
     evaluate="experiments.retclip.evaluate:evaluate",
     bench="experiments.retclip.bench:bench",
+    dryrun="experiments.retclip.dryrun",
     val_metric="auc_macro",
     evaluate_outs=("predictions.json",),
     compare="experiments.retclip.compare:comparison_section",

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from experiments.retclip import zeroshot
 from experiments.retclip.config import RetClipConfig
-from experiments.retclip.data import PairDataset
+from experiments.retclip.data import PairDataset, open_split, single_label_eyes
 from experiments.retclip.model import RetClip, build_model
 from experiments.retclip.prompts import load_prompts
 from medrepro import atomic, checkpoint, config, repro, run_guard
-from medrepro.errors import ConfigError
+from medrepro.errors import ConfigError, DataError
 from medrepro.results import TRAIN_LOG
 from medrepro.trainer import FitResult, fit
 
@@ -40,6 +40,7 @@ def train(cfg: RetClipConfig, variant: str, run_dir: Path, resume: str | None = 
     """Train `variant` once per seed of `cfg.seeds`; `resume` applies to each seed run that has checkpoints."""
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {cfg.seeds}", "seeds")
+    check_validation_split(cfg)
     run_dir = Path(run_dir)
     # The launcher's rank (torchrun, accelerate launch): asking Accelerate here would set up its shared
     # state before `fit` chooses the CPU backend.
@@ -60,6 +61,20 @@ def train(cfg: RetClipConfig, variant: str, run_dir: Path, resume: str | None = 
             "step": results[0].state.step, "best_step": {str(s): m["best_step"] for s, m in marks.items()},
             "seeds": list(cfg.seeds)})
     return results
+
+
+def check_validation_split(cfg: RetClipConfig) -> None:
+    """Refuse, before any training, a validation split on which the best metric cannot be computed:
+    an AUC needs single-label eyes of at least two classes (otherwise the metric is left out, and the
+    run stopped with a KeyError at its first validation, an epoch in)."""
+    if not cfg.train.best_metric.startswith("val/auc"):
+        return
+    valid = Path(cfg.paths.lmdb) / "valid"
+    classes = {eye.label for eye in single_label_eyes(open_split(valid)[2])}
+    if len(classes) < 2:
+        raise DataError(f"the validation split {valid} has single-label eyes of {len(classes)} class(es): "
+                        f"train.best_metric {cfg.train.best_metric} needs two or more; use more patients or a "
+                        "larger validation fraction (data.split), or another best_metric")
 
 
 def train_seed(cfg: RetClipConfig, variant: str, seed: int, run_dir: Path, resume: str | None) -> FitResult:

@@ -5,6 +5,7 @@ vocabulary comes from the given corpus), so it goes through exactly the code pat
 checkpoint does; only the name is a local directory instead of a hub id.
 """
 
+import json
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,7 +43,23 @@ def wordpiece_vocab(corpus: Iterable[str], size: int, lowercase: bool) -> dict[s
 
 def build_tiny_bert(directory: str | Path, corpus: Iterable[str], cfg: TinyBertConfig) -> Path:
     """Build a WordPiece vocabulary from `corpus`, initialise a BERT, save both to `directory`."""
+    return save_bert(directory, corpus, cfg)
+
+
+def save_bert(directory: str | Path, corpus: Iterable[str], cfg: TinyBertConfig, fill_vocab: bool = False,
+              config_json: dict | None = None, tokenizer_json: dict | None = None, pooler: bool = False) -> Path:
+    """A randomly initialised BERT of `cfg`'s shape and its tokenizer, saved with `save_pretrained`.
+
+    `fill_vocab` pads the vocabulary with `[unusedN]` entries to exactly `cfg.vocab_size` (a real-size
+    stand-in); `config_json` and `tokenizer_json` are fields written over the saved config.json and
+    tokenizer_config.json (a published model's own, so that loading meets what the real files say);
+    `pooler` keeps BERT's pooler, as published checkpoints do.
+    """
     vocab = wordpiece_vocab(corpus, cfg.vocab_size, cfg.lowercase)
+    if fill_vocab:
+        if len(vocab) > cfg.vocab_size:
+            raise ValueError(f"the corpus needs {len(vocab)} vocabulary entries, more than {cfg.vocab_size}")
+        vocab.update({f"[unused{i}]": len(vocab) + i for i in range(cfg.vocab_size - len(vocab))})
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=cfg.lowercase, strip_accents=cfg.lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -61,9 +78,13 @@ def build_tiny_bert(directory: str | Path, corpus: Iterable[str], cfg: TinyBertC
         attention_probs_dropout_prob=cfg.dropout, pad_token_id=vocab["[PAD]"],
     )
     torch.manual_seed(cfg.seed)
-    # No pooler: towers here read the raw [CLS] state, and an unused pooler would break DDP.
-    model = BertModel(bert_cfg, add_pooling_layer=False)
+    # No pooler by default: towers here read the raw [CLS] state, and an unused pooler would break DDP.
+    model = BertModel(bert_cfg, add_pooling_layer=pooler)
     with atomic.atomic_dir(directory) as tmp:
         model.save_pretrained(tmp)
         fast.save_pretrained(tmp)
+        for name, fields in (("config.json", config_json), ("tokenizer_config.json", tokenizer_json)):
+            if fields:
+                path = Path(tmp) / name
+                path.write_text(json.dumps({**json.loads(path.read_text()), **fields}, indent=2))
     return Path(directory)

@@ -68,6 +68,15 @@ def test_corner_threshold_is_the_roc_point_nearest_to_top_left():
     assert m["f1"] == pytest.approx(8 / 9)
 
 
+def test_a_reversed_ranking_gets_a_finite_threshold_that_predicts_nothing():
+    # The one positive scored below both negatives: the ROC corner's nearest point is "nothing positive",
+    # whose scikit-learn threshold is +inf (found by the full profile's dry run, where details.json failed).
+    y, score = np.array([1, 0, 0]), np.array([0.2, 0.6, 0.9])
+    threshold = zeroshot.corner_threshold(y, score)
+    assert np.isfinite(threshold) and threshold > score.max()
+    assert zeroshot.per_label(y, score)["accuracy"] == pytest.approx(2 / 3)
+
+
 def _predictions(n: int, seed: int = 0) -> zeroshot.Predictions:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, size=(n, len(LABELS)))

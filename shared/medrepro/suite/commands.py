@@ -64,6 +64,13 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(experiment.variants)}")
     add_config_args(p)
 
+    if experiment.dryrun:
+        from medrepro.suite import dryrun
+
+        p = commands.add_parser("dryrun", help="the full profile's real-size models on a few generated samples: "
+                                "parameters, memory, time per step, then every stage (CPU)")
+        dryrun.add_arguments(p, experiment)
+
     p = commands.add_parser("bench", help="throughput ratios against same-process references, as JSON")
     p.add_argument("--out", type=Path, default=Path("bench") / f"{name}.json")
     add_config_args(p)
@@ -75,6 +82,11 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
 
 def run(experiment: Experiment, argv: Sequence[str]) -> int:
     args = build_parser(experiment).parse_args(argv)
+    if args.command == "dryrun":  # always the full profile, with the dry run's own overrides
+        from medrepro.suite import dryrun
+
+        dryrun.run(experiment, args)
+        return 0
     path = args.config or registry.experiments_dir() / experiment.name / "configs" / f"{args.profile}.yaml"
     cfg = config.load_config(experiment.config_class(), path, args.overrides)
     runtime.pin(cfg.runtime)

@@ -71,6 +71,8 @@ class Experiment:
     # Evaluation reads every variant's run (paired differences between variants): every variant is
     # trained before any is evaluated, and each evaluation depends on all runs.
     evaluate_reads_all_runs: bool = False
+    # The module declaring the dry run of the full profile (see `medrepro.suite.dryrun`).
+    dryrun: str = ""
     # Commands outside the pipeline (e.g. `link`).
     commands: tuple[Command, ...] = field(default_factory=tuple)
 
