@@ -18,8 +18,9 @@ from medrepro import hub
 from medrepro.dryrun import Probe
 
 OVERRIDES = [
-    # 100 concepts (more than mining.candidates 64) and 6 documents: 4 train, 1 dev, 1 test.
-    "data.source=synthetic", "data.synthetic_concepts=100", "data.synthetic_documents=6",
+    # 100 concepts (more than mining.candidates 64) and 40 documents: the dev documents are halved into
+    # dev and calibration, and each half needs a linkable mention.
+    "data.source=synthetic", "data.synthetic_concepts=100", "data.synthetic_documents=40",
     # Two optimizer steps of 4 pairs (micro-batch 2 × grad_accum 2), a validation after each, checkpoints.
     "train.batch_size=4", "train.epochs=0.02", "train.eval_every_epochs=0.01", "train.num_workers=0",
 ]

@@ -34,9 +34,10 @@ class Reached(Exception):
     """The path read a value back from the model's device: everything before it ran on that device."""
 
 
-# Moving data between devices and indexing with CPU indices are allowed across devices, as on a GPU.
+# Moving data between devices (and `Module.to`'s own check of the moved parameter) and indexing with
+# CPU indices are allowed across devices, as on a GPU.
 _CROSSING = {torch.Tensor.to, torch.Tensor.copy_, torch.Tensor.__getitem__, torch.Tensor.__setitem__,
-             torch.Tensor.index_select, torch.Tensor.type_as}
+             torch.Tensor.index_select, torch.Tensor.type_as, torch._has_compatible_shallow_copy_type}
 _READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__bool__,
           torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.cpu,
           torch.Tensor.__array__,
