@@ -156,13 +156,14 @@ def worker_memory(dataset: ShardDataset) -> dict[str, float]:
 
 
 def bench(cfg: CtClipConfig, workdir: Path, repeats: int = 3, preprocess_volumes: int = 16,
-          bench_shape: tuple[int, int, int] = (120, 240, 240), bench_samples: int = 8) -> dict:
+          bench_shape: tuple[int, int, int] = (120, 240, 240), bench_samples: int = 8,
+          zeroshot_volumes: int = 32) -> dict:
     manifest = Path(cfg.paths.shards) / "train" / "manifest.json"
     if not manifest.is_file():
         raise DataError(f"{manifest} not found: the benchmark reads the prepared data; run "
                         "`medrepro ct_clip prepare` and `medrepro ct_clip shards` first")
     train_set = ShardDataset(manifest)
-    valid_set = ShardDataset(Path(cfg.paths.shards) / "valid" / "manifest.json", limit=cfg.eval.val_samples)
+    valid_set = ShardDataset(Path(cfg.paths.shards) / "valid" / "manifest.json", limit=zeroshot_volumes)
     torch.manual_seed(cfg.seed)
     # Shard reading at the smoke size is all per-sample overhead; `bench_shape` shows the ratio that
     # matters for real volumes (110 MB each at full size).

@@ -17,9 +17,13 @@ class PathsConfig:
 
 @dataclass
 class SyntheticConfig:
-    # Volumes per split, half in each release's convention (v1 raw stored values, v2 already HU).
+    # Volumes per split, each written in both release conventions (v1 raw stored values, v2 already HU).
     train: int = 192
     valid: int = 48
+    # Up to this many scans per patient and reconstructions per scan, drawn uniformly: 2.25 volumes per
+    # patient on average (CT-RATE's validation split has about 2.3).
+    scans: int = 2
+    reconstructions: int = 2
     # In-plane voxels and slices of the raw volumes, before resampling.
     size_xy: int = 48
     slices: tuple[int, int] = (24, 36)
@@ -37,7 +41,7 @@ class DataConfig:
     # Which volume tree to read: v1 ("train", "valid") or v2 ("train_fixed", "valid_fixed").
     release: Literal["v1", "v2"] = "v2"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    # Preprocessing target: spacing (x, y, z) in mm and shape (slices, height, width).
+    # Preprocessing target: spacing (x, y, z) in mm and shape (slices, x, y), upstream's axis order.
     spacing: tuple[float, float, float] = (0.75, 0.75, 1.5)
     shape: tuple[int, int, int] = (240, 480, 480)
     # Samples per shard (at ~110 MB each in full, 20 make ~2.2 GB shards).
@@ -68,8 +72,9 @@ class ModelConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 4
-    # Validation during training: the first `val_samples` of the valid shards, the same on any world size.
-    val_samples: int = 200
+    # Training patients held out to choose the best checkpoint (validation during training); the
+    # validation split, which is reported, never chooses.
+    selection_patients: int = 100
     bootstrap: int = 1000
     alpha: float = 0.05
 

@@ -6,7 +6,9 @@
     dataset/multi_abnormality_labels/{train,valid}_predicted_labels.csv
     dataset/metadata/{train,validation}_metadata.csv
 
-A volume name is `{split}_{patient}_{scan}_{reconstruction}.nii.gz`. The metadata CSV gives the DICOM
+A volume name is `{split}_{patient}_{scan}_{reconstruction}.nii.gz`: a patient has one or more scans
+(`a`, `b`, ...), each with one or more reconstructions; `patient_of` gives the independent unit that
+intervals and the selection split work with. The metadata CSV gives the DICOM
 rescale slope and intercept and the spacing (`XYSpacing` is a string such as "[0.75, 0.75]"). The v2
 volumes were rewritten in HU, but their metadata still lists the original slope and intercept, so
 applying them again rescales twice: `hounsfield` decides from the voxels which one a volume needs.
@@ -40,7 +42,7 @@ CSV_NAMES = {
     "valid": ("validation_reports.csv", "valid_predicted_labels.csv", "validation_metadata.csv"),
 }
 TREES = {"v1": "{split}", "v2": "{split}_fixed"}
-VOLUME_NAME = re.compile(r"^(train|valid)_(\d+)_([a-z]+)_(\d+)\.nii\.gz$")
+VOLUME_NAME = re.compile(r"^(train|valid)_(\d+)_([a-z]+)_(\d+)(\.nii\.gz)?$")
 # Air is about -1000 HU; a chest CT has at least this share of its voxels in the band below
 # (lungs and the air around the body), in whichever convention is the right one.
 AIR_BAND = (-1100.0, -900.0)
@@ -70,9 +72,18 @@ def volume_path(root: Path, release: str, name: str) -> Path:
     match = VOLUME_NAME.match(name)
     if match is None:
         raise DataError(f"volume name {name!r} is not {{split}}_{{patient}}_{{scan}}_{{reconstruction}}.nii.gz")
-    split, patient, scan, _ = match.groups()
+    split, patient, scan, _, _ = match.groups()
     tree = TREES[release].format(split=split)
     return root / "dataset" / tree / f"{split}_{patient}" / f"{split}_{patient}_{scan}" / name
+
+
+def patient_of(name: str) -> str:
+    """`{split}_{patient}` of a volume name (with or without `.nii.gz`, as the shard keys are)."""
+    match = VOLUME_NAME.match(name)
+    if match is None:
+        raise DataError(f"volume name {name!r} is not CT-RATE's {{split}}_{{patient}}_{{scan}}_{{reconstruction}}: "
+                        "the patient of each volume cannot be told; rename the volumes as the release does")
+    return f"{match.group(1)}_{match.group(2)}"
 
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> dict[str, dict[str, str]]:

@@ -12,9 +12,11 @@ draws batches from it as from any map-style dataset, which gives exact resume an
 on every rank (see the README, "Shards and ranks").
 """
 
+import copy
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +103,7 @@ def _member_index(shard: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
 class ShardDataset(Dataset):
     """Item i → (volume (1, D, H, W) float32, report text, labels (18,) int64), in manifest order.
 
-    `limit` keeps the first `limit` samples: validation sees the same ones whatever the world size.
+    `limit` keeps the first `limit` samples.
     """
 
     def __init__(self, manifest_path: str | Path, limit: int | None = None):
@@ -122,6 +124,12 @@ class ShardDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def subset(self, keep: Callable[[str], bool]) -> "ShardDataset":
+        """The samples whose key `keep` accepts, in the same order."""
+        view = copy.copy(self)
+        view.items = [item for item in self.items if keep(item[1])]
+        return view
 
     def sample(self, i: int) -> Sample:
         shard, key, offsets = self.items[i]

@@ -15,14 +15,15 @@ from medrepro import hub
 from medrepro.dryrun import Probe
 
 OVERRIDES = [
-    # Two training and two validation volumes of 512 × 512 × 240 voxels at 0.75 × 0.75 × 1.5 mm: after
-    # resampling and the centre crop, the full profile's 240 × 480 × 480.
-    "data.source=synthetic",
-    "data.synthetic.train=2", "data.synthetic.valid=2", "data.synthetic.size_xy=512",
+    # Three training volumes (one patient held out for selection) and two validation volumes, one per
+    # patient, of 512 × 512 × 240 voxels at 0.75 × 0.75 × 1.5 mm: after resampling and the centre crop,
+    # the full profile's 240 × 480 × 480.
+    "data.source=synthetic", "data.synthetic.scans=1", "data.synthetic.reconstructions=1",
+    "data.synthetic.train=3", "data.synthetic.valid=2", "data.synthetic.size_xy=512",
     "data.synthetic.slices=[240,240]", "data.synthetic.spacing_xy=[0.75]", "data.synthetic.spacing_z=[1.5]",
     "data.synthetic.prevalence=0.5", "data.workers=1",
     # Two optimizer steps of one volume, a validation after each, checkpoints.
-    "train.batch_size=1", "train.epochs=1", "train.num_workers=0", "eval.val_samples=2", "eval.batch_size=1",
+    "train.batch_size=1", "train.epochs=1", "train.num_workers=0", "eval.selection_patients=1", "eval.batch_size=1",
 ]
 
 

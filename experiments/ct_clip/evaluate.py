@@ -1,5 +1,7 @@
-"""`evaluate`: zero-shot on every validation volume with the best checkpoint; numbers, predictions, plots."""
+"""`evaluate`: zero-shot on every validation volume with the best checkpoint (chosen on training patients
+held out for selection, never on these); numbers, predictions, plots."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,16 +10,17 @@ from sklearn.metrics import roc_curve
 
 from experiments.ct_clip import zeroshot
 from experiments.ct_clip.config import CtClipConfig
-from experiments.ct_clip.ctrate import LABELS
+from experiments.ct_clip.ctrate import LABELS, patient_of
 from experiments.ct_clip.data import ShardDataset
 from experiments.ct_clip.model import build_model
-from experiments.ct_clip.train import encoder_path
+from experiments.ct_clip.train import SELECTION_FILE, encoder_path
 from medrepro import atomic, checkpoint, plots
 from medrepro.device import default_device
+from medrepro.errors import DataError
 from medrepro.results import Evaluation
 
-# metrics.json under the suite's short names: mean AUROC and the weighted F1 and accuracy, as the paper.
-HEADLINE = {"auc": "auroc_macro", "f1": "f1_weighted", "acc": "accuracy_weighted"}
+# metrics.json under the suite's short names: the paper's mean AUROC, F1 and accuracy.
+HEADLINE = {"auc": "auroc_macro", "f1": "f1_macro", "acc": "accuracy_macro"}
 
 
 def auroc_png(result: dict[str, float], path: Path, title: str) -> None:
@@ -38,50 +41,72 @@ def auroc_png(result: dict[str, float], path: Path, title: str) -> None:
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel("AUROC")
     ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=7)
+    # Below the axes: inside, it covers the intervals of the labels at the bottom.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=7, frameon=False)
     plots.save_figure(fig, path)
 
 
 def roc_grid_png(pred: zeroshot.Predictions, path: Path, title: str) -> None:
-    """One ROC curve per label, in a 3 × 6 grid, with the corner threshold's point."""
-    fig = Figure(figsize=(15, 8))
+    """One ROC curve per label, in a 3 × 6 grid, with the point of upstream's threshold."""
+    fig = Figure(figsize=(15, 8), layout="constrained")
     axes = fig.subplots(3, 6, sharex=True, sharey=True)
+    marker = None
     for k, ax in enumerate(axes.flat):
         y, score = pred.y_true[:, k], pred.y_score[:, k]
         ax.set_title(LABELS[k], fontsize=7)
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
         if 0 < y.sum() < len(y):
             fpr, tpr, _ = roc_curve(y, score)
-            corner = np.argmin(np.hypot(fpr, 1 - tpr))
+            decided = score > zeroshot.upstream_threshold(y, score)
             ax.plot(fpr, tpr, color="tab:blue")
-            ax.plot(fpr[corner], tpr[corner], "o", color="tab:red", markersize=4)
+            (marker,) = ax.plot(decided[y == 0].mean(), decided[y == 1].mean(), "o", color="tab:red", markersize=4)
     for ax in axes[-1]:
         ax.set_xlabel("FPR", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("TPR", fontsize=8)
+    if marker is not None:
+        fig.legend([marker], ["the threshold of the paper's metrics (upstream's grid point closest to (0, 1))"],
+                   loc="outside lower center", frameon=False, fontsize=8)
     fig.suptitle(title)
     plots.save_figure(fig, path)
 
 
+def selection_of(run_dir: Path, volumes: list[str]) -> dict:
+    """The run's selection record, after checking that none of `volumes`' patients chose its checkpoint."""
+    path = run_dir / SELECTION_FILE
+    if not path.is_file():
+        raise DataError(f"{path} is missing: the run does not say which patients chose its best checkpoint; "
+                        "train it again with this version")
+    selection = json.loads(path.read_text())
+    shared = sorted(set(selection["patients"]) & {patient_of(v) for v in volumes})
+    if shared:
+        raise DataError(f"{len(shared)} evaluated patients (e.g. {shared[0]}) chose the checkpoint of {run_dir}: "
+                        "evaluate on patients the run neither trained on nor selected with")
+    return selection
+
+
 def evaluate(cfg: CtClipConfig, variant: str, run_dir: Path, out_dir: Path, which: str = "best") -> Evaluation:
+    dataset = ShardDataset(Path(cfg.paths.shards) / "valid" / "manifest.json")
+    selection = selection_of(run_dir, [key for _, key, _ in dataset.items])
     model, tokenizer = build_model(cfg.model, tuple(cfg.data.shape), encoder_path(cfg, variant))
     ckpt = run_dir / "checkpoints" / "best.pt" if which == "best" else Path(which)
     saved = checkpoint.load(ckpt)
     checkpoint.check_variant(saved, variant, ckpt)
     model.load_state_dict(saved["model"])
     model.to(default_device())
-    dataset = ShardDataset(Path(cfg.paths.shards) / "valid" / "manifest.json")
     pred = zeroshot.predict(model, tokenizer, dataset, cfg.eval.batch_size, cfg.model.context_length)
     result = zeroshot.summarize(pred, cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
     result["temperature"] = float(model.temperature.detach())
     auroc_png(result, out_dir / "plots" / "auroc_per_label.png", f"ct_clip {variant}: zero-shot AUROC per label")
     roc_grid_png(pred, out_dir / "plots" / "roc_curves.png", f"ct_clip {variant}: zero-shot ROC curves")
     atomic.write_json(out_dir / "predictions.json", {
-        "labels": list(LABELS), "volumes": [key for _, key, _ in dataset.items],
+        "labels": list(LABELS), "volumes": pred.volumes,
         "y_true": pred.y_true.tolist(), "y_score": np.round(pred.y_score, 6).tolist(),
     })
     info = {"data": cfg.data.source, "release": cfg.data.release, "encoder": encoder_path(cfg, variant),
             "checkpoint": str(ckpt), "step": saved["train_state"]["step"],
-            "protocol": "zero-shot, 18 labels, prompt pair softmax, corner threshold, bootstrap over volumes",
-            "bootstrap": cfg.eval.bootstrap, "report_fields": list(cfg.data.report_fields)}
+            "protocol": "zero-shot, 18 labels, prompt pair softmax, upstream's threshold, bootstrap over patients",
+            "bootstrap": cfg.eval.bootstrap, "report_fields": list(cfg.data.report_fields),
+            "selection": f"{len(selection['patients'])} training patients ({len(selection['volumes'])} volumes) "
+                         "held out from training, none evaluated"}
     return Evaluation({short: result[name] for short, name in HEADLINE.items()}, result, info)

@@ -65,7 +65,10 @@ def prepare(cfg: CtClipConfig, args: argparse.Namespace | None = None) -> Path:
 
 
 def _fingerprint(cfg: CtClipConfig) -> dict:
+    # "axes" and "sizes": shards written before preprocessing followed upstream (axes (z, y, x), sizes
+    # rounded) do not match, and are written again.
     return {"spacing": list(cfg.data.spacing), "shape": list(cfg.data.shape), "hu_range": list(HU_RANGE),
+            "axes": "zxy", "sizes": "floor",
             "pad_value": PAD_VALUE, "report_fields": list(cfg.data.report_fields),
             "shard_samples": cfg.data.shard_samples, "release": cfg.data.release}
 

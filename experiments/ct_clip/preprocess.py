@@ -1,6 +1,7 @@
-"""One CT-RATE volume → the model's input: HU, resampled, clipped, scaled, cropped or padded.
+"""One CT-RATE volume → the model's input: HU, clipped, resampled, scaled, cropped or padded, as upstream
+(CT-CLIP's scripts/data_inference_nii.py), so that its published weights see what they were trained on.
 
-Axes: nibabel gives (x, y, z); the model reads (slices, rows, columns) = (z, y, x).
+Axes: nibabel gives (x, y, z); the model reads (slices, rows, columns) = (z, x, y), upstream's order.
 """
 
 from collections.abc import Sequence
@@ -13,13 +14,13 @@ HU_RANGE = (-1000.0, 1000.0)
 PAD_VALUE = -1.0
 
 
-def resample(volume_zyx: np.ndarray, spacing_zyx: Sequence[float], target_zyx: Sequence[float]) -> np.ndarray:
-    """Trilinear resampling to `target_zyx` mm (torch's interpolate, as upstream); new size = round(size ·
-    spacing / target)."""
-    size = [max(1, round(n * s / t)) for n, s, t in zip(volume_zyx.shape, spacing_zyx, target_zyx, strict=True)]
-    if list(volume_zyx.shape) == size:
-        return volume_zyx
-    tensor = torch.from_numpy(np.ascontiguousarray(volume_zyx, dtype=np.float32))[None, None]
+def resample(volume: np.ndarray, spacing: Sequence[float], target: Sequence[float]) -> np.ndarray:
+    """Trilinear resampling to `target` mm per axis (torch's interpolate, as upstream); new size =
+    floor(size · spacing / target), as upstream's int()."""
+    size = [max(1, int(n * s / t)) for n, s, t in zip(volume.shape, spacing, target, strict=True)]
+    if list(volume.shape) == size:
+        return volume
+    tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
     return F.interpolate(tensor, size=size, mode="trilinear", align_corners=False)[0, 0].numpy()
 
 
@@ -42,9 +43,10 @@ def crop_or_pad(volume: np.ndarray, shape: Sequence[int], pad_value: float = PAD
 
 
 def preprocess(hu_xyz: np.ndarray, spacing_xyz: Sequence[float], target_spacing_xyz: Sequence[float],
-               shape_zyx: Sequence[int]) -> np.ndarray:
-    """HU volume (x, y, z) → float16 (z, y, x) in [-1, 1] of `shape_zyx`, at `target_spacing_xyz`."""
-    volume = np.transpose(hu_xyz, (2, 1, 0))
-    volume = resample(volume, spacing_xyz[::-1], target_spacing_xyz[::-1])
-    volume = np.clip(volume, *HU_RANGE) / HU_RANGE[1]
-    return crop_or_pad(volume.astype(np.float32), shape_zyx).astype(np.float16)
+               shape: Sequence[int]) -> np.ndarray:
+    """HU volume (x, y, z) → float16 (z, x, y) in [-1, 1] of `shape`, at `target_spacing_xyz`; clipped
+    before resampling, as upstream."""
+    order = (2, 0, 1)
+    volume = np.transpose(np.clip(hu_xyz, *HU_RANGE), order)
+    volume = resample(volume, [spacing_xyz[i] for i in order], [target_spacing_xyz[i] for i in order])
+    return crop_or_pad((volume / HU_RANGE[1]).astype(np.float32), shape).astype(np.float16)

@@ -1,12 +1,15 @@
 """A synthetic CT-RATE in the release's own format, in both the v1 and the v2 convention.
 
-Each volume is a chest-like block (air around a smooth body of lung density) in which every present
-abnormality is a noisy dense ball at its own place relative to the volume's centre, and its report
-says "{label} is present." (a share of the absent ones are negated, "{label} is not present.", as
-real reports do). The v1 tree stores HU + 1024 (with RescaleSlope 1 and RescaleIntercept -1024 in the
-metadata), the v2 tree stores HU with the same metadata, as the real v2 release does. Spacing and
-slice count vary per volume so that resampling and crop/pad do real work; the balls are placed in
-millimetres, so they land on the same spot after preprocessing.
+Patients have one or more scans and each scan one or more reconstructions (as CT-RATE's
+`{split}_{patient}_{scan}_{reconstruction}` names): the reconstructions of a scan share its labels,
+report and abnormalities, and differ in spacing, slice count and noise, so their predictions are
+correlated as real ones are. Each volume is a chest-like block (air around a smooth body of lung
+density) in which every present abnormality is a noisy dense ball at its own place relative to the
+volume's centre, and its report says "{label} is present." (a share of the absent ones are negated,
+"{label} is not present.", as real reports do). The v1 tree stores HU + 1024 (with RescaleSlope 1
+and RescaleIntercept -1024 in the metadata), the v2 tree stores HU with the same metadata, as the
+real v2 release does. Spacing and slice count vary per volume so that resampling and crop/pad do
+real work; the balls are placed in millimetres, so they land on the same spot after preprocessing.
 """
 
 import csv
@@ -31,8 +34,20 @@ NEGATED = 0.3
 BALL_CENTRES_MM = [((k % 6 - 2.5) * 12.0, (k // 6 - 1.0) * 12.0, 0.0) for k in range(len(LABELS))]
 
 
-def volume_names(split: str, n: int) -> list[str]:
-    return [f"{split}_{i + 1}_a_1.nii.gz" for i in range(n)]
+def scans(split: str, n: int, cfg: SyntheticConfig, rng: np.random.Generator) -> list[list[str]]:
+    """Volume names grouped by scan, `n` volumes in all: patients numbered from 1, each with 1 to
+    `cfg.scans` scans of 1 to `cfg.reconstructions` reconstructions (the last patient may be cut short)."""
+    groups: list[list[str]] = []
+    patient = 0
+    while sum(map(len, groups)) < n:
+        patient += 1
+        for scan in "abcdefgh"[:int(rng.integers(1, cfg.scans + 1))]:
+            count = int(rng.integers(1, cfg.reconstructions + 1))
+            groups.append([f"{split}_{patient}_{scan}_{r}.nii.gz" for r in range(1, count + 1)])
+    left = n
+    for i, group in enumerate(groups):
+        groups[i], left = group[:left], left - len(group[:left])
+    return [g for g in groups if g]
 
 
 def synthetic_volume(labels: np.ndarray, shape_xyz: tuple[int, int, int], spacing_xyz: tuple[float, float, float],
@@ -87,19 +102,20 @@ def write_synthetic_ctrate(root: Path, cfg: SyntheticConfig, seed: int) -> Path:
     for split, n in (("train", cfg.train), ("valid", cfg.valid)):
         rng = np.random.default_rng([seed, SPLIT_IDS[split]])
         reports, labels_rows, metadata = [], [], []
-        for name in volume_names(split, n):
+        for scan in scans(split, n, cfg, rng):
             labels = (rng.random(len(LABELS)) < cfg.prevalence).astype(np.int64)
-            spacing = (float(rng.choice(cfg.spacing_xy)),) * 2 + (float(rng.choice(cfg.spacing_z)),)
-            shape = (cfg.size_xy, cfg.size_xy, int(rng.integers(cfg.slices[0], cfg.slices[1] + 1)))
-            hu = synthetic_volume(labels, shape, spacing, rng)
             findings, impressions = report(labels, rng)
-            for release, stored in (("v1", (hu - INTERCEPT).astype(np.int16)), ("v2", hu)):
-                # mtime 0: the same seed gives the same bytes.
-                atomic.write_bytes(volume_path(root, release, name),
-                                   gzip.compress(_nifti(stored, spacing).to_bytes(), compresslevel=1, mtime=0))
-            reports.append([name, "Not given.", "Non-contrast chest CT.", findings, impressions])
-            labels_rows.append([name, *labels.tolist()])
-            metadata.append([name, 1, INTERCEPT, f"[{spacing[0]}, {spacing[1]}]", spacing[2], "SYNTHETIC"])
+            for name in scan:
+                spacing = (float(rng.choice(cfg.spacing_xy)),) * 2 + (float(rng.choice(cfg.spacing_z)),)
+                shape = (cfg.size_xy, cfg.size_xy, int(rng.integers(cfg.slices[0], cfg.slices[1] + 1)))
+                hu = synthetic_volume(labels, shape, spacing, rng)
+                for release, stored in (("v1", (hu - INTERCEPT).astype(np.int16)), ("v2", hu)):
+                    # mtime 0: the same seed gives the same bytes.
+                    atomic.write_bytes(volume_path(root, release, name),
+                                       gzip.compress(_nifti(stored, spacing).to_bytes(), compresslevel=1, mtime=0))
+                reports.append([name, "Not given.", "Non-contrast chest CT.", findings, impressions])
+                labels_rows.append([name, *labels.tolist()])
+                metadata.append([name, 1, INTERCEPT, f"[{spacing[0]}, {spacing[1]}]", spacing[2], "SYNTHETIC"])
         report_csv, labels_csv, metadata_csv = CSV_NAMES[split]
         atomic.write_text(dirs["reports"] / report_csv, _csv_text(list(REPORT_COLUMNS), reports))
         atomic.write_text(dirs["labels"] / labels_csv, _csv_text(["VolumeName", *LABELS], labels_rows))

@@ -1,14 +1,19 @@
-"""`train`: CT-CLIP on the training shards with the shared loop; zero-shot mean AUROC on validation."""
+"""`train`: CT-CLIP on the training shards with the shared loop; the best checkpoint is chosen by zero-shot
+mean AUROC on training patients held out for selection, so the evaluated validation split never
+chooses the model that is reported on it."""
 
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from experiments.ct_clip import zeroshot
 from experiments.ct_clip.config import CtClipConfig
+from experiments.ct_clip.ctrate import patient_of
 from experiments.ct_clip.data import ShardDataset
 from experiments.ct_clip.model import CTClip, build_model, tokenize
-from medrepro import repro
+from medrepro import atomic, repro
 from medrepro.errors import ConfigError
 from medrepro.trainer import FitResult, fit
 
@@ -19,14 +24,28 @@ def encoder_path(cfg: CtClipConfig, variant: str) -> str:
     return cfg.encoders[variant].path
 
 
+SELECTION_FILE = "selection.json"
+
+
+def selection_patients(keys: list[str], n: int, seed: int) -> list[str]:
+    """`n` training patients, drawn by `seed`, whose volumes choose the best checkpoint and are never
+    trained on."""
+    patients = sorted({patient_of(k) for k in keys})
+    if not 0 < n < len(patients):
+        raise ConfigError(f"eval.selection_patients is {n}; it must leave training patients and hold out at least "
+                          f"one of the {len(patients)}", "eval.selection_patients")
+    return sorted(np.random.default_rng(seed).choice(patients, size=n, replace=False).tolist())
+
+
 def train(cfg: CtClipConfig, variant: str, run_dir: Path, resume: str | None = None) -> FitResult:
     shards = Path(cfg.paths.shards)
     repro.seed_everything(cfg.seed, cfg.train.deterministic)  # before the towers are initialised
     model, tokenizer = build_model(cfg.model, tuple(cfg.data.shape), encoder_path(cfg, variant))
-    train_set = ShardDataset(shards / "train" / "manifest.json")
-    # The first val_samples of the validation shards, evaluated on the main process: the same volumes
-    # whatever the number of processes.
-    val_set = ShardDataset(shards / "valid" / "manifest.json", limit=cfg.eval.val_samples)
+    every = ShardDataset(shards / "train" / "manifest.json")
+    held_out = set(selection_patients([key for _, key, _ in every.items], cfg.eval.selection_patients, cfg.seed))
+    train_set = every.subset(lambda key: patient_of(key) not in held_out)
+    # Evaluated on the main process: the same volumes whatever the number of processes.
+    val_set = every.subset(lambda key: patient_of(key) in held_out)
 
     def collate(batch: list) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         volumes, texts, _ = zip(*batch, strict=True)
@@ -39,10 +58,16 @@ def train(cfg: CtClipConfig, variant: str, run_dir: Path, resume: str | None = N
     def evaluate(model: CTClip) -> dict[str, float]:
         pred = zeroshot.predict(model, tokenizer, val_set, cfg.eval.batch_size, cfg.model.context_length)
         summary = zeroshot.summarize(pred)
-        return {f"val/{k}": summary[k] for k in ("auroc_macro", "auroc_weighted", "f1_weighted")}
+        return {f"val/{k}": summary[k] for k in ("auroc_macro", "f1_macro", "accuracy_macro")}
 
     # The manifests carry every shard's SHA-256: hashing them identifies the data without reading the
     # terabytes of the full release at every start.
-    return fit(model, train_set, cfg.train, run_dir, loss_fn=loss_fn, seed=cfg.seed, collate_fn=collate,
-               evaluate=evaluate, after_step=CTClip.clamp_temperature, resume=resume, run_name=f"ct_clip-{variant}",
-               run_config=cfg, data=[train_set.manifest_path, val_set.manifest_path], variant=variant)
+    result = fit(model, train_set, cfg.train, run_dir, loss_fn=loss_fn, seed=cfg.seed, collate_fn=collate,
+                 evaluate=evaluate, after_step=CTClip.clamp_temperature, resume=resume,
+                 run_name=f"ct_clip-{variant}", run_config=cfg, data=[every.manifest_path], variant=variant)
+    # The launcher's rank: only the main process writes into the run directory.
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic.write_json(Path(run_dir) / SELECTION_FILE, {
+            "patients": sorted(held_out), "volumes": [key for _, key, _ in val_set.items],
+            "train_volumes": len(train_set)})
+    return result

@@ -155,7 +155,7 @@ def check_reference(name: str, count: int, reference: dict[str, Any] | None, rea
     if abs(difference) > TOLERANCE and not (documented and documented in readme):
         raise ConfigError(f"{name} has {count:,} parameters, {difference:+.2%} from the reference {expected:,} "
                           f"({reference.get('source', '?')}): fix the model or the full config, or explain the "
-                          "difference in the README and quote it as parameters.{name}.documented in reference.yaml")
+                          f"difference in the README and quote it as parameters.{name}.documented in reference.yaml")
     return {"model": name, "count": count, "reference": expected, "difference": difference,
             "source": reference.get("source", ""), "documented": documented if abs(difference) > TOLERANCE else ""}
 

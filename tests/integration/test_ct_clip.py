@@ -1,4 +1,5 @@
-"""ct_clip end to end: the smoke run learns (the `reproduced` run), a killed training resumes to the same
+"""ct_clip end to end: the smoke run learns (the `reproduced` run), its intervals over patients are wider
+than over volumes and no evaluated patient chose its checkpoint, a killed training resumes to the same
 bits, two processes agree with one on a single training shard (fewer shards than ranks), and `verify`
 turns a damaged shard into exit 2 naming shard and sample."""
 
@@ -6,19 +7,24 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from experiments.ct_clip import zeroshot
+from experiments.ct_clip.ctrate import patient_of
 from tests.integration.conftest import final_weights, kill_when, medrepro
 
 pytestmark = pytest.mark.integration
 
-# 48 training volumes in one shard, 16 validation volumes; batch 8: 6 steps per epoch, 18 in all.
-DATA = ["data.synthetic.train=48", "data.synthetic.valid=16", "data.shard_samples=64", "data.workers=1",
+# 56 training volumes in one shard, one per patient, 8 of them held out for selection, 16 validation
+# volumes; batch 8: 6 steps per epoch, 18 in all.
+DATA = ["data.synthetic.train=56", "data.synthetic.valid=16", "data.synthetic.scans=1",
+        "data.synthetic.reconstructions=1", "data.shard_samples=64", "data.workers=1",
         "encoders.cxr_bert.tiny.dropout=0.0"]
 TRAIN = [*DATA, "train.epochs=3", "train.batch_size=8", "train.eval_every_epochs=1.0", "train.log_every_steps=1",
-         "train.warmup_steps=2", "train.tracking.tensorboard=false", "eval.val_samples=16"]
+         "train.warmup_steps=2", "train.tracking.tensorboard=false", "eval.selection_patients=8"]
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +53,41 @@ def test_smoke_learns_with_real_intervals(reproduced):
     m = json.loads((results / "details.json").read_text())
     assert m["auroc_macro_ci_low"] < m["auroc_macro"] < m["auroc_macro_ci_high"]
     assert m["auroc_macro_ci_low"] > 0.5, "mean AUROC's whole interval must clear chance"
-    for name in ("f1_weighted", "accuracy_weighted", "precision_weighted"):
+    for name in ("f1_macro", "accuracy_macro", "precision_macro", "f1_positive_weighted"):
         assert m[f"{name}_ci_high"] - m[f"{name}_ci_low"] > 0, f"{name}: zero-width interval"
-    assert m["labels_evaluated"] == 18 and m["n_volumes"] >= 48
+    assert m["labels_evaluated"] == 18 and m["n_volumes"] >= 48 and m["n_patients"] < m["n_volumes"]
+    assert m["baseline/prevalence/auroc_macro"] == 0.5
+    assert {"baseline/all_absent/f1_macro", "baseline/all_present/f1_macro"} < m.keys()
     headline = json.loads((results / "metrics.json").read_text())
-    assert headline == {"auc": m["auroc_macro"], "f1": m["f1_weighted"], "acc": m["accuracy_weighted"]}
+    assert headline == {"auc": m["auroc_macro"], "f1": m["f1_macro"], "acc": m["accuracy_macro"]}
     for png in ("auroc_per_label.png", "roc_curves.png"):
         with Image.open(results / "plots" / png) as image:
             assert image.format == "PNG" and image.width > 300
     manifest = json.loads((reproduced.workdir / "data" / "ct_clip" / "shards" / "train" / "manifest.json").read_text())
     assert manifest["release"] == "v2" and manifest["dtype"] == "float16" and manifest["samples"] > 0
+
+
+def test_patient_intervals_are_wider_than_volume_intervals_on_the_smoke_run(reproduced):
+    results = reproduced.workdir / "results" / "ct_clip" / "cxr_bert"
+    saved = json.loads((results / "predictions.json").read_text())
+    pred = zeroshot.Predictions(saved["volumes"], np.array(saved["y_true"]), np.array(saved["y_score"]), 0)
+    by_patient = json.loads((results / "details.json").read_text())
+    by_volume = zeroshot.summarize(pred, 1000, 0.05, seed=2025, unit="volume")
+    for name in ("auroc_macro", "f1_macro", "accuracy_macro"):
+        patient, volume = (m[f"{name}_ci_high"] - m[f"{name}_ci_low"] for m in (by_patient, by_volume))
+        assert patient > volume, name
+
+
+def test_no_evaluated_patient_chose_the_checkpoint(reproduced):
+    run = reproduced.workdir / "runs" / "ct_clip" / "cxr_bert"
+    selection = json.loads((run / "selection.json").read_text())
+    saved = json.loads((reproduced.workdir / "results" / "ct_clip" / "cxr_bert" / "predictions.json").read_text())
+    assert selection["patients"] and selection["volumes"]
+    assert {patient_of(v) for v in selection["volumes"]} == set(selection["patients"])
+    assert not set(selection["patients"]) & {patient_of(v) for v in saved["volumes"]}
+    # Nor did the run train on them: its training set is every other training volume.
+    manifest = json.loads((reproduced.workdir / "data" / "ct_clip" / "shards" / "train" / "manifest.json").read_text())
+    assert selection["train_volumes"] + len(selection["volumes"]) == manifest["samples"]
 
 
 def test_killed_mid_epoch_then_resumed_is_bitwise_equal(workdir, reference_run):

@@ -1,5 +1,6 @@
-"""ct_clip data: the CT-RATE reader (v1 against v2, the spacing string, bad input), preprocessing against
-hand-computed values, and the shards (round trip, verify, resume of a killed `shards`)."""
+"""ct_clip data: the CT-RATE reader (v1 against v2, the spacing string, bad input), the synthetic
+patients' scans and reconstructions, the selection patients, preprocessing against hand-computed
+values, and the shards (round trip, verify, resume of a killed `shards`)."""
 
 import csv
 import gzip
@@ -15,12 +16,14 @@ from experiments.ct_clip.config import CtClipConfig, SyntheticConfig
 from experiments.ct_clip.data import ShardDataset
 from experiments.ct_clip.prepare import prepare, verify, write_shards
 from experiments.ct_clip.preprocess import crop_or_pad, preprocess, resample
-from experiments.ct_clip.synthetic import write_synthetic_ctrate
+from experiments.ct_clip.synthetic import scans, write_synthetic_ctrate
+from experiments.ct_clip.train import selection_patients
 from medrepro.config import load_config
-from medrepro.errors import DataError
+from medrepro.errors import ConfigError, DataError
 
 SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "ct_clip" / "configs" / "smoke.yaml"
-TINY = SyntheticConfig(train=3, valid=2, size_xy=24, slices=(8, 10), spacing_xy=(3.0,), spacing_z=(6.0,))
+TINY = SyntheticConfig(train=3, valid=2, size_xy=24, slices=(8, 10), spacing_xy=(3.0,), spacing_z=(6.0,), scans=1,
+                       reconstructions=1)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def _config(tmp_path: Path, *extra: str) -> CtClipConfig:
         f"paths.raw={tmp_path / 'raw'}", f"paths.shards={tmp_path / 'shards'}",
         f"encoders.cxr_bert.path={tmp_path / 'raw' / 'encoder'}", "data.synthetic.train=5", "data.synthetic.valid=3",
         "data.synthetic.size_xy=32", "data.synthetic.slices=[8,12]", "data.shape=[8,16,16]", "data.shard_samples=2",
-        "data.workers=1", *extra])
+        "data.workers=1", "data.synthetic.scans=1", "data.synthetic.reconstructions=1", *extra])
 
 
 def _rewrite_csv(path: Path, edit) -> None:
@@ -70,6 +73,30 @@ def test_v1_is_rescaled_and_v2_is_not_and_both_give_the_same_hu(release):
         np.testing.assert_array_equal(stored_v2 * b.slope + b.intercept, hu_v2 - 1024)
 
 
+def test_synthetic_patients_have_scans_whose_reconstructions_share_labels_and_report(tmp_path):
+    cfg = SyntheticConfig(train=40, valid=2, size_xy=24, slices=(8, 10), spacing_xy=(2.0, 3.0), spacing_z=(6.0,))
+    groups = scans("train", cfg.train, cfg, np.random.default_rng(0))
+    names = [n for g in groups for n in g]
+    assert len(names) == len(set(names)) == 40
+    patients = {ctrate.patient_of(n) for n in names}
+    assert 1.3 < len(names) / len(patients) < 3.5, "several volumes per patient, as CT-RATE (about 2.3)"
+    assert any(len(g) > 1 for g in groups) and any(n.endswith("_b_1.nii.gz") for n in names)
+    records = {r.name: r for r in ctrate.read_split(write_synthetic_ctrate(tmp_path, cfg, seed=1), "train", "v2")}
+    for group in scans("train", cfg.train, cfg, np.random.default_rng([1, 0])):
+        first = records[group[0]]
+        assert all(records[n].labels == first.labels and records[n].findings == first.findings for n in group)
+
+
+def test_selection_patients_are_whole_patients_drawn_by_the_seed():
+    keys = [f"train_{p}_a_{r}" for p in range(1, 11) for r in (1, 2)]
+    held_out = selection_patients(keys, 3, seed=4)
+    assert held_out == selection_patients(list(reversed(keys)), 3, seed=4) != selection_patients(keys, 3, seed=5)
+    assert len(held_out) == 3 and set(held_out) < {ctrate.patient_of(k) for k in keys}
+    for n in (0, 10):
+        with pytest.raises(ConfigError, match=r"eval\.selection_patients"):
+            selection_patients(keys, n, seed=4)
+
+
 def test_hounsfield_refuses_a_volume_without_air():
     with pytest.raises(DataError, match="air density"):
         ctrate.hounsfield(np.full((4, 4, 4), 500.0, dtype=np.float32), 1.0, -1024.0, "v.nii.gz")
@@ -85,12 +112,22 @@ def test_resample_and_crop_pad_by_hand():
 
 
 def test_preprocess_small_volume_by_hand():
-    # (x, y, z) = (2, 1, 3) at the target spacing: only transpose, clip, scale and pad happen.
+    # (x, y, z) = (2, 1, 3) at the target spacing: only clip, transpose to upstream's (z, x, y), scale and pad.
     hu = np.array([[[-2000.0, -500.0, 0.0]], [[250.0, 1000.0, 3000.0]]], dtype=np.float32)
-    out = preprocess(hu, (0.75, 0.75, 1.5), (0.75, 0.75, 1.5), (4, 1, 2))
-    assert out.dtype == np.float16 and out.shape == (4, 1, 2)
-    np.testing.assert_array_equal(out[:, 0, :], np.array([[-1.0, 0.25], [-0.5, 1.0], [0.0, 1.0], [-1.0, -1.0]],
+    out = preprocess(hu, (0.75, 0.75, 1.5), (0.75, 0.75, 1.5), (4, 2, 1))
+    assert out.dtype == np.float16 and out.shape == (4, 2, 1)
+    np.testing.assert_array_equal(out[:, :, 0], np.array([[-1.0, 0.25], [-0.5, 1.0], [0.0, 1.0], [-1.0, -1.0]],
                                                          dtype=np.float16))
+
+
+def test_sizes_are_floored_and_hu_clipped_before_resampling_as_upstream():
+    # 5 voxels of 1.3 mm at 1.0 mm: upstream's int(6.5) = 6 (rounding would give 7).
+    line = np.array([[[-3000.0, 0.0, 500.0, 0.0, 3000.0]]], dtype=np.float32)  # (x, y, z) = (1, 1, 5)
+    out = preprocess(line, (1.0, 1.0, 1.3), (1.0, 1.0, 1.0), (6, 1, 1))
+    clipped_first = resample(np.clip(line, -1000, 1000).reshape(5, 1, 1), (1.3, 1.0, 1.0), (1.0, 1.0, 1.0))
+    assert clipped_first.shape == (6, 1, 1)
+    np.testing.assert_array_equal(out, (clipped_first / 1000).astype(np.float16))
+    assert out.min() >= -1.0 and out[0, 0, 0] == -1.0
 
 
 def test_missing_column_missing_volume_bad_label(release, tmp_path):

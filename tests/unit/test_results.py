@@ -55,3 +55,11 @@ def test_training_health_reaches_info_json_and_the_report(tmp_path):
     text = experiment_section("x", ["a", "b", "c"], results, reference)
     assert "Training health warnings" in text and "- a: loss flat at 3.4 for 3 epochs (step 30)" in text
     assert "- c seed-1: loss flat at 3.4" in text and "- b:" not in text
+
+
+def test_a_column_of_several_metrics_puts_a_number_beside_its_baselines():
+    from medrepro.suite.report import _cell
+
+    metrics = {"f1": 0.61, "f1_ci_low": 0.5, "f1_ci_high": 0.7, "base/absent": 0.7, "base/present": 0.25}
+    column = {"metrics": ["f1", "base/absent", "base/present", "base/missing"], "label": "F1", "ci": True}
+    assert _cell(metrics, column) == "0.610 [0.500, 0.700] / 0.700 / 0.250 / n/a"

@@ -22,6 +22,11 @@ from medrepro.suite.spec import resolve
 
 
 def _cell(metrics: dict[str, float], column: dict[str, Any]) -> str:
+    """One column's text: `metric` with its interval or spread, or several `metrics` joined by " / "
+    (a metric beside its baselines)."""
+    if "metrics" in column:
+        single = {k: v for k, v in column.items() if k != "metrics"}
+        return " / ".join(_cell(metrics, {**single, "metric": name}) for name in column["metrics"])
     name = column["metric"]
     if name not in metrics:
         return "n/a"
