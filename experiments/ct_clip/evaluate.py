@@ -46,8 +46,8 @@ def auroc_png(result: dict[str, float], path: Path, title: str) -> None:
     plots.save_figure(fig, path)
 
 
-def roc_grid_png(pred: zeroshot.Predictions, path: Path, title: str) -> None:
-    """One ROC curve per label, in a 3 × 6 grid, with the point of upstream's threshold."""
+def roc_grid_png(pred: zeroshot.Predictions, result: dict[str, float], path: Path, title: str) -> None:
+    """One ROC curve per label, in a 3 × 6 grid, with the point of the threshold `summarize` chose."""
     fig = Figure(figsize=(15, 8), layout="constrained")
     axes = fig.subplots(3, 6, sharex=True, sharey=True)
     marker = None
@@ -55,9 +55,9 @@ def roc_grid_png(pred: zeroshot.Predictions, path: Path, title: str) -> None:
         y, score = pred.y_true[:, k], pred.y_score[:, k]
         ax.set_title(LABELS[k], fontsize=7)
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
-        if 0 < y.sum() < len(y):
+        if f"threshold/{LABELS[k]}" in result:
             fpr, tpr, _ = roc_curve(y, score)
-            decided = score > zeroshot.upstream_threshold(y, score)
+            decided = score > result[f"threshold/{LABELS[k]}"]
             ax.plot(fpr, tpr, color="tab:blue")
             (marker,) = ax.plot(decided[y == 0].mean(), decided[y == 1].mean(), "o", color="tab:red", markersize=4)
     for ax in axes[-1]:
@@ -98,7 +98,7 @@ def evaluate(cfg: CtClipConfig, variant: str, run_dir: Path, out_dir: Path, whic
     result = zeroshot.summarize(pred, cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
     result["temperature"] = float(model.temperature.detach())
     auroc_png(result, out_dir / "plots" / "auroc_per_label.png", f"ct_clip {variant}: zero-shot AUROC per label")
-    roc_grid_png(pred, out_dir / "plots" / "roc_curves.png", f"ct_clip {variant}: zero-shot ROC curves")
+    roc_grid_png(pred, result, out_dir / "plots" / "roc_curves.png", f"ct_clip {variant}: zero-shot ROC curves")
     atomic.write_json(out_dir / "predictions.json", {
         "labels": list(LABELS), "volumes": pred.volumes,
         "y_true": pred.y_true.tolist(), "y_score": np.round(pred.y_score, 6).tolist(),

@@ -38,16 +38,15 @@ def scans(split: str, n: int, cfg: SyntheticConfig, rng: np.random.Generator) ->
     """Volume names grouped by scan, `n` volumes in all: patients numbered from 1, each with 1 to
     `cfg.scans` scans of 1 to `cfg.reconstructions` reconstructions (the last patient may be cut short)."""
     groups: list[list[str]] = []
-    patient = 0
-    while sum(map(len, groups)) < n:
+    patient, total = 0, 0
+    while total < n:
         patient += 1
         for scan in "abcdefgh"[:int(rng.integers(1, cfg.scans + 1))]:
-            count = int(rng.integers(1, cfg.reconstructions + 1))
-            groups.append([f"{split}_{patient}_{scan}_{r}.nii.gz" for r in range(1, count + 1)])
-    left = n
-    for i, group in enumerate(groups):
-        groups[i], left = group[:left], left - len(group[:left])
-    return [g for g in groups if g]
+            count = min(int(rng.integers(1, cfg.reconstructions + 1)), n - total)
+            if count > 0:
+                groups.append([f"{split}_{patient}_{scan}_{r}.nii.gz" for r in range(1, count + 1)])
+                total += count
+    return groups
 
 
 def synthetic_volume(labels: np.ndarray, shape_xyz: tuple[int, int, int], spacing_xyz: tuple[float, float, float],
