@@ -9,6 +9,9 @@ with two defects of the pinned versions worked around and nothing else changed.
 2. Several processes on CPU stop before the first step: open_clip_train wraps the model as
    `DistributedDataParallel(model, device_ids=[device])`, and torch refuses `device_ids` for a CPU
    module. `device_ids` is dropped for CPU modules only; GPUs keep it.
+
+The runtime pins come in the environment from `train`; the one that lives in torch (`pin_torch`) is
+applied here, in each trainer process.
 """
 
 import functools
@@ -17,6 +20,8 @@ import sys
 import torch
 from open_clip_train import data as open_clip_data
 from open_clip_train import main as open_clip_main
+
+from medrepro import runtime
 
 
 class CpuDistributedDataParallel(torch.nn.parallel.DistributedDataParallel):
@@ -32,5 +37,6 @@ def patch() -> None:
 
 
 if __name__ == "__main__":
+    runtime.pin_torch()
     patch()
     open_clip_main.main(sys.argv[1:])

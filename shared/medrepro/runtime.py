@@ -24,6 +24,9 @@ _KERNEL_ENV = {
         "OPENBLAS_CORETYPE": "Haswell",
         # FAISS' dynamically dispatched distance kernels (flat search scores differ in the last bits).
         "FAISS_SIMD_LEVEL": "AVX2",
+        # torch's CPU sqrt (AdamW's denominator) calls MKL's vector math, which no MKL_CBWR branch
+        # both keeps vendor-neutral and rounds exactly: see `pin_torch`. Read by `pin_torch`.
+        "MEDREPRO_EXACT_SQRT": "1",
     },
 }
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -50,6 +53,51 @@ def pin(cfg: RuntimeConfig) -> dict[str, str]:
     return env
 
 
+def pin_torch() -> None:
+    """The pin that no library variable gives: torch's CPU `sqrt`, exactly rounded, where
+    `MEDREPRO_EXACT_SQRT=1` (the portable kernels) is set. Call it after `pin`, in each process.
+
+    torch computes a float `sqrt` on CPU with MKL's vector math (VML, high-accuracy mode: within one
+    unit in the last place, not exactly rounded). Under MKL_CBWR=COMPATIBLE its last bits depend on the
+    CPU: of 100,000 float32 square roots, 16.6 % are one unit off on an Intel Sapphire Rapids machine
+    and 15.2 % on the same binary under QEMU's emulation of an AMD EPYC, a Haswell or an Ice Lake CPU,
+    not all the same ones. AdamW takes one per weight per step, so the smoke trainings of four
+    experiments parted between those machines from their first steps. (MKL_CBWR=AVX2 rounds
+    exactly, but is vendor-neutral for Intel only.) A square root has one exact answer, which numpy's
+    loop computes with the CPU's IEEE instruction on every x86-64 machine; this kernel replaces torch's
+    for the CPU (autograd's formula is untouched), and is registered once per process.
+    """
+    global _exact_sqrt
+    if os.environ.get("MEDREPRO_EXACT_SQRT") != "1" or _exact_sqrt is not None:
+        return
+    import warnings
+
+    import numpy as np
+    import torch
+
+    def exact(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = out.dtype if out is not None else (x.dtype if x.is_floating_point() or x.is_complex()
+                                                   else torch.get_default_dtype())
+        # numpy has no bfloat16; float32's exactly rounded root rounds to the nearest bfloat16 or half
+        # (24 bits ≥ 2 × 8 + 2: a second rounding of a square root is innocuous).
+        wide = x.detach().to(torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype)
+        root = torch.from_numpy(np.asarray(np.sqrt(wide.numpy()))).to(dtype)  # 0-d: numpy gives a scalar
+        if out is None:
+            return root
+        return out.resize_(root.shape).copy_(root)
+
+    library = torch.library.Library("aten", "IMPL")
+    with warnings.catch_warnings():  # torch warns that the CPU kernel it had is replaced: the point
+        warnings.simplefilter("ignore")
+        library.impl("sqrt", exact, "CPU")
+        library.impl("sqrt.out", exact, "CPU")
+        library.impl("sqrt_", lambda x: x.copy_(exact(x)), "CPU")
+    _exact_sqrt = library
+
+
+_exact_sqrt = None  # the registration, kept alive: torch drops the kernels when it is collected
+
+
 def state() -> dict[str, object]:
     """What is in force: for the manifest of every run."""
     import torch
@@ -57,6 +105,7 @@ def state() -> dict[str, object]:
     found = {
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "exact_sqrt": _exact_sqrt is not None,
         "env": {key: os.environ[key] for key in (*_THREAD_ENV, *_KERNEL_ENV["portable"]) if key in os.environ},
     }
     if "faiss" in sys.modules:  # only the experiments that search load it

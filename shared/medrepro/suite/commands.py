@@ -90,10 +90,12 @@ def run(experiment: Experiment, argv: Sequence[str]) -> int:
     path = args.config or registry.experiments_dir() / experiment.name / "configs" / f"{args.profile}.yaml"
     cfg = config.load_config(experiment.config_class(), path, args.overrides)
     runtime.pin(cfg.runtime)
-
     if args.command == "config":
         print(yaml.safe_dump(config.to_plain(cfg), sort_keys=False), end="")
-    elif args.command == "smoke":
+        return 0
+    runtime.pin_torch()
+
+    if args.command == "smoke":
         from medrepro.suite import smoke
 
         variants = args.variants.split(",") if args.variants else list(experiment.variants)
