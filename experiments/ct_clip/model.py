@@ -26,7 +26,7 @@ from torch import nn
 from transformers import BertModel, BertTokenizerFast
 
 from experiments.ct_clip.config import ModelConfig
-from medrepro.contrastive import gather_with_grad, symmetric_infonce
+from medrepro.contrastive import gather_with_grad, in_batch_accuracy, symmetric_infonce
 from medrepro.errors import ConfigError
 
 # Upstream's fixed attention logit scale (the L2-normalised q and k make 1/sqrt(dim_head) meaningless).
@@ -229,11 +229,8 @@ class CTClip(nn.Module):
         the training health monitor the in-batch volume→report accuracy and the exponentiated scale."""
         image = gather_with_grad(self.encode_image(volume))
         text = gather_with_grad(self.encode_text(input_ids, attention_mask))
-        with torch.no_grad():
-            match = (image @ F.normalize(text, dim=-1).t()).argmax(dim=1)
-            hits = match == torch.arange(image.shape[0], device=image.device)
         return symmetric_infonce(image, text, self.temperature), {
-            "temperature": self.temperature.detach(), "acc": hits.float().mean(),
+            "temperature": self.temperature.detach(), "acc": in_batch_accuracy(image, text),
             "logit_scale": self.temperature.detach().exp()}
 
     @torch.no_grad()

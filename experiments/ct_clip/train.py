@@ -2,7 +2,6 @@
 mean AUROC on training patients held out for selection, so the evaluated validation split never
 chooses the model that is reported on it."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from experiments.ct_clip.data import ShardDataset
 from experiments.ct_clip.model import CTClip, build_model, tokenize
 from medrepro import atomic, repro
 from medrepro.errors import ConfigError
-from medrepro.trainer import FitResult, fit
+from medrepro.trainer import FitResult, fit, launched_as_main
 
 
 def encoder_path(cfg: CtClipConfig, variant: str) -> str:
@@ -65,8 +64,7 @@ def train(cfg: CtClipConfig, variant: str, run_dir: Path, resume: str | None = N
     result = fit(model, train_set, cfg.train, run_dir, loss_fn=loss_fn, seed=cfg.seed, collate_fn=collate,
                  evaluate=evaluate, after_step=CTClip.clamp_temperature, resume=resume,
                  run_name=f"ct_clip-{variant}", run_config=cfg, data=[every.manifest_path], variant=variant)
-    # The launcher's rank: only the main process writes into the run directory.
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launched_as_main():
         atomic.write_json(Path(run_dir) / SELECTION_FILE, {
             "patients": sorted(held_out), "volumes": [key for _, key, _ in val_set.items],
             "train_volumes": len(train_set)})

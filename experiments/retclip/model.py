@@ -18,7 +18,7 @@ from open_clip.tokenizer import HFTokenizer
 from torch import nn
 
 from experiments.retclip.config import ModelConfig
-from medrepro.contrastive import gather_with_grad, symmetric_infonce
+from medrepro.contrastive import gather_with_grad, in_batch_accuracy, symmetric_infonce
 from medrepro.errors import ConfigError
 
 HEADS = ("patient", "left", "right")
@@ -71,12 +71,9 @@ class RetClip(nn.Module):
             losses[head] = symmetric_infonce(*features[head], self.logit_scales[head])
         logs = {f"loss_{h}": loss.detach() for h, loss in losses.items()}
         logs.update({f"logit_scale_{h}": s.detach().exp() for h, s in self.logit_scales.items()})
-        # The training health signs: in-batch image→text accuracy of the patient head (chance 1/batch)
-        # and its exponentiated logit scale.
-        with torch.no_grad():
-            img, txt = features["patient"]
-            hits = (img @ txt.t()).argmax(dim=1) == torch.arange(img.shape[0], device=img.device)
-            logs["acc"] = hits.float().mean()
+        # The training health signs: in-batch image→text accuracy of the patient head and its
+        # exponentiated logit scale.
+        logs["acc"] = in_batch_accuracy(*features["patient"])
         logs["logit_scale"] = logs["logit_scale_patient"]
         return sum(losses.values()), logs
 

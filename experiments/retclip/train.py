@@ -10,7 +10,6 @@ A variant's run directory holds one complete run of the shared loop per seed of 
 
 import dataclasses
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from experiments.retclip.prompts import load_prompts
 from medrepro import atomic, checkpoint, config, repro, run_guard
 from medrepro.errors import ConfigError, DataError
 from medrepro.results import TRAIN_LOG
-from medrepro.trainer import FitResult, fit
+from medrepro.trainer import FitResult, fit, launched_as_main
 
 
 def encoder_path(cfg: RetClipConfig, variant: str) -> str:
@@ -42,9 +41,7 @@ def train(cfg: RetClipConfig, variant: str, run_dir: Path, resume: str | None = 
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {cfg.seeds}", "seeds")
     check_validation_split(cfg)
     run_dir = Path(run_dir)
-    # The launcher's rank (torchrun, accelerate launch): asking Accelerate here would set up its shared
-    # state before `fit` chooses the CPU backend.
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = launched_as_main()
     if main:
         (run_dir / run_guard.COMPLETE_FILE).unlink(missing_ok=True)  # complete again only when every seed is
     results = []

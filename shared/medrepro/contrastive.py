@@ -25,3 +25,11 @@ def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tenso
     logits = logit_scale.exp() * a @ b.t()
     target = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+@torch.no_grad()
+def in_batch_accuracy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Share of rows of `a` whose most similar row of `b`, by the cosine the loss scores, is their own
+    pair: the training health monitor's sign that a contrastive model learns (chance 1 / batch)."""
+    similarity = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t()
+    return (similarity.argmax(dim=1) == torch.arange(a.shape[0], device=a.device)).float().mean()

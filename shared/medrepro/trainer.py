@@ -25,6 +25,7 @@ already counts processes and accumulation, so the schedule is the same on 1 or 8
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, nullcontext
@@ -108,6 +109,13 @@ def make_accelerator(precision: str, log_with: list | None = None,
     """
     return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), log_with=log_with or None,
                        project_dir=project_dir)
+
+
+def launched_as_main() -> bool:
+    """Whether this process is the launcher's rank 0 (torchrun, accelerate launch; a lone process is),
+    the one that writes what `fit` leaves to its caller. Read from the environment: asking Accelerate
+    would set up its shared state before `fit` chooses the backend."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def fit(
