@@ -1,18 +1,19 @@
 """`evaluate`: pair classification with calibration on the test split, then entity linking.
 
 Pair metrics score the test pairs mined exactly as the training pairs were (positive, semantic-hard,
-type and random negatives), which is the seed's protocol; the F1 interval resamples mentions, the
-independent unit, not pairs. The scalers come with the exported model: fitted on the calibration half
-of dev, which neither trained the model nor picked its checkpoint. Calibration is reported with
-15 equal-width bins (with each bin's count) and with equal-mass bins (adaptive ECE), on the test pairs
-and on the linking top-1 probabilities.
+type and random negatives), which is the seed's protocol, beside what a scorer that learned nothing
+gets on the same pairs (`baseline/*`: "match" for every pair, a constant score). The scalers come with
+the exported model: fitted on the calibration half of dev, which neither trained the model nor picked
+its checkpoint. Calibration is reported with 15 equal-width bins (with each bin's count) and with
+equal-mass bins (adaptive ECE), on the test pairs and on the linking top-1 probabilities.
 
 Linking re-ranks each test mention's top `rerank_top_k` bi-encoder candidates and compares acc@1 and
 acc@5 of three orders: the retriever's, the cross-encoder's alone, and the combined score (see
 scoring.py), with paired intervals of the differences; a mention whose gold concept was not retrieved
 is a miss for all. The same figures are reported for the ambiguous mentions alone (`ambiguous_*`:
 their string names concepts of different semantic types), which only context and type can settle.
-The seed's before/after table compares the zero-shot cross-encoder (the starting
+Every interval resamples documents (PMIDs) with all their mentions and pairs: an abstract's mentions
+are not independent. The seed's before/after table compares the zero-shot cross-encoder (the starting
 model with a fresh head) with the fine-tuned one on raw scores.
 """
 
@@ -107,13 +108,15 @@ def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which:
     bins, e = cfg.eval.calibration_bins, cfg.eval
 
     test_pairs = read_pairs(cfg.paths.mined, "test")
+    mentions = read_mentions(cfg.paths.prepared)
     z_test = cross.pair_logits(model, tokenizer, [p.inputs for p in test_pairs], e.batch_size, cfg.max_length)
     y_test = np.array([p.label for p in test_pairs])
     p_test = sigmoid(z_test)
     raw = binary_metrics(y_test, p_test, e.threshold, bins)
     calibrated = {name: binary_metrics(y_test, s(z_test), e.threshold, bins) for name, s in scalers.items()}
-    f1 = scoring.f1_by_mention(y_test, p_test >= e.threshold, np.array([p.mention for p in test_pairs]),
-                               e.bootstrap, e.alpha, cfg.seed)
+    pair_docs = scoring.pair_documents(test_pairs, mentions)
+    f1 = scoring.f1_by_document(y_test, p_test >= e.threshold, pair_docs, e.bootstrap, e.alpha, cfg.seed)
+    baselines, n_documents = scoring.pair_baselines(y_test), len(np.unique(pair_docs))
     kinds = np.array([p.kind for p in test_pairs])
     # Per kind of pair, the share classified correctly: recall on positives, rejection rate on negatives.
     by_kind = {kind: float(((p_test >= e.threshold) == (y_test == 1))[kinds == kind].mean())
@@ -122,13 +125,12 @@ def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which:
     candidates = scoring.score_candidates(cfg, model, tokenizer, "test")
     weight = calibration["retrieval_weight"]
     link = scoring.linking_accuracy(candidates, weight, e.bootstrap, e.alpha, cfg.seed)
-    mentions = read_mentions(cfg.paths.prepared)
     ambiguous = scoring.ambiguous([mentions[i].text for i in candidates.mentions], read_concepts(cfg.paths.prepared))
     if ambiguous.any():
         # Mentions whose string names concepts of different types: what context and type must settle.
         shown = scoring.linking_accuracy(candidates.subset(ambiguous), weight, e.bootstrap, e.alpha, cfg.seed)
         link |= {f"ambiguous_{key}": value for key, value in shown.items()
-                 if key == "mentions" or "acc_at_1" in key or "minus_biencoder" in key}
+                 if key in ("mentions", "documents") or "acc_at_1" in key or "minus_biencoder" in key}
     chosen = scalers[e.calibration] if e.calibration != "none" else Scaler()
     combined = candidates.combined(weight)
     prob = chosen(np.where(candidates.valid, candidates.cross, 0.0))
@@ -157,12 +159,13 @@ def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which:
             for name, label in orders.items() for suffix in ("", "_ci_low", "_ci_high")}
     plots.per_class_png(groups,
                         plot_dir / "linking.png",
-                        f"linking accuracy, {int(link['mentions'])} test mentions (95 % intervals by mention)",
+                        f"linking accuracy, {int(link['mentions'])} test mentions (95 % intervals by document)",
                         caption=(f"* the {int(ambiguous.sum())} mentions whose string names concepts of different "
                                  "semantic types" if ambiguous.any() else ""),
                         ylabel="share of mentions", xlabel="gold concept among the top k")
 
-    metrics = {**raw, "f1_ci_low": f1.low, "f1_ci_high": f1.high,
+    metrics = {**raw, "f1_ci_low": f1.low, "f1_ci_high": f1.high, "n_documents": float(n_documents),
+               **baselines,
                "ece_adaptive": adaptive_ece(y_test, p_test, bins),
                **{f"{name}/{key}": m[key] for name, m in calibrated.items()
                   for key in ("ece", "mce", "brier", "f1", "accuracy")},
@@ -178,7 +181,8 @@ def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which:
         "test_pairs": {"uncalibrated": {**raw, **_calibration_report(y_test, p_test, bins)},
                        **{n: {**calibrated[n], **_calibration_report(y_test, s(z_test), bins)}
                           for n, s in scalers.items()},
-                       "by_kind": by_kind, "f1_ci": [f1.low, f1.high], "f1_ci_unit": "mention",
+                       "by_kind": by_kind, "f1_ci": [f1.low, f1.high], "f1_ci_unit": "document",
+                       "documents": n_documents, "baselines": baselines,
                        "threshold": e.threshold,
                        "calibration": {"bins": bins, "fitted_on": calibration["fitted_on"],
                                        "ece": "bin-weighted mean |fraction positive - mean probability|, "
@@ -186,7 +190,7 @@ def evaluate(cfg: CrossEncoderConfig, variant: str, run: Path, out: Path, which:
                                        "ece_adaptive": "the same over equal-mass bins",
                                        "mce": "max over non-empty equal-width bins"}},
         "linking": {**link, "rerank_top_k": e.rerank_top_k, "calibration": e.calibration,
-                    "ci_unit": "mention", "top1_calibration": top1_cal},
+                    "ci_unit": "document", "top1_calibration": top1_cal},
         "before_after": {**table, "scores": "raw sigmoid of the logit, cross-encoder order"},
         "export_check": {"scaler": "platt", "pairs": check},
     })

@@ -83,6 +83,7 @@ def model_card(cfg: CrossEncoderConfig, variant: str, calibration: dict, held_ou
                 f"[{scale * held_out[key + '_ci_low']:.{1 if percent else 3}f}, "
                 f"{scale * held_out[key + '_ci_high']:.{1 if percent else 3}f}]")
 
+    linked = f"{held_out['linking/mentions']:.0f} mentions of {held_out['linking/documents']:.0f} documents"
     first, second = (pair_text.mention_input("ARF", "patients with", "after cardiac surgery"),
                      pair_text.candidate_input("Acute renal failure", ["Disease or Syndrome"]))
     return f"""# cross_encoder ({variant}): (mention in context, UMLS concept) match probability
@@ -138,13 +139,13 @@ From `{cfg.cross_encoder.path}`: binary cross-entropy on one logit, AdamW (lr {t
 {t.schedule} schedule with {t.warmup_epochs:g} warmup epochs, gradient clipping {t.clip_grad_norm:g},
 precision {t.precision}, seed {cfg.seed}, max length {cfg.max_length}; best checkpoint by {t.best_metric}.
 
-## Held-out figures (calibration half of dev; 95 % bootstrap intervals over mentions)
+## Held-out figures (calibration half of dev; 95 % bootstrap intervals over documents)
 | figure | value |
 |---|---|
 | pair F1 ({held_out['pairs']} pairs) | {interval('f1')} |
 | pair ROC-AUC | {held_out['roc_auc']:.3f} |
 | pair ECE after Platt (15 bins) | {held_out['ece']:.3f} |
-| bi-encoder acc@1 ({held_out['linking/mentions']:.0f} mentions) | {interval('linking/biencoder_acc_at_1', True)} |
+| bi-encoder acc@1 ({linked}) | {interval('linking/biencoder_acc_at_1', True)} |
 | re-ranked acc@1 | {interval('linking/reranked_acc_at_1', True)} |
 | re-ranked − bi-encoder acc@1 (paired) | {interval('linking/reranked_minus_biencoder', True, " points")} |
 

@@ -101,8 +101,8 @@ def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, top:
              for r, c in zip(rs[ok], cs[ok], strict=True)]
     logits = np.full(cand.shape, -np.inf)
     logits[valid] = cross.pair_logits(model, tokenizer, pairs, cfg.eval.batch_size, cfg.max_length)
-    scored = scoring.Candidates(np.arange(len(spans)), cand, np.where(valid, bi_scores, -np.inf), logits,
-                                np.full(len(spans), -1))
+    scored = scoring.Candidates(np.arange(len(spans)), np.array([s.doc for s in spans]), cand,
+                                np.where(valid, bi_scores, -np.inf), logits, np.full(len(spans), -1))
     combined = scored.combined(weight)
 
     lines = []

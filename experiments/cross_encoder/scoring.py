@@ -11,6 +11,10 @@ retriever's order). The cosine is standardised over the mention's candidates (mi
 divided by their spread): cosine scales differ between encoders, and an untrained stand-in's top
 cosines lie within 1e-5 of each other, which no fixed weight could put beside a logit. Both scores
 carry evidence: the retriever saw every name, the cross-encoder reads the mention and the name together.
+
+Intervals resample documents (MedMentions PMIDs), the independent unit: the mentions of one abstract
+share its topic, its abbreviations and often its concepts, so they tend to succeed or fail together,
+and resampling them (or their pairs) one by one would give intervals too narrow.
 """
 
 import json
@@ -25,8 +29,8 @@ from transformers import PreTrainedTokenizerBase
 from experiments.cross_encoder import model as cross
 from experiments.cross_encoder import pair_text
 from experiments.cross_encoder.config import CrossEncoderConfig
-from experiments.cross_encoder.mining import pair_split, read_candidates, read_pairs
-from experiments.cross_encoder.prepare import concept_type_names, read_concepts, read_mentions
+from experiments.cross_encoder.mining import Pair, pair_split, read_candidates, read_pairs
+from experiments.cross_encoder.prepare import MentionRecord, concept_type_names, read_concepts, read_mentions
 from experiments.cross_encoder.retrieval import read_names
 from experiments.cross_encoder.umls import Concept
 from medrepro import bootstrap
@@ -45,6 +49,7 @@ class Candidates:
     """A split's linkable mentions and their top-k candidates, with both scores (n, k)."""
 
     mentions: np.ndarray  # indices into mentions.jsonl
+    documents: np.ndarray  # each mention's document (PMID): what the intervals resample
     concepts: np.ndarray  # concept index per candidate, -1 where fewer than k were found
     bi: np.ndarray  # bi-encoder cosine, -inf where no candidate
     cross: np.ndarray  # cross-encoder logit, -inf where no candidate
@@ -68,7 +73,8 @@ class Candidates:
 
     def subset(self, rows: np.ndarray) -> "Candidates":
         """The mentions where `rows` (a boolean mask over mentions) is true."""
-        return Candidates(self.mentions[rows], self.concepts[rows], self.bi[rows], self.cross[rows], self.gold[rows])
+        return Candidates(self.mentions[rows], self.documents[rows], self.concepts[rows], self.bi[rows],
+                          self.cross[rows], self.gold[rows])
 
     def hits(self, score: np.ndarray | None = None) -> np.ndarray:
         """(n, k) bool: the gold concept at each rank of the order by `score` (None: the retriever's)."""
@@ -99,7 +105,9 @@ def score_candidates(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTr
              for r, c in zip(rs[ok], cs[ok], strict=True)]
     logits = np.full(concepts.shape, -np.inf, dtype=np.float64)
     logits[valid] = cross.pair_logits(model, tokenizer, pairs, cfg.eval.batch_size, cfg.max_length)
-    return Candidates(chosen, concepts, np.where(valid, bi, -np.inf).astype(np.float64), logits, cands["gold"][chosen])
+    documents = np.array([mentions[i].pmid for i in chosen])
+    return Candidates(chosen, documents, concepts, np.where(valid, bi, -np.inf).astype(np.float64), logits,
+                      cands["gold"][chosen])
 
 
 def ambiguous(texts: Sequence[str], concepts: Sequence[Concept]) -> np.ndarray:
@@ -145,40 +153,49 @@ def read_calibration(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def f1_by_mention(labels: np.ndarray, predicted: np.ndarray, mention_ids: np.ndarray, n_boot: int, alpha: float,
-                  seed: int) -> bootstrap.Interval:
-    """Pair F1 with a bootstrap interval that resamples mentions, not pairs: a mention's pairs share its
-    text and stand or fall together, so they are one independent unit."""
-    _, group = np.unique(mention_ids, return_inverse=True)
-    n_groups = int(group.max()) + 1
-    tp = np.bincount(group, weights=(labels == 1) & predicted, minlength=n_groups)
-    # F1 = 2 TP / (positives + predicted positives), each summed over the resampled mentions.
-    counts = np.bincount(group, weights=(labels == 1).astype(float) + predicted, minlength=n_groups)
+def pair_documents(pairs: Sequence[Pair], mentions: Sequence[MentionRecord]) -> np.ndarray:
+    """The document (PMID) of each pair's mention (`mentions` as read from mentions.jsonl): the unit
+    that pair intervals resample."""
+    return np.array([mentions[p.mention].pmid for p in pairs])
 
-    def stat(idx: np.ndarray) -> np.ndarray:
-        num, den = 2 * tp[idx].sum(axis=1), counts[idx].sum(axis=1)
-        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
-    return bootstrap.bootstrap(stat, n_groups, n_boot, alpha, seed)
+def f1_by_document(labels: np.ndarray, predicted: np.ndarray, documents: np.ndarray, n_boot: int, alpha: float,
+                   seed: int) -> bootstrap.Interval:
+    """Pair F1 with a bootstrap interval that resamples documents with all their mentions' pairs: a
+    mention's pairs share its text, and a document's mentions its context, so neither pairs nor
+    mentions are independent."""
+    return bootstrap.bootstrap_clusters(bootstrap.f1_binary_stat(labels, predicted), documents, n_boot, alpha, seed)
+
+
+def pair_baselines(labels: np.ndarray) -> dict[str, float]:
+    """What a pair scorer that learned nothing scores at these pairs' positive rate p: answering "match"
+    for every pair has precision p and recall 1, so F1 2p / (1 + p); a constant score ranks nothing, so
+    its PR-AUC (average precision) is p and its ROC-AUC 0.5, and the constant p has Brier p (1 - p)."""
+    p = float(np.mean(labels))
+    return {"baseline/all_positive/f1": 2 * p / (1 + p), "baseline/prevalence/pr_auc": p,
+            "baseline/prevalence/brier": p * (1 - p)}
 
 
 def linking_accuracy(candidates: Candidates, weight: float, n_boot: int, alpha: float, seed: int) -> dict[str, float]:
     """acc@1 and acc@5 of the retriever, of the cross-encoder alone and of the combined order, with
-    intervals on each and on the paired (same mentions) acc@1 differences, resampling mentions."""
+    intervals on each and on the paired (same mentions) acc@1 differences, resampling documents. Every
+    interval draws the same resamples (same documents and seed), so the differences are paired."""
     orders = {"biencoder": candidates.hits(), "cross_only": candidates.hits(candidates.cross),
               "reranked": candidates.hits(candidates.combined(weight))}
     top1 = {name: hits[:, 0].astype(float) for name, hits in orders.items()}
-    out: dict[str, float] = {"mentions": float(len(candidates.gold)), "retrieval_weight": weight,
+    documents = candidates.documents
+    out: dict[str, float] = {"mentions": float(len(candidates.gold)), "documents": float(len(np.unique(documents))),
+                             "retrieval_weight": weight,
                              f"recall_at_{candidates.concepts.shape[1]}": float(orders["biencoder"].any(axis=1).mean())}
     for name, hits in orders.items():
         for k in (1, 5):
             found = hits[:, :k].any(axis=1).astype(float)
-            interval = bootstrap.bootstrap(bootstrap.mean_stat(found), len(found), n_boot, alpha, seed)
+            interval = bootstrap.bootstrap_clusters(bootstrap.mean_stat(found), documents, n_boot, alpha, seed)
             out |= {f"{name}_acc_at_{k}": interval.estimate, f"{name}_acc_at_{k}_ci_low": interval.low,
                     f"{name}_acc_at_{k}_ci_high": interval.high}
     for name in ("reranked", "cross_only"):
         diff = top1[name] - top1["biencoder"]
-        interval = bootstrap.bootstrap(bootstrap.mean_stat(diff), len(diff), n_boot, alpha, seed)
+        interval = bootstrap.bootstrap_clusters(bootstrap.mean_stat(diff), documents, n_boot, alpha, seed)
         out |= {f"{name}_minus_biencoder": interval.estimate, f"{name}_minus_biencoder_ci_low": interval.low,
                 f"{name}_minus_biencoder_ci_high": interval.high}
     return out

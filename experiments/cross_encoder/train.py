@@ -13,6 +13,7 @@ from experiments.cross_encoder import scoring
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.export import export, model_card
 from experiments.cross_encoder.mining import read_pairs
+from experiments.cross_encoder.prepare import read_mentions
 from medrepro import checkpoint, repro
 from medrepro.calibration import sigmoid
 from medrepro.metrics import binary_metrics
@@ -60,8 +61,9 @@ def held_out_metrics(cfg: CrossEncoderConfig, model: nn.Module, tokenizer, calib
     logits = cross.pair_logits(model, tokenizer, [p.inputs for p in pairs], cfg.eval.batch_size, cfg.max_length)
     labels = np.array([p.label for p in pairs])
     prob = scoring.scaler_of(calibration, "platt")(logits)
-    f1 = scoring.f1_by_mention(labels, prob >= cfg.eval.threshold, np.array([p.mention for p in pairs]),
-                               cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
+    documents = scoring.pair_documents(pairs, read_mentions(cfg.paths.prepared))
+    f1 = scoring.f1_by_document(labels, prob >= cfg.eval.threshold, documents, cfg.eval.bootstrap, cfg.eval.alpha,
+                                cfg.seed)
     metrics = binary_metrics(labels, prob, cfg.eval.threshold, cfg.eval.calibration_bins)
     link = scoring.linking_accuracy(scoring.score_candidates(cfg, model, tokenizer, "calibration"),
                                     calibration["retrieval_weight"], cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)

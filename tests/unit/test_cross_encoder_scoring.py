@@ -1,24 +1,33 @@
-"""Linking scores, intervals by mention, the Platt-folded export, and the contradictory-label rule."""
+"""Linking scores, intervals by document, trivial pair baselines, the Platt-folded export, and the
+contradictory-label rule."""
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import f1_score
+from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, roc_auc_score
 from transformers import BertConfig, BertForSequenceClassification
 
 from experiments.cross_encoder.config import MiningConfig
 from experiments.cross_encoder.export import fold_platt
 from experiments.cross_encoder.mining import TypePools, draw_negatives
-from experiments.cross_encoder.scoring import Candidates, f1_by_mention, fit_retrieval_weight, linking_accuracy
+from experiments.cross_encoder.scoring import (
+    Candidates,
+    f1_by_document,
+    fit_retrieval_weight,
+    linking_accuracy,
+    pair_baselines,
+)
 from experiments.cross_encoder.umls import Concept
 from medrepro.calibration import Scaler, sigmoid
 from medrepro.errors import DataError
 
 
-def candidates(cross: list[list[float]], bi: list[list[float]], gold: list[int]) -> Candidates:
+def candidates(cross: list[list[float]], bi: list[list[float]], gold: list[int],
+               documents: np.ndarray | None = None) -> Candidates:
+    """Candidates 0..k-1 for every mention; each mention its own document unless `documents` says."""
     concepts = np.tile(np.arange(len(cross[0])), (len(cross), 1))
-    return Candidates(np.arange(len(cross)), concepts, np.array(bi, dtype=float), np.array(cross, dtype=float),
-                      np.array(gold))
+    return Candidates(np.arange(len(cross)), np.arange(len(cross)) if documents is None else documents, concepts,
+                      np.array(bi, dtype=float), np.array(cross, dtype=float), np.array(gold))
 
 
 def test_standardised_cosine_puts_tiny_cosine_gaps_on_the_logit_scale():
@@ -55,18 +64,59 @@ def test_linking_accuracy_reports_paired_differences():
     assert m["recall_at_5"] == 1.0
 
 
-def test_f1_by_mention_resamples_mentions_not_pairs():
+def width(low: float, high: float) -> float:
+    return high - low
+
+
+def test_linking_intervals_resample_documents_not_mentions():
+    # 40 abstracts of 10 mentions: the cross-encoder is right on every mention of an abstract or on
+    # none (its topic decides), the retriever (its first candidate) on none. Mentions of one abstract
+    # stand or fall together.
+    rng = np.random.default_rng(2)
+    documents = np.repeat([str(pmid) for pmid in range(28_000_000, 28_000_040)], 10)
+    right = np.repeat(rng.random(40) < 0.5, 10)
+    cross = np.where(right[:, None], [[0.0, 3.0]], [[3.0, 0.0]]).tolist()
+    bi, gold = np.tile([[1.0, 0.0]], (400, 1)).tolist(), [1] * 400
+    by_document = linking_accuracy(candidates(cross, bi, gold, documents), 0.0, 400, 0.05, 0)
+    by_mention = linking_accuracy(candidates(cross, bi, gold), 0.0, 400, 0.05, 0)
+    assert by_document["documents"] == 40 and by_document["mentions"] == 400 and by_mention["documents"] == 400
+    for key in ("reranked_acc_at_1", "reranked_minus_biencoder"):
+        assert by_document[key] == by_mention[key] == right.mean()
+        # Ten perfectly correlated mentions carry the information of one: about √10 times wider.
+        assert width(by_document[f"{key}_ci_low"], by_document[f"{key}_ci_high"]) > 2 * width(
+            by_mention[f"{key}_ci_low"], by_mention[f"{key}_ci_high"])
+    # A subset (the ambiguous mentions) keeps each mention's document.
+    subset = candidates(cross, bi, gold, documents).subset(np.arange(400) % 10 < 3)
+    assert linking_accuracy(subset, 0.0, 50, 0.05, 0)["documents"] == 40
+
+
+def test_f1_by_document_resamples_documents_not_mentions_or_pairs():
     rng = np.random.default_rng(1)
-    mentions = np.repeat(np.arange(60), 9)
-    labels = np.tile([1] + [0] * 8, 60)
-    # A mention's pairs stand or fall together: whole mentions are right or wrong.
-    mention_right = rng.random(60) < 0.6
-    predicted = np.where(mention_right[mentions], labels == 1, labels == 0)
-    interval = f1_by_mention(labels, predicted, mentions, 400, 0.05, 0)
+    # 30 documents of 6 mentions of 9 pairs (one positive); whole documents are right or wrong.
+    mentions = np.repeat(np.arange(180), 9)
+    documents = mentions // 6
+    labels = np.tile([1] + [0] * 8, 180)
+    document_right = rng.random(30) < 0.6
+    predicted = np.where(document_right[documents], labels == 1, labels == 0)
+    interval = f1_by_document(labels, predicted, documents, 400, 0.05, 0)
     assert interval.estimate == pytest.approx(f1_score(labels, predicted))
-    # Resampling the 540 pairs as if independent would give a narrower, overconfident interval.
-    pairs = f1_by_mention(labels, predicted, np.arange(len(labels)), 400, 0.05, 0)
-    assert interval.high - interval.low > 1.2 * (pairs.high - pairs.low)
+    # Resampling the 180 mentions, or the 1,620 pairs, as if independent gives narrower, overconfident intervals.
+    by_mention = f1_by_document(labels, predicted, mentions, 400, 0.05, 0)
+    by_pair = f1_by_document(labels, predicted, np.arange(len(labels)), 400, 0.05, 0)
+    assert width(interval.low, interval.high) > 1.5 * width(by_mention.low, by_mention.high)
+    assert width(by_mention.low, by_mention.high) > width(by_pair.low, by_pair.high)
+
+
+def test_pair_baselines_are_what_a_scorer_that_learned_nothing_gets():
+    labels = np.tile([1] + [0] * 7, 50)  # positive rate 1/8, as the mined pairs
+    p = labels.mean()
+    baselines = pair_baselines(labels)
+    assert baselines["baseline/all_positive/f1"] == pytest.approx(f1_score(labels, np.ones_like(labels)))
+    assert baselines["baseline/all_positive/f1"] == pytest.approx(2 * p / (1 + p))
+    constant = np.full(len(labels), p)
+    assert baselines["baseline/prevalence/pr_auc"] == pytest.approx(average_precision_score(labels, constant))
+    assert baselines["baseline/prevalence/brier"] == pytest.approx(brier_score_loss(labels, constant))
+    assert roc_auc_score(labels, constant) == 0.5  # implicit, not reported
 
 
 def test_negatives_shown_under_a_gold_name_are_never_drawn():

@@ -83,6 +83,16 @@ def test_corpus_round_trips_through_the_real_readers(synthetic: tuple[Path, Path
     assert surfaces & names and surfaces - names  # exact names and variants
 
 
+def test_documents_hold_several_mentions_each(synthetic: tuple[Path, Path, Umls]) -> None:
+    """Evaluation resamples documents, whose mentions share a context; MedMentions' abstracts hold about
+    80 mentions each. With one mention a document the smoke run would not exercise that."""
+    _, corpus, _ = synthetic
+    docs = list(read_pubtator(corpus))
+    per_document = sorted(len(doc.mentions) for doc in docs)
+    assert per_document[0] >= 3 and per_document[len(per_document) // 2] >= 6
+    assert all(mention.pmid == doc.pmid for doc in docs for mention in doc.mentions)
+
+
 def test_split_files_are_disjoint_and_cover_the_corpus(synthetic: tuple[Path, Path, Umls]) -> None:
     _, corpus, _ = synthetic
     splits = read_split_pmids(corpus.parent)  # also rejects overlaps
