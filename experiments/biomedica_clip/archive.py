@@ -5,21 +5,30 @@ A training source is open_clip's `--train-data` string: brace-expanded shard pat
 joined with `::`, each with an upsampling factor (`--train-data-upsampling-factors 1::4`). `verify`
 reads every shard of every source (and the held-out shards): each sample needs an image that decodes,
 larger than 20 px a side, and a caption that is not empty nor the archive's "No caption found"
-placeholder. The first bad sample stops it with one line naming the shard and the key. Beside each
-source's shards it writes what open_clip and the readers expect where missing: `sizes.json` (open_clip
-reads it to size an epoch) and `manifest.json` (samples, bytes and SHA-256 per shard, medrepro.shards);
-where a manifest exists the shards are checked against it instead.
+placeholder, and a json with the archive's article id and label field (metadata.py). The first bad
+sample stops it with one line naming the shard and the key. Beside each source's shards it writes what
+open_clip and the readers expect where missing: `sizes.json` (open_clip reads it to size an epoch) and
+`manifest.json` (samples, bytes and SHA-256 per shard, medrepro.shards); where a manifest exists the
+shards are checked against it instead.
+
+The held-out shards must be other files than the training ones, and hold other articles: an article's
+figures are not independent, so one with figures on both sides would let evaluation score what training
+saw. `verify` is the stage that reads every sample, so it checks the articles and records in its report
+the sources it checked and how often each training label occurs (the majority baseline); `train` and
+`evaluate` refuse to run on sources that report does not describe.
 """
 
 import io
 import json
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import braceexpand
 from PIL import Image, UnidentifiedImageError
 
+from experiments.biomedica_clip import metadata
 from experiments.biomedica_clip.config import BiomedicaClipConfig, DataConfig
 from medrepro import atomic, shards
 from medrepro.errors import ConfigError, DataError
@@ -27,6 +36,7 @@ from medrepro.errors import ConfigError, DataError
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
 MANIFEST = "manifest.json"
 SIZES = "sizes.json"
+REPORT = "report.json"
 
 
 @dataclass(frozen=True)
@@ -86,8 +96,23 @@ def heldout_sources(cfg: BiomedicaClipConfig) -> list[Source]:
     return parse_sources(cfg.data.heldout, what="data.heldout")
 
 
-def sample_checker(data: DataConfig) -> shards.SampleCheck:
-    """The archive's filters as a `medrepro.shards` sample check: raises DataError naming the problem."""
+@dataclass
+class Contents:
+    """What `verify` reads from one side's metadata: each article with the first sample key seen from it
+    (the held-out check), and how many samples carry each single label (the majority baseline)."""
+
+    articles: dict[str, str] = field(default_factory=dict)
+    labels: Counter[str] = field(default_factory=Counter)
+
+    def add(self, key: str, article: str, label: str) -> None:
+        self.articles.setdefault(article, key)
+        if label:
+            self.labels[label] += 1
+
+
+def sample_checker(data: DataConfig, contents: Contents | None = None) -> shards.SampleCheck:
+    """The archive's filters and its metadata as a `medrepro.shards` sample check: raises DataError naming
+    the problem; records each sample's article and label into `contents`."""
     bad_captions = {c.strip() for c in data.bad_captions}
 
     def check(key: str, sample: dict[str, bytes]) -> None:
@@ -111,16 +136,20 @@ def sample_checker(data: DataConfig) -> shards.SampleCheck:
         if min(width, height) < data.min_image_side:
             raise DataError(f"the image is {width}x{height} px; the archive drops images of "
                             f"{data.min_image_side - 1} px or less a side")
+        article, label = metadata.article_and_label(sample, data.label_field)
+        if contents is not None:
+            contents.add(key, article, label)
     return check
 
 
-def verify_source(source: Source, data: DataConfig) -> dict:
-    """Check every sample of a source; write sizes.json and manifest.json beside its shards where missing."""
+def verify_source(source: Source, data: DataConfig, contents: Contents) -> dict:
+    """Check every sample of a source, recording articles and labels into `contents`; write sizes.json and
+    manifest.json beside its shards where missing."""
     missing = [p for p in source.paths if not p.is_file()]
     if missing:
         raise DataError(f"shard {missing[0]} of {source.pattern} does not exist ({len(missing)} missing): "
                         "check the path and the brace range")
-    check = sample_checker(data)
+    check = sample_checker(data, contents)
     manifest_path = source.directory / MANIFEST
     if manifest_path.is_file():
         listed = {e["name"] for e in shards.read_manifest(manifest_path)["shards"]}
@@ -155,18 +184,66 @@ def verify_source(source: Source, data: DataConfig) -> dict:
             "written": written}
 
 
+def check_disjoint_shards(train: list[Source], heldout: list[Source]) -> None:
+    """Refuse a held-out shard that is also a training shard (the same file, whatever the path's spelling)."""
+    training = {p.resolve() for s in train for p in s.paths}
+    shared = [p for s in heldout for p in s.paths if p.resolve() in training]
+    if shared:
+        raise ConfigError(f"held-out shard {shared[0]} is also a training shard ({len(shared)} shared): "
+                          "data.heldout must name shards that data.train does not", "data.heldout")
+
+
+def check_disjoint_articles(train: Contents, heldout: Contents) -> None:
+    """Refuse held-out articles that also have figures in training."""
+    shared = [a for a in heldout.articles if a in train.articles]
+    if shared:
+        raise DataError(f"{len(shared)} held-out article(s) also have figures in the training shards, e.g. "
+                        f"{shared[0]} (held-out sample {heldout.articles[shared[0]]}, training sample "
+                        f"{train.articles[shared[0]]}): hold out whole articles, in shards of their own")
+
+
 def verify(cfg: BiomedicaClipConfig, args: object = None) -> dict:
-    """The `verify` stage: every source checked; report.json into <paths.verified>."""
+    """The `verify` stage: every source checked, the held-out side disjoint from training; report.json into
+    <paths.verified>."""
     t0 = time.perf_counter()
-    report = {"train": [verify_source(s, cfg.data) for s in train_sources(cfg)],
-              "heldout": [verify_source(s, cfg.data) for s in heldout_sources(cfg)]}
+    train, heldout = train_sources(cfg), heldout_sources(cfg)
+    check_disjoint_shards(train, heldout)
+    seen = {"train": Contents(), "heldout": Contents()}
+    report = {"train": [verify_source(s, cfg.data, seen["train"]) for s in train],
+              "heldout": [verify_source(s, cfg.data, seen["heldout"]) for s in heldout]}
+    check_disjoint_articles(seen["train"], seen["heldout"])
     seconds = time.perf_counter() - t0
     for part in ("train", "heldout"):
         for entry in report[part]:
             print(f"verify {part}: {entry['source']}: {entry['shards']} shards, {entry['samples']} samples, "
                   f"upsampling {entry['factor']:g}" + (f"; wrote {', '.join(entry['written'])}"
                                                        if entry["written"] else ""))
-    total = sum(e["samples"] for part in report.values() for e in part)
-    print(f"verify: {total} samples in {seconds:.1f}s, all with a decodable image and a caption")
-    atomic.write_json(Path(cfg.paths.verified) / "report.json", report)
+    total = sum(e["samples"] for part in ("train", "heldout") for e in report[part])
+    print(f"verify: {total} samples in {seconds:.1f}s, all with a decodable image, a caption and an article; "
+          f"{len(seen['heldout'].articles)} held-out articles, none with figures among the "
+          f"{len(seen['train'].articles)} training articles")
+    report["articles"] = {"train": len(seen["train"].articles), "heldout": len(seen["heldout"].articles),
+                          "shared": 0}
+    report["train_labels"] = {"field": cfg.data.label_field, "counts": dict(sorted(seen["train"].labels.items()))}
+    atomic.write_json(Path(cfg.paths.verified) / REPORT, report)
+    return report
+
+
+def verified_report(cfg: BiomedicaClipConfig) -> dict:
+    """verify's report, which `train` and `evaluate` rely on: it must describe this config's sources (its
+    held-out check then holds for them) and label field (its training label counts)."""
+    train, heldout = train_sources(cfg), heldout_sources(cfg)
+    check_disjoint_shards(train, heldout)
+    path = Path(cfg.paths.verified) / REPORT
+    if not path.is_file():
+        raise DataError(f"{path} not found: run `medrepro biomedica_clip verify` first (it checks the shards and "
+                        "that no held-out article has figures in training)")
+    report = json.loads(path.read_text())
+    wanted = {"train": [s.pattern for s in train], "heldout": [s.pattern for s in heldout],
+              "field": cfg.data.label_field}
+    found = {part: [e["source"] for e in report.get(part, [])] for part in ("train", "heldout")}
+    found["field"] = report.get("train_labels", {}).get("field")
+    if found != wanted:
+        raise DataError(f"{path} describes other shards or another data.label_field than this config: run "
+                        "`medrepro biomedica_clip verify` again")
     return report

@@ -3,7 +3,7 @@
 (a) data path: open_clip_train's samples/s training on our WebDataset shards against its own
     `--dataset-type synthetic` (one blank image and caption, no reading or decoding), same model, batch,
     samples per epoch and workers; the median of its per-batch rates after the first batches. Goal ≥ 0.9.
-(b) verify: samples/s of `verify` (tar read, SHA-256, caption and image decode checks) against a raw
+(b) verify: samples/s of `verify` (tar read, SHA-256, caption, image decode and metadata checks) against a raw
     read of the same tar files (every member's bytes, nothing decoded); the cost of checking, no goal.
 Each side of (b) is measured `repeats` times, alternating, and the best kept; (a) runs the trainer once
 per side (each run already holds many batches). Compare ratios across machines, not rates.

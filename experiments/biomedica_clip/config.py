@@ -4,6 +4,7 @@ configs/bmca_clip.yaml (BMCA-CLIP's continual-pretraining setting) for `--config
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from experiments.biomedica_clip.metadata import OLD_NAMES
 from medrepro.config_sections import RuntimeConfig
 
 
@@ -37,13 +38,19 @@ class DataConfig:
     upsampling: str = ""
     # The held-out shards that evaluate reads (zero-shot classes from their json labels, retrieval).
     heldout: str = ""
-    # The metadata field whose value is a held-out sample's class for zero-shot (BIOMEDICA: a label).
-    label_field: str = "primary_label"
+    # The metadata field whose value is a held-out sample's class for zero-shot. BIOMEDICA's labels are
+    # lists of strings; a sample counts only when its list holds exactly one (see metadata.single_label).
+    label_field: str = "image_primary_label"
     # The archive's own filters, applied by `verify`: images of this many pixels or fewer per side,
     # and captions equal to one of these (after stripping) are bad samples.
     min_image_side: int = 21
     bad_captions: list[str] = field(default_factory=lambda: ["", "No caption found"])
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        if self.label_field in OLD_NAMES:
+            raise ValueError(f"label_field {self.label_field!r} is not a BIOMEDICA field: use "
+                             f"{OLD_NAMES[self.label_field]!r}")
 
 
 @dataclass

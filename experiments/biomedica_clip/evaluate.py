@@ -1,17 +1,19 @@
 """`evaluate`: the starting ("pretrained") weights and the fine-tuned ones, on the held-out shards.
 
 - zero-shot classification over the held-out classes: one prompt per class from its label
-  (`eval.template`), the class with the most similar prompt wins; chance is 1 / classes;
+  (`eval.template`), the class with the most similar prompt wins; only samples with exactly one label
+  count (metadata.single_label). Beside it, chance (1 / classes) and the majority-class baseline: the
+  most frequent single label of the training shards (counted by `verify`), predicted for every sample;
 - image→text and text→image retrieval recall@1/5/10 over every held-out sample. A caption can occur
   more than once (the synthetic captions name the class, size and panel type), so any item whose
   caption equals the query's counts as a hit, and the chance level is computed with the same ties.
 
-Intervals are percentile bootstraps over articles (`pmcid` in the metadata; each article contributes
-several figures, which are not independent). Everything is computed twice, before and after.
+Intervals are percentile bootstraps over articles (`article_accession_id`; each article contributes
+several figures, which are not independent). Everything is computed twice, before and after, and the
+paired difference after − before per query, whose bootstrap draws the same articles for both.
 """
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from experiments.biomedica_clip import archive
+from experiments.biomedica_clip import archive, metadata
 from experiments.biomedica_clip.config import BiomedicaClipConfig
 from experiments.biomedica_clip.model import load
 from experiments.biomedica_clip.synthetic import HELDOUT_CLASSES
@@ -32,13 +34,15 @@ from medrepro.results import Evaluation
 from medrepro.shards import iter_samples
 
 KS = (1, 5, 10)
+# Paired after − before differences reported with intervals.
+DIFFERENCES = ("zeroshot_acc", "i2t_r1", "t2i_r1")
 
 
 @dataclass
 class Heldout:
     images: list[Image.Image]
     captions: list[str]
-    labels: list[str]
+    labels: list[str]  # the zero-shot class, "" where the sample has no single label
     groups: np.ndarray  # article index of each sample (the bootstrap unit)
 
 
@@ -47,14 +51,17 @@ def read_heldout(cfg: BiomedicaClipConfig) -> Heldout:
     for source in archive.heldout_sources(cfg):
         for path in source.paths:
             for key, sample in iter_samples(path):
-                meta = json.loads(sample.get("json", b"{}"))
                 image_field = next((f for f in archive.IMAGE_FIELDS if f in sample), None)
                 if image_field is None or "txt" not in sample:
                     raise DataError(f"shard {path}, sample {key}: no image or caption; run verify")
+                try:
+                    article, label = metadata.article_and_label(sample, cfg.data.label_field)
+                except DataError as e:
+                    raise DataError(f"shard {path}, sample {key}: {e}") from None
                 images.append(Image.open(io.BytesIO(sample[image_field])).convert("RGB"))
                 captions.append(sample["txt"].decode().strip())
-                labels.append(str(meta.get(cfg.data.label_field, "")))
-                articles.append(meta.get("pmcid", key))
+                labels.append(label)
+                articles.append(article)
     _, groups = np.unique(np.array(articles), return_inverse=True)
     return Heldout(images, captions, labels, groups)
 
@@ -81,6 +88,13 @@ def grouped_mean(values: np.ndarray, groups: np.ndarray, n_boot: int, alpha: flo
     return {"": interval.estimate, "_ci_low": interval.low, "_ci_high": interval.high}
 
 
+def with_interval(name: str, values: np.ndarray, groups: np.ndarray, cfg: BiomedicaClipConfig) -> dict[str, float]:
+    """`name`, `name_ci_low`, `name_ci_high`. Every call draws the same article resamples (same groups and
+    seed), so the interval of per-query after − before values is the paired difference's."""
+    stats = grouped_mean(values, groups, cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
+    return {f"{name}{suffix}": v for suffix, v in stats.items()}
+
+
 def chance_recall(relevant: np.ndarray, n: int, k: int) -> float:
     """Expected recall@k of a random ranking of n items when each query has `relevant` hits among them."""
     miss = np.ones(len(relevant))
@@ -89,7 +103,10 @@ def chance_recall(relevant: np.ndarray, n: int, k: int) -> float:
     return float(np.mean(1 - miss))
 
 
-def scores(model, preprocess, tokenizer, data: Heldout, cfg: BiomedicaClipConfig, classes: list[str]) -> dict:
+def hits(model, preprocess, tokenizer, data: Heldout, cfg: BiomedicaClipConfig, classes: list[str],
+         mask: np.ndarray) -> dict[str, np.ndarray]:
+    """1.0 or 0.0 per query: `{i2t,t2i}_r{k}` over every held-out sample, `zeroshot_acc` over the samples
+    whose label is a zero-shot class (`mask`)."""
     e = cfg.eval
     out = {}
     captions = np.array(data.captions)
@@ -101,22 +118,37 @@ def scores(model, preprocess, tokenizer, data: Heldout, cfg: BiomedicaClipConfig
         order = np.argsort(-sim, axis=1, kind="stable")
         hits_ranked = np.take_along_axis(same, order, axis=1)
         for k in KS:
-            hits = hits_ranked[:, :k].any(axis=1).astype(float)
-            for suffix, v in grouped_mean(hits, data.groups, e.bootstrap, e.alpha, cfg.seed).items():
-                out[f"{direction}_r{k}{suffix}"] = v
-
-    mask = np.isin(np.array(data.labels), classes)
-    if not mask.any():
-        raise DataError(f"no held-out sample has a {cfg.data.label_field} among the zero-shot classes "
-                        f"({', '.join(classes[:3])}...)")
+            out[f"{direction}_r{k}"] = hits_ranked[:, :k].any(axis=1).astype(float)
     prompt_emb = embed_texts(model, tokenizer, [e.template.format(label=c) for c in classes], e.batch_size)
     predicted = np.argmax(image_emb[mask] @ prompt_emb.T, axis=1)
     truth = np.array([classes.index(label) for label in np.array(data.labels)[mask]])
-    correct = (predicted == truth).astype(float)
-    for suffix, v in grouped_mean(correct, data.groups[mask], e.bootstrap, e.alpha, cfg.seed).items():
-        out[f"zeroshot_acc{suffix}"] = v
-    out["zeroshot_samples"] = int(mask.sum())
+    out["zeroshot_acc"] = (predicted == truth).astype(float)
     return out
+
+
+def before_after(per_query: dict[str, dict[str, np.ndarray]], groups: np.ndarray, mask: np.ndarray,
+                 cfg: BiomedicaClipConfig) -> dict[str, float]:
+    """`before/<metric>`, `after/<metric>` and, for DIFFERENCES, `diff/<metric>` = after − before, each
+    with its interval over articles."""
+    def articles(name: str) -> np.ndarray:
+        return groups[mask] if name == "zeroshot_acc" else groups
+
+    result: dict[str, float] = {}
+    for phase, values in per_query.items():
+        for name, v in values.items():
+            result.update(with_interval(f"{phase}/{name}", v, articles(name), cfg))
+    for name in DIFFERENCES:
+        paired = per_query["after"][name] - per_query["before"][name]
+        result.update(with_interval(f"diff/{name}", paired, articles(name), cfg))
+    return result
+
+
+def majority_class(counts: dict[str, int], label_field: str) -> str:
+    """The most frequent training label (ties: the first by name)."""
+    if not counts:
+        raise DataError(f"no training sample has a single {label_field}: there is no majority class to compare "
+                        "zero-shot accuracy with")
+    return min(counts, key=lambda label: (-counts[label], label))
 
 
 def zero_shot_classes(cfg: BiomedicaClipConfig, data: Heldout) -> list[str]:
@@ -128,27 +160,41 @@ def zero_shot_classes(cfg: BiomedicaClipConfig, data: Heldout) -> list[str]:
 
 def evaluate(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, out_dir: Path, which: str = "best") -> Evaluation:
     ckpt = checkpoint_path(run_dir, cfg.train.epochs) if which == "best" else Path(which)
+    report = archive.verified_report(cfg)  # held-out shards and articles disjoint from training; label counts
     data = read_heldout(cfg)
     classes = zero_shot_classes(cfg, data)
-    result: dict[str, float] = {}
+    labels = np.array(data.labels)
+    mask = np.isin(labels, classes)
+    if not mask.any():
+        raise DataError(f"no held-out sample has a single {cfg.data.label_field} among the zero-shot classes "
+                        f"({', '.join(classes[:3])}...)")
+    per_query = {}
     for phase, weights in (("before", None), ("after", ckpt)):
         model, preprocess, tokenizer = load(cfg, weights)
-        result.update({f"{phase}/{k}": v for k, v in scores(model, preprocess, tokenizer, data, cfg, classes).items()})
+        per_query[phase] = hits(model, preprocess, tokenizer, data, cfg, classes, mask)
+    result = before_after(per_query, data.groups, mask, cfg)
+    majority = majority_class(report["train_labels"]["counts"], cfg.data.label_field)
+    result.update(with_interval("majority/zeroshot_acc", (labels[mask] == majority).astype(float),
+                                data.groups[mask], cfg))
     n = len(data.captions)
     captions = np.array(data.captions)
     relevant = (captions[:, None] == captions[None, :]).sum(1)
     for k in KS:
         result[f"chance/r{k}"] = chance_recall(relevant, n, k)
     result["chance/zeroshot_acc"] = 1 / len(classes)
-    result.update({"heldout_samples": n, "zeroshot_classes": len(classes)})
+    result.update({"heldout_samples": n, "zeroshot_classes": len(classes), "zeroshot_samples": int(mask.sum()),
+                   "heldout_without_single_label": int((labels == "").sum()),
+                   "heldout_articles": int(data.groups.max()) + 1})
     recall_png(result, out_dir / "plots" / "before_after.png")
     headline = {"acc": result["after/zeroshot_acc"], "acc_before": result["before/zeroshot_acc"],
                 "r1_i2t": result["after/i2t_r1"], "r1_t2i": result["after/t2i_r1"],
                 "r1_i2t_before": result["before/i2t_r1"]}
     info = {"data": cfg.data.source, "model": cfg.model.name, "checkpoint": str(ckpt),
-            "zeroshot_classes": classes, "template": cfg.eval.template,
-            "protocol": "zero-shot over held-out classes; retrieval over the held-out shard (caption ties count); "
-                        "bootstrap over articles"}
+            "zeroshot_classes": classes, "template": cfg.eval.template, "label_field": cfg.data.label_field,
+            "majority_class": majority,
+            "protocol": "zero-shot over held-out classes, samples with a single label; majority baseline = the "
+                        "training shards' most frequent single label; retrieval over the held-out shard (caption "
+                        "ties count); bootstrap over articles; diff = after − before on the same resamples"}
     return Evaluation(headline, result, info)
 
 
@@ -165,6 +211,8 @@ def recall_png(result: dict, path: Path) -> None:
         high = np.array([result[f"{phase}/{n}_ci_high"] for n in names]) - values
         ax.bar(x + offset, values, 0.4, yerr=[low, high], capsize=3, label=phase)
     ax.hlines(chance, x - 0.4, x + 0.4, colors="k", linestyles="dashed", label="chance")
+    ax.hlines([result["majority/zeroshot_acc"]], -0.4, 0.4, colors="grey", linestyles="dotted",
+              label="majority class (zero-shot)")
     ax.set_xticks(x, ["zero-shot acc", *(f"{d} R@{k}" for d in ("i→t", "t→i") for k in KS)], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction correct (accuracy, recall@k)")

@@ -77,6 +77,7 @@ def data_args(cfg: BiomedicaClipConfig, run_dir: Path) -> list[str]:
         args.append("--dataset-resampled")
     samples = t.train_num_samples or source_samples(sources)
     heldout = archive.heldout_sources(cfg)
+    archive.check_disjoint_shards(sources, heldout)
     # open_clip reads sizes.json beside the first shard only; the counts are passed for every source.
     return [*args, "--train-num-samples", str(samples),
             "--val-data", "::".join(from_run(s.pattern, run_dir) for s in heldout),
@@ -170,6 +171,7 @@ def train(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, resume: str | N
             held = f"checkpoints ({existing[-1].name})" if existing else "an unfinished run without checkpoints"
             raise RunError(f"{run_dir} already holds {held}: continue it with --resume latest, or train into "
                            "another --out")
+        archive.verified_report(cfg)  # held-out shards and articles disjoint from the training ones
         data = data_files(cfg)
         ident = run_guard.identity(cfg, variant, {str(p): repro.sha256_file(p) for p in data})
         if resume:

@@ -1,6 +1,7 @@
-"""biomedica_clip end to end: the smoke run learns (the `reproduced` pipeline), open_clip_train runs the
-same bits twice, a killed run continues with --resume latest, two CPU processes train under torchrun
-(gloo), the fine-tuned checkpoint loads in a fresh process, and bad input stops with one line."""
+"""biomedica_clip end to end: the smoke run learns (the `reproduced` pipeline) beyond its majority-class
+baseline, with paired before/after gains; open_clip_train runs the same bits twice, a killed run continues
+with --resume latest, two CPU processes train under torchrun (gloo), the fine-tuned checkpoint loads in a
+fresh process, and bad input (a held-out shard of training, a corrupt sample) stops with one line."""
 
 import json
 import os
@@ -79,6 +80,12 @@ def test_smoke_run_learns_the_unseen_classes_and_retrieval(reproduced):
     # Before: the starting weights sit at chance; after: far above it, on classes never trained on.
     assert m["before/zeroshot_acc_ci_low"] < m["chance/zeroshot_acc"] < m["after/zeroshot_acc_ci_low"]
     assert m["after/zeroshot_acc"] > 0.6
+    # The training shards' majority class is never one of the unseen zero-shot classes: 0 %.
+    assert m["majority/zeroshot_acc"] == 0.0 and m["zeroshot_samples"] > 0
+    # Paired after − before, on the same resampled articles: the gains' intervals lie above 0.
+    for name in ("zeroshot_acc", "i2t_r1", "t2i_r1"):
+        assert m[f"diff/{name}"] == pytest.approx(m[f"after/{name}"] - m[f"before/{name}"])
+        assert m[f"diff/{name}_ci_low"] > 0
     for direction in ("i2t", "t2i"):
         assert m[f"after/{direction}_r10_ci_low"] > 2 * m["chance/r10"] > m[f"before/{direction}_r10"]
         assert m[f"after/{direction}_r1"] <= m[f"after/{direction}_r5"] <= m[f"after/{direction}_r10"]
@@ -152,6 +159,17 @@ def test_too_few_shards_for_processes_times_workers_is_one_line_before_anything_
     assert not (run / "logs").exists() and not (run / "open_clip_args.json").exists()
 
 
+def test_a_training_shard_as_the_held_out_set_is_one_line_before_anything_runs(workdir):
+    run = workdir / "runs" / "overlap"
+    shards = workdir / "data" / "biomedica_clip" / "prepared" / "train"
+    proc = medrepro(["biomedica_clip", "train", "--out", str(run), *TRAIN, "data.source=shards",
+                     f"data.train={shards}/{{000000..000003}}.tar", f"data.heldout={shards}/000003.tar",
+                     "train.dataset_type=webdataset"], workdir, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "000003.tar is also a training shard" in proc.stderr
+    assert not (run / "logs").exists() and not (run / "open_clip_args.json").exists()
+
+
 def test_verify_stops_at_a_corrupt_sample_with_one_line_and_writes_nothing(workdir, tmp_path):
     shutil.copytree(workdir / "data", tmp_path / "data")
     shutil.rmtree(tmp_path / "data" / "biomedica_clip" / "verified")
@@ -162,5 +180,5 @@ def test_verify_stops_at_a_corrupt_sample_with_one_line_and_writes_nothing(workd
     shard.write_bytes(bytes(data))
     proc = medrepro(["biomedica_clip", "verify", *DATA], tmp_path, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "000002.tar" in proc.stderr and "sample pmc" in proc.stderr
+    assert "000002.tar" in proc.stderr and "sample filelist_" in proc.stderr
     assert not (tmp_path / "data" / "biomedica_clip" / "verified").exists()

@@ -1,8 +1,11 @@
-"""biomedica_clip data: synthetic shards in BIOMEDICA's layout, the archive's filters in `verify`, sources
-joined with `::`, and bad shards refused with one line naming the shard and the key."""
+"""biomedica_clip data: synthetic shards in BIOMEDICA's layout (the archive's field names, list labels,
+figure-name keys), the archive's filters and metadata in `verify`, held-out shards and articles kept out
+of training, sources joined with `::`, and bad shards refused with one line naming the shard and the key."""
 
 import io
 import json
+import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -10,9 +13,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from experiments.biomedica_clip import archive, synthetic
+from experiments.biomedica_clip import archive, metadata, synthetic
 from experiments.biomedica_clip.config import BiomedicaClipConfig, DataConfig, SyntheticConfig
-from medrepro import shards
+from medrepro import config, shards
 from medrepro.errors import ConfigError, DataError
 
 SMALL = SyntheticConfig(train_shards=2, samples_per_shard=12, heldout_samples=16, image_size=32)
@@ -31,17 +34,27 @@ def test_shards_hold_biomedica_fields_and_are_byte_reproducible(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     samples = list(wds.WebDataset(str(tmp_path / "a" / "000000.tar"), shardshuffle=False, empty_check=False))
     assert {"__key__", "jpg", "txt", "json"} <= set(samples[0])
-    meta = json.loads(samples[0]["json"])
-    assert {"pmcid", "article_title", "journal", "license", "panel_type", "primary_label",
-            "secondary_label"} <= set(meta)
     assert len({s["__key__"] for s in samples}) == len(samples)
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        assert tuple(meta) == metadata.FIELDS  # every field the archive writes, under its names, in its order
+        assert not set(meta) & set(metadata.OLD_NAMES)
+        for name in ("image_primary_label", "image_secondary_label", "article_keywords", "article_mesh_terms"):
+            assert isinstance(meta[name], list) and all(isinstance(v, str) for v in meta[name])
+        assert len(meta["image_primary_label"]) == 1 and meta["image_size"] == [32, 32]
+        # The key is the figure's file name, <batch>-<PMC id>-<position>-<image id>, as the ETL splits it.
+        batch, pmcid, position, *image_id = sample["__key__"].split("-")
+        assert re.fullmatch(r"filelist_(commercial|noncommercial)_batch_\d+_0", batch)
+        assert pmcid == meta["article_accession_id"] and re.fullmatch(r"PMC\d+", pmcid)
+        assert "-".join(image_id) == meta["image_cluster_id"] and position.isdigit()
+        assert meta["image_file_name"] == f"{meta['image_cluster_id']}.jpg"
 
 
 def test_the_caption_names_the_drawn_colour_and_place_and_heldout_classes_stay_out_of_training():
     train = list(synthetic.samples(0, "train", 200, SMALL))
-    assert not {s.meta["primary_label"] for s in train} & set(synthetic.HELDOUT_CLASSES)
+    assert not {s.meta["image_primary_label"][0] for s in train} & set(synthetic.HELDOUT_CLASSES)
     for s in train[:40]:
-        colour, _, region = s.meta["primary_label"].partition(" lesion in the ")
+        colour, _, region = s.meta["image_primary_label"][0].partition(" lesion in the ")
         assert f"{colour} lesion in the {region}" in s.txt
         image = Image.open(io.BytesIO(s.jpg)).convert("RGB")
         # The lesion's quadrant holds the colour: its mean is pulled towards it, the opposite one is not.
@@ -76,9 +89,9 @@ def test_sources_joined_with_colons_expand_with_their_factors(tmp_path):
         archive.parse_sources(f"{tmp_path}/a.tar::")
 
 
-def verified(tmp_path: Path, **data) -> dict:
+def verified(tmp_path: Path, contents: archive.Contents | None = None, **data) -> dict:
     return archive.verify_source(archive.parse_sources(f"{tmp_path}/s/{{000000..000001}}.tar")[0],
-                                 DataConfig(**data))
+                                 DataConfig(**data), contents or archive.Contents())
 
 
 def test_verify_writes_sizes_and_manifest_where_missing_then_checks_against_them(tmp_path):
@@ -122,6 +135,8 @@ def jpeg(side: int) -> bytes:
     ({"jpg": b"\xff\xd8\xff\xe0 not a jpeg"}, "does not decode"),
     ({"jpg": jpeg(20)}, "20x20 px"),
     ({"jpg": None}, "no image"),
+    ({"json": None}, "no json metadata"),
+    ({"json": b"{not json"}, "does not parse"),
 ])
 def test_verify_names_the_shard_and_key_of_a_bad_sample(tmp_path, fields, message):
     write(tmp_path / "s")
@@ -158,3 +173,122 @@ def test_synthetic_sources_need_prepared_shards(tmp_path):
     cfg.paths.prepared = str(tmp_path / "missing")
     with pytest.raises(DataError, match="run `medrepro biomedica_clip prepare`"):
         archive.train_sources(cfg)
+
+
+def meta_of(shard: Path, index: int) -> dict:
+    return json.loads(list(shards.iter_samples(shard))[index][1]["json"])
+
+
+def old_name(old: str, new: str):
+    return lambda meta: meta.update({old: meta.pop(new)})
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda meta: meta.pop("article_accession_id"), "its json has no `article_accession_id`"),
+    (lambda meta: meta.update(article_accession_id=""), "not a PMC id; the article is never guessed from the key"),
+    (old_name("pmcid", "article_accession_id"), "has `pmcid` but no `article_accession_id`, the field the BIOMEDICA"),
+    (old_name("primary_label", "image_primary_label"), "has `primary_label` but no `image_primary_label`"),
+    (lambda meta: meta.update(image_primary_label=[3]), "not a string or a list of strings"),
+])
+def test_verify_refuses_metadata_without_the_archive_fields_naming_shard_and_key(tmp_path, change, message):
+    write(tmp_path / "s")
+    shard = tmp_path / "s" / "000001.tar"
+    meta = meta_of(shard, 5)
+    change(meta)
+    key = rewrite_sample(shard, 5, json=json.dumps(meta).encode())
+    with pytest.raises(DataError, match=re.escape(message)) as info:
+        verified(tmp_path)
+    assert "000001.tar" in str(info.value) and key in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_list_label_gives_a_class_only_with_exactly_one_entry(tmp_path):
+    field = "image_primary_label"
+    assert metadata.single_label({field: ["Microscopy"]}, field) == "Microscopy"
+    assert metadata.single_label({field: ["Microscopy", "Plots and Charts"]}, field) == ""
+    assert metadata.single_label({field: []}, field) == ""
+    assert metadata.single_label({"image_panel_type": "single"}, "image_panel_type") == "single"
+    write(tmp_path / "s")
+    shard = tmp_path / "s" / "000000.tar"
+    meta = meta_of(shard, 0)
+    meta[field] = ["Microscopy", "Plots and Charts"]  # a multi-panel figure
+    rewrite_sample(shard, 0, json=json.dumps(meta).encode())
+    contents = archive.Contents()
+    verified(tmp_path, contents)
+    assert sum(contents.labels.values()) == 23 and "Microscopy" not in contents.labels
+    assert len(contents.articles) == 6  # 24 figures, 4 per article
+
+
+def test_the_old_label_field_name_is_refused_in_the_config():
+    with pytest.raises(ConfigError, match="use 'image_primary_label'"):
+        config.from_dict(BiomedicaClipConfig, {"data": {"label_field": "primary_label"}}, "smoke.yaml")
+
+
+def shard_config(tmp_path: Path, heldout: str) -> BiomedicaClipConfig:
+    """Two training shards of 12 samples (6 articles) and a held-out shard of 8 (2 other articles)."""
+    write(tmp_path / "train")
+    synthetic.write_shards(tmp_path / "heldout", synthetic.samples(0, "heldout", 8, SMALL), 8)
+    cfg = BiomedicaClipConfig()
+    cfg.data.source = "shards"
+    cfg.data.train = f"{tmp_path}/train/{{000000..000001}}.tar"
+    cfg.data.heldout = heldout
+    cfg.paths.verified = str(tmp_path / "verified")
+    return cfg
+
+
+def test_verify_records_disjoint_sides_and_label_counts_that_train_and_evaluate_rely_on(tmp_path):
+    cfg = shard_config(tmp_path, f"{tmp_path}/heldout/000000.tar")
+    with pytest.raises(DataError, match="run `medrepro biomedica_clip verify` first"):
+        archive.verified_report(cfg)
+    report = archive.verify(cfg)
+    assert report["articles"] == {"train": 6, "heldout": 2, "shared": 0}
+    counts = report["train_labels"]["counts"]
+    assert sum(counts.values()) == 24 and set(counts) <= set(synthetic.TRAIN_CLASSES) and list(counts) == sorted(counts)
+    assert archive.verified_report(cfg) == report
+    cfg.data.label_field = "image_secondary_label"
+    with pytest.raises(DataError, match="verify` again"):
+        archive.verified_report(cfg)
+
+
+def test_a_training_shard_given_as_held_out_is_refused_before_anything_is_read(tmp_path):
+    cfg = shard_config(tmp_path, f"{tmp_path}/train/../train/000001.tar")
+    for stage in (archive.verify, archive.verified_report):
+        with pytest.raises(ConfigError, match=r"held-out shard .*000001\.tar is also a training shard") as info:
+            stage(cfg)
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "verified").exists() and not (tmp_path / "train" / "manifest.json").exists()
+
+
+def test_held_out_articles_with_figures_in_training_are_refused(tmp_path):
+    cfg = shard_config(tmp_path, f"{tmp_path}/heldout/000000.tar")
+    train_key, train_sample = next(shards.iter_samples(tmp_path / "train" / "000001.tar"))
+    article = json.loads(train_sample["json"])["article_accession_id"]
+    held = tmp_path / "heldout" / "000000.tar"
+    meta = meta_of(held, 3)
+    meta["article_accession_id"] = article
+    key = rewrite_sample(held, 3, json=json.dumps(meta).encode())
+    with pytest.raises(DataError, match=f"1 held-out article\\(s\\) also have figures in the training shards, "
+                                        f"e.g. {article}") as info:
+        archive.verify(cfg)
+    assert key in str(info.value) and train_key in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "verified").exists()
+    # The same articles under other file names (a copied shard) are refused too.
+    shutil.copy(tmp_path / "train" / "000001.tar", held)
+    (tmp_path / "heldout" / "sizes.json").unlink()
+    (tmp_path / "heldout" / "manifest.json").unlink()
+    with pytest.raises(DataError, match="3 held-out article"):
+        archive.verify(cfg)
+
+
+def test_evaluate_groups_by_article_and_names_a_held_out_sample_without_one(tmp_path):
+    from experiments.biomedica_clip.evaluate import read_heldout
+
+    cfg = shard_config(tmp_path, f"{tmp_path}/heldout/000000.tar")
+    data = read_heldout(cfg)
+    assert data.groups.tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and all(data.labels)
+    held = tmp_path / "heldout" / "000000.tar"
+    meta = meta_of(held, 6)
+    del meta["article_accession_id"]
+    key = rewrite_sample(held, 6, json=json.dumps(meta).encode())
+    with pytest.raises(DataError, match="its json has no `article_accession_id`") as info:
+        read_heldout(cfg)
+    assert "000000.tar" in str(info.value) and key in str(info.value) and "\n" not in str(info.value)

@@ -12,7 +12,7 @@ from open_clip_train.params import parse_args
 
 from experiments.biomedica_clip import synthetic
 from experiments.biomedica_clip.config import BiomedicaClipConfig, SyntheticConfig, TrainConfig
-from experiments.biomedica_clip.evaluate import chance_recall, grouped_mean
+from experiments.biomedica_clip.evaluate import before_after, chance_recall, grouped_mean, majority_class
 from experiments.biomedica_clip.train import (
     launcher,
     open_clip_args,
@@ -28,10 +28,11 @@ SMALL = SyntheticConfig(image_size=32)
 def two_sources(tmp_path: Path) -> BiomedicaClipConfig:
     for name, count in (("a", 4), ("b", 2)):
         synthetic.write_shards(tmp_path / name, synthetic.samples(0, "train", count * 3, SMALL), 3)
+    synthetic.write_shards(tmp_path / "h", synthetic.samples(0, "heldout", 5, SMALL), 5)
     cfg = BiomedicaClipConfig()
     cfg.data.source = "shards"
     cfg.data.train = f"{tmp_path}/a/{{000000..000003}}.tar::{tmp_path}/b/{{000000..000001}}.tar"
-    cfg.data.heldout = f"{tmp_path}/a/000003.tar"
+    cfg.data.heldout = f"{tmp_path}/h/000000.tar"
     cfg.model.name, cfg.model.pretrained = "ViT-B-32-quickgelu", "openai"
     return cfg
 
@@ -49,7 +50,7 @@ def test_every_exposed_option_reaches_open_clip_train_as_it_parses_it(tmp_path):
     assert args.train_data.count("::") == 1 and args.train_data_upsampling_factors == "1::4"
     assert args.dataset_type == "webdataset" and args.dataset_resampled
     assert args.train_num_samples == 18  # both sources' sizes.json: open_clip itself reads only the first
-    assert args.val_data.endswith("a/000003.tar") and args.val_num_samples == 3
+    assert args.val_data.endswith("h/000000.tar") and args.val_num_samples == 5
     assert (args.model, args.pretrained) == ("ViT-B-32-quickgelu", "openai")
     assert (args.batch_size, args.epochs, args.lr, args.wd, args.warmup, args.accum_freq) == (8, 3, 5e-6, 0.1, 7, 2)
     assert args.precision == "amp" and args.grad_checkpointing and args.local_loss and args.gather_with_grad
@@ -75,6 +76,15 @@ def test_fewer_shards_than_processes_times_workers_is_refused_before_launch(tmp_
         open_clip_args(cfg, tmp_path / "run", None)
     cfg.train.dataset_resampled = True  # resampled shards are drawn with replacement: any count feeds them
     open_clip_args(cfg, tmp_path / "run", None)
+
+
+def test_a_training_shard_as_the_held_out_set_is_refused_before_launch(tmp_path):
+    cfg = two_sources(tmp_path)
+    cfg.train.workers = 1
+    cfg.data.heldout = f"{tmp_path}/b/../a/000003.tar"  # a training shard, spelled another way
+    with pytest.raises(ConfigError, match=r"held-out shard .*000003\.tar is also a training shard") as info:
+        open_clip_args(cfg, tmp_path / "run", None)
+    assert info.value.key == "data.heldout" and "\n" not in str(info.value)
 
 
 def test_upsampling_needs_resampling_and_sizes_are_needed_to_size_an_epoch(tmp_path):
@@ -162,6 +172,37 @@ def test_grouped_interval_resamples_whole_groups():
     assert together[""] == apart[""] == 0.5
     # Two groups of four perfectly correlated samples carry the information of two samples, not eight.
     assert together["_ci_high"] - together["_ci_low"] > apart["_ci_high"] - apart["_ci_low"]
+
+
+def test_paired_differences_use_the_same_article_resamples_as_before_and_after():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 4)  # 40 articles of 4 figures
+    easy = np.repeat(rng.random(40) < 0.5, 4)  # articles whose figures every model gets right more often
+    before = {name: (easy & (rng.random(160) < 0.8)).astype(float) for name in ("zeroshot_acc", "i2t_r1", "t2i_r1")}
+    after = {name: np.maximum(v, (rng.random(160) < 0.3)).astype(float) for name, v in before.items()}
+    mask = np.arange(160) % 5 != 0  # zero-shot scores a subset of the samples, given in that order
+    for phase in (before, after):
+        phase["zeroshot_acc"] = phase["zeroshot_acc"][mask]
+    cfg = BiomedicaClipConfig()
+    cfg.eval.bootstrap = 400
+    result = before_after({"before": before, "after": after}, groups, mask, cfg)
+    for name in ("zeroshot_acc", "i2t_r1", "t2i_r1"):
+        assert result[f"diff/{name}"] == pytest.approx(result[f"after/{name}"] - result[f"before/{name}"])
+        # Pairing removes the spread between articles that both phases share: the difference's interval
+        # is narrower than either phase's, and lies above 0 (after never misses what before hit).
+        width = result[f"diff/{name}_ci_high"] - result[f"diff/{name}_ci_low"]
+        assert width < result[f"after/{name}_ci_high"] - result[f"after/{name}_ci_low"]
+        assert result[f"diff/{name}_ci_low"] > 0
+    assert result["after/zeroshot_acc"] == pytest.approx(after["zeroshot_acc"].mean())
+    same = before_after({"before": before, "after": before}, groups, mask, cfg)
+    assert same["diff/i2t_r1"] == same["diff/i2t_r1_ci_low"] == same["diff/i2t_r1_ci_high"] == 0
+
+
+def test_majority_class_is_the_most_frequent_training_label_ties_by_name():
+    assert majority_class({"Microscopy": 5, "Plots and Charts": 9, "Tables": 9}, "image_primary_label") == \
+        "Plots and Charts"
+    with pytest.raises(DataError, match="no training sample has a single image_primary_label"):
+        majority_class({}, "image_primary_label")
 
 
 def test_half_written_checkpoints_are_set_aside_before_resume_latest(tmp_path):
