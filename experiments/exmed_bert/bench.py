@@ -34,12 +34,13 @@ def _bare_loop(cfg: ExMedBertConfig, train_set: pretrain.MaskedPatients, vocab: 
     optimizer = optim.build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
     scheduler = optim.build_scheduler(optimizer, round(tc.warmup_epochs * spe), total, tc.schedule, tc.min_lr_ratio)
     collate = pretrain.collate(cfg.pretrain.plos_days)
+    loss_fn = pretrain.pretrain_loss(cfg.pretrain.plos_class_weights)
     model.train()
     t0, step, epoch = time.perf_counter(), 0, 0
     while step < total:
         train_set.set_epoch(epoch)
         for indices in StepBatchSampler(len(train_set), tc.batch_size, 1, 0, 1, cfg.seed, epoch):
-            loss, _ = pretrain.loss_fn(model, collate([train_set[i] for i in indices]))
+            loss, _ = loss_fn(model, collate([train_set[i] for i in indices]))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm or float("inf"))
             optimizer.step()
@@ -63,7 +64,8 @@ def pretraining_ratio(cfg: ExMedBertConfig, workdir: Path, repeats: int) -> dict
     for r in range(repeats):
         train_set = pretrain.MaskedPatients(records, len(vocab.tokens), cfg.pretrain.mask_probability, cfg.seed)
         model = pretrain.build(cfg, "clinvec_init", vocab)
-        result = fit(model, train_set, tc, workdir / f"fit-{r}", loss_fn=pretrain.loss_fn, seed=cfg.seed,
+        result = fit(model, train_set, tc, workdir / f"fit-{r}",
+                     loss_fn=pretrain.pretrain_loss(cfg.pretrain.plos_class_weights), seed=cfg.seed,
                      collate_fn=pretrain.collate(cfg.pretrain.plos_days), run_config=cfg, variant="bench")
         fit_s.append(result.loop_seconds)
         repro.seed_everything(cfg.seed)

@@ -1,11 +1,22 @@
 """ClinVec: read the release, initialise the code vocabulary from it, resize to the model's width.
 
-The release has one CSV per vocabulary, `ClinVec_{vocab}.csv`, with 128 value columns and a
-`node_index` column, and `ClinGraph_nodes.csv`, tab-separated `node_id, node_name, ntype,
-node_index`, where node_id is `{code}:{vocab}` (ICD-10-CM codes keep their dot). Our tokens use the
-same `{code}:{vocab}` form, so the join is exact. A code that ClinVec lacks takes the vector of its
-nearest ancestor that it has (`codes.ancestors`: the ICD-10-CM table's hierarchy, ATC's five levels;
-CPT has none), else keeps the model's random initialisation.
+The release (Harvard Dataverse doi:10.7910/DVN/Z6H1A8), as mims-harvard/ClinVec's
+tutorial/010_download_clingraph_clinvec.ipynb describes and reads it: "Each set of embeddings is
+saved as a pandas dataframe where the 128 columns correspond to the dimensions of the embedding and
+the row index matches the `node_index` which is described in `ClinGraph_node.csv`"; read with
+`df = pd.read_csv("ClinVec_phecode.csv")`, `emb_mat = df.values`, `df['node_index'] = df.index`,
+then merged with `pd.read_csv("ClinGraph_nodes.csv", sep='\t')` on `node_index`. So a ClinVec_{vocab}.csv
+has a header of 128 names, and each row is its node_index followed by 128 values (one field more than
+the header, which pandas takes as the row index). `read_vectors` reads exactly what pandas does there:
+that layout, a first header field that is empty (pandas' `to_csv` with its index), a column named
+`node_index`, or, with 128 fields throughout, the row number (the tutorial's `df.index`); the join
+then checks that the rows land on nodes of the file's vocabulary. ClinGraph_nodes.csv is tab-separated
+`node_id, node_name, ntype, node_index`, node_id `{code}:{vocab}` (e.g. `LP14832-7:lnc`; ICD-10-CM codes
+keep their dot). Our tokens use the same `{code}:{vocab}` form, so the join is exact.
+
+A code that ClinVec lacks takes the vector of its nearest ancestor that it has (`codes.ancestors`:
+the ICD-10-CM table's hierarchy, ATC's five levels; CPT has none), else keeps the model's random
+initialisation.
 
 Resizing 128 → hidden size:
   truncate            the first `hidden` columns (hidden <= 128)
@@ -52,23 +63,37 @@ def read_nodes(directory: Path, vocabularies: list[str]) -> dict[str, int]:
                 if row["node_id"][row["node_id"].rfind(":"):] in wanted}
 
 
+def _index_column(header: list[str], first_row: list[str], path: Path) -> int | None:
+    """Which field of a row holds node_index (None: the row number), as pandas' read_csv decides."""
+    if len(first_row) == len(header) + 1 == DIM + 1:
+        return 0  # the release: the header names the 128 values only
+    if len(header) == len(first_row) == DIM + 1:
+        if "node_index" in header:
+            return header.index("node_index")
+        if header[0] in ("", "Unnamed: 0"):
+            return 0
+    if len(header) == len(first_row) == DIM:
+        return None
+    raise DataError(f"{path}: expected ClinVec's layout, a header of {DIM} names and rows of node_index and {DIM} "
+                    f"values; found {len(header)} header fields and {len(first_row)} fields in the first row")
+
+
 def read_vectors(directory: Path, vocabulary: str) -> dict[int, np.ndarray]:
-    """node_index → 128-d vector of ClinVec_{vocabulary}.csv; the value columns are those other than node_index."""
+    """node_index → 128-d vector of ClinVec_{vocabulary}.csv (see the module's docstring for the layout)."""
     path = directory / f"ClinVec_{vocabulary}.csv"
     if not path.is_file():
         raise DataError(f"{path} not found: add it to clinvec.directory or drop {vocabulary} from clinvec.vocabularies")
     with open(path, newline="", encoding="utf-8") as f:
-        header = next(csv.reader(f))
-    if "node_index" not in header or len(header) != DIM + 1:
-        raise DataError(f"{path}: expected {DIM} value columns and node_index, found {len(header)} columns "
-                        f"{'with' if 'node_index' in header else 'without'} node_index")
+        rows = csv.reader(f)
+        header, first_row = next(rows, []), next(rows, [])
+    at = _index_column(header, first_row, path)
     try:
         table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
     except ValueError as e:
         raise DataError(f"{path}: not numeric: {e}") from None
-    at = header.index("node_index")
-    values = np.delete(table, at, axis=1)
-    return {int(i): row for i, row in zip(table[:, at], values, strict=True)}
+    if at is None:
+        return dict(enumerate(table))
+    return {int(i): row for i, row in zip(table[:, at], np.delete(table, at, axis=1), strict=True)}
 
 
 @dataclass
@@ -84,8 +109,12 @@ def lookup(tokens: list[str], directory: Path, vocabularies: list[str], hierarch
     table: dict[str, np.ndarray] = {}
     for vocabulary in vocabularies:
         by_index = read_vectors(directory, vocabulary)
-        table.update({node: by_index[i] for node, i in nodes.items() if node.endswith(f":{vocabulary}")
-                      and i in by_index})
+        joined = {node: by_index[i] for node, i in nodes.items() if node.endswith(f":{vocabulary}") and i in by_index}
+        if len(joined) < len(by_index) / 2:
+            raise DataError(f"{directory / f'ClinVec_{vocabulary}.csv'}: only {len(joined)} of its {len(by_index)} "
+                            f"rows are {vocabulary} nodes of {NODES}: its row index must be ClinGraph's node_index "
+                            "(the release's layout); use the files of one ClinVec release")
+        table.update(joined)
     n = len(tokens)
     out = Lookup(np.zeros((n, DIM)), np.zeros(n, dtype=np.int8), np.zeros(n, dtype=np.int8))
     for i, token in enumerate(tokens):
@@ -99,6 +128,19 @@ def lookup(tokens: list[str], directory: Path, vocabularies: list[str], hierarch
                 out.vectors[i], out.source[i], out.level[i] = vector, FOUND if level == 0 else ANCESTOR, level
                 break
     return out
+
+
+def check_coverage(report: dict[str, dict], floor: float) -> None:
+    """Stop when fewer than `floor` of the codes have a ClinVec vector (directly or through an ancestor)."""
+    tokens = sum(v["tokens"] for v in report.values())
+    fresh = sum(v["fresh"] for v in report.values())
+    share = (tokens - fresh) / tokens if tokens else 0.0
+    if share < floor:
+        each = ", ".join(f"{k} {(v['tokens'] - v['fresh']) / v['tokens']:.0%}"
+                         for k, v in report.items() if v["tokens"])
+        raise DataError(f"ClinVec covers {share:.0%} of the {tokens} codes ({each or 'none of the vocabularies'}), "
+                        f"below clinvec.min_coverage {floor:.0%}: check clinvec.directory and clinvec.vocabularies, "
+                        "or lower clinvec.min_coverage to accept mostly random initialisation")
 
 
 def coverage(tokens: list[str], found: Lookup) -> dict[str, dict]:
@@ -166,6 +208,8 @@ def clinvec_stage(cfg: ExMedBertConfig, args: argparse.Namespace | None = None) 
     """vectors.npz (`vectors`, `source`, `level`) and coverage.json into paths.clinvec."""
     vocab = dataset.read_vocab(cfg.paths.dataset)
     found = lookup(vocab.tokens, source_directory(cfg), cfg.clinvec.vocabularies, cfg.clinvec.hierarchical)
+    report = coverage(vocab.tokens, found)
+    check_coverage(report, cfg.clinvec.min_coverage)
     rows = found.source > 0
     hidden = preset_sizes(cfg.model)["hidden_size"]
     method = resolve_method(cfg.clinvec.resize, hidden, int(rows.sum()))
@@ -174,7 +218,7 @@ def clinvec_stage(cfg: ExMedBertConfig, args: argparse.Namespace | None = None) 
         vectors[rows] = resize(found.vectors[rows], hidden, method, cfg.seed)
     report = {"directory": str(source_directory(cfg)), "hierarchical": cfg.clinvec.hierarchical,
               "resize": {"asked": cfg.clinvec.resize, "used": method, "from": DIM, "to": hidden},
-              "vocabularies": coverage(vocab.tokens, found)}
+              "vocabularies": report}
     out = Path(cfg.paths.clinvec)
     with atomic.atomic_dir(out) as tmp:
         with open(tmp / "vectors.npz", "wb") as f:

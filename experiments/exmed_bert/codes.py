@@ -2,10 +2,14 @@
 
 ICD-10-CM is checked against the code table that `simple_icd_10_cm` ships (the CMS release, offline),
 so 7th-character extensions and `X` placeholders (S72.001A, T36.0X1A) and letters in the category
-(M1A.0) are accepted exactly when the table has them. No freely licensed ATC table exists, so ATC
-codes are checked by structure: letter, two digits, letter, letter, two digits, cut at one of the five
-levels (1, 3, 4, 5 or 7 characters). CPT codes are five digits or four digits and a letter (categories II
-and III); they have no hierarchy here.
+(M1A.0) are accepted exactly when the table has them. The table is one release (April 2026); codes of
+older releases that it no longer has (retired, or expanded into longer codes) are well formed but
+absent: `resolve_icd` maps them to their nearest ancestor that the table has (E11.659 → E11.65,
+K35.8X → K35.8), which is how the data's `data.retired_icd: ancestor` policy keeps them.
+
+No freely licensed ATC table exists, so ATC codes are checked by structure: letter, two digits,
+letter, letter, two digits, cut at one of the five levels (1, 3, 4, 5 or 7 characters). CPT codes
+are five digits or four digits and a letter (categories II and III); they have no hierarchy here.
 """
 
 import re
@@ -16,6 +20,8 @@ KINDS = ("icd10cm", "atc", "cpt")
 ATC_LEVELS = (1, 3, 4, 5, 7)
 _ATC = re.compile(r"[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?")
 _CPT = re.compile(r"[0-9]{4}[0-9FTU]")
+# An ICD-10-CM code's shape: category (letter, digit, digit or letter), then up to four characters.
+_ICD_SHAPE = re.compile(r"[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?")
 
 
 def normalize_icd(code: str) -> str | None:
@@ -24,6 +30,22 @@ def normalize_icd(code: str) -> str | None:
     if not icd.is_valid_item(code) or icd.is_chapter_or_block(code):
         return None
     return icd.add_dot(code)
+
+
+def resolve_icd(code: str) -> tuple[str | None, str]:
+    """(dotted code, how): how is "valid" (in the table), "ancestor" (well formed, absent from the table,
+    the code is its nearest ancestor that the table has), "unknown" (well formed, no ancestor in the
+    table) or "malformed" (not shaped like an ICD-10-CM code)."""
+    code = code.strip().upper()
+    if (found := normalize_icd(code)) is not None:
+        return found, "valid"
+    if _ICD_SHAPE.fullmatch(code) is None:
+        return None, "malformed"
+    undotted = code.replace(".", "")
+    for end in range(len(undotted) - 1, 2, -1):
+        if (found := normalize_icd(undotted[:end])) is not None:
+            return found, "ancestor"
+    return None, "unknown"
 
 
 def is_valid(kind: str, code: str) -> bool:

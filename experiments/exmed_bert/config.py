@@ -22,6 +22,13 @@ class DataConfig:
     patients: str = ""
     # A bad code stops the conversion listing the first few (`stop`), or is dropped and counted (`drop`).
     on_bad_code: Literal["stop", "drop"] = "stop"
+    # Each patient's `index_date` (`field`): events on or after it are left out, so nothing recorded
+    # after the prediction time reaches the model. `none` uses every event: only for data already cut.
+    index_date: Literal["field", "none"] = "field"
+    # ICD-10-CM codes that the bundled table (April 2026 release) no longer has, from older releases:
+    # their nearest ancestor in the table (`ancestor`), dropped (`drop`), or bad codes (`stop`, which
+    # then follows on_bad_code). Counted in summary.json either way.
+    retired_icd: Literal["ancestor", "drop", "stop"] = "ancestor"
     synthetic_patients: int = 400
     # Visits per synthetic patient, drawn uniformly between the two (inclusive); a visit holds about
     # 4.5 positions (codes and its [SEP]), so [120, 130] fills data.max_length 512.
@@ -44,6 +51,13 @@ class ClinVecConfig:
     # Novel codes take the nearest ancestor's vector (ICD-10-CM hierarchy, ATC levels; CPT has none).
     hierarchical: bool = True
     resize: Literal["auto", "truncate", "pca", "learned_projection", "pad_smart", "pad_random"] = "auto"
+    # Below this share of the vocabulary's codes found in ClinVec (directly or through an ancestor),
+    # the clinvec stage stops: clinvec_init would silently be random_init.
+    min_coverage: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_coverage <= 1.0:
+            raise ValueError(f"min_coverage is a share in [0, 1], got {self.min_coverage}")
 
 
 @dataclass
@@ -55,7 +69,7 @@ class ModelConfig:
     heads: int = 1
     intermediate_size: int = 64
     dropout: float = 0.1
-    init: Literal["orthogonal", "xavier", "kaiming"] = "xavier"
+    init: Literal["orthogonal", "xavier", "kaiming"] = "xavier"  # upstream: orthogonal (README, Deviations)
     max_age: int = 120
     max_visits: int = 512
 
@@ -66,7 +80,14 @@ class PretrainConfig:
     # The prolonged-length-of-stay head: stay longer than `plos_days` days.
     plos: bool = True
     plos_days: int = 7
+    # Cross-entropy weights of the PLOS classes (no, yes): upstream's pretraining script uses (0.25, 1.0)
+    # for its unbalanced stays.
+    plos_class_weights: tuple[float, float] = (0.25, 1.0)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if min(self.plos_class_weights) <= 0:
+            raise ValueError(f"plos_class_weights must be positive, got {list(self.plos_class_weights)}")
 
 
 @dataclass

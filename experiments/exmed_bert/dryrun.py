@@ -17,7 +17,7 @@ from experiments.exmed_bert import clinvec, dataset
 from experiments.exmed_bert.config import ExMedBertConfig
 from experiments.exmed_bert.endpoint import endpoint_model
 from experiments.exmed_bert.prepare import prepare
-from experiments.exmed_bert.pretrain import MaskedPatients, build, collate, loss_fn
+from experiments.exmed_bert.pretrain import MaskedPatients, build, collate, pretrain_loss
 from experiments.exmed_bert.train import endpoint_loss
 from medrepro.dryrun import Probe
 
@@ -66,7 +66,9 @@ def probes(cfg: ExMedBertConfig, full: ExMedBertConfig, workdir: Path) -> list[P
     def endpoint_batch(n: int) -> dict[str, torch.Tensor]:
         return dataset.pad_batch([longest[i % len(longest)] for i in range(n)], cfg.pretrain.plos_days)
 
-    def pretrain_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    loss_fn = pretrain_loss(cfg.pretrain.plos_class_weights)
+
+    def masked_code_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
         return loss_fn(model, batch)[0]
 
     # As pretrain.py builds it (ClinVec initialisation), then as train.py builds the fine-tuned model
@@ -80,7 +82,7 @@ def probes(cfg: ExMedBertConfig, full: ExMedBertConfig, workdir: Path) -> list[P
     endpoint = endpoint_model(cfg, vocab, encoder_state)
     pretrain_batch_size, train_batch_size = full.pretrain.train.batch_size, full.train.batch_size
     return [
-        Probe("PretrainModel", pretrain_model, pretrain_batch, pretrain_loss, full_batch=pretrain_batch_size,
+        Probe("PretrainModel", pretrain_model, pretrain_batch, masked_code_loss, full_batch=pretrain_batch_size,
               full_batch_note=f"pretrain.train.batch_size {pretrain_batch_size} on one GPU",
               parts={"encoder layers": pretrain_model.encoder.layers}),
         Probe("EndpointModel", endpoint, endpoint_batch, lambda model, batch: fine_tune(model, batch)[0],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from experiments.exmed_bert import dataset, synthetic
 from experiments.exmed_bert.config import DataConfig, ExMedBertConfig
-from experiments.exmed_bert.patients import BadCode, Patient, read_patients
+from experiments.exmed_bert.patients import Patient, ReadReport, read_patients
 from medrepro import atomic, repro
 from medrepro.errors import ConfigError, DataError
 
@@ -28,7 +28,9 @@ def split_of(patient_id: str, seed: int, fractions: tuple[float, float, float]) 
 
 def encode(patient: Patient, vocab: dict[str, int], sexes: dict[str, int], states: dict[str, int],
            data: DataConfig) -> tuple[dict, bool]:
-    """The patient's sequence record and whether it was truncated."""
+    """The patient's sequence record and whether it was truncated. Visits are numbered from 1 within the
+    kept window (as upstream numbers them after truncation), so a long history keeps its order rather
+    than running past the visit table."""
     tokens, types, ages, visits = [dataset.CLS], [0], [0], [0]
     previous, visit = None, 0
     events = list(patient.events)
@@ -50,6 +52,8 @@ def encode(patient: Patient, vocab: dict[str, int], sexes: dict[str, int], state
         keep = data.max_length - 1
         sl = slice(len(tokens) - keep, None) if data.truncation == "keep_last" else slice(1, 1 + keep)
         tokens, types, ages, visits = ([col[0], *col[sl]] for col in (tokens, types, ages, visits))
+        first = visits[1] - 1
+        visits = [0, *(v - first for v in visits[1:])]
     record = {"patient_id": patient.patient_id, "tokens": tokens, "types": types, "ages": ages, "visits": visits,
               "sex": sexes[patient.sex], "state": states.get(patient.state, 0), "endpoint": patient.endpoint,
               "los": patient.length_of_stay}
@@ -61,8 +65,8 @@ def convert(source: Path, out: Path, data: DataConfig, seed: int) -> dict:
     counts: Counter[str] = Counter()
     states: set[str] = set()
     per_split: Counter[str] = Counter()
-    dropped: list[BadCode] = []
-    for patient in read_patients(source, data.on_bad_code, dropped=dropped):
+    report = ReadReport()
+    for patient in read_patients(source, data, report):
         split = split_of(patient.patient_id, seed, data.split)
         per_split[split] += 1
         if split == "train":
@@ -82,7 +86,7 @@ def convert(source: Path, out: Path, data: DataConfig, seed: int) -> dict:
     truncated, positives, unknown = 0, Counter(), 0
     with ExitStack() as stack:
         files = {s: stack.enter_context(open(out / f"{s}.jsonl", "w", encoding="utf-8")) for s in dataset.SPLITS}
-        for patient in read_patients(source, data.on_bad_code):
+        for patient in read_patients(source, data):
             split = split_of(patient.patient_id, seed, data.split)
             record, cut = encode(patient, ids, sex_ids, state_ids, data)
             truncated += cut
@@ -97,7 +101,8 @@ def convert(source: Path, out: Path, data: DataConfig, seed: int) -> dict:
         "vocabulary": {"tokens": len(tokens), **Counter(vocab.kinds)},
         "unknown_positions": unknown,
         "truncated_patients": truncated, "max_length": data.max_length, "truncation": data.truncation,
-        "dropped_codes": {"count": len(dropped), "first": [str(b) for b in dropped[:20]]},
+        "index_date": data.index_date,
+        **report.summary(),
         "files": {name: repro.sha256_file(out / name) for name in dataset.FILES},
     }
 
@@ -123,5 +128,9 @@ def prepare(cfg: ExMedBertConfig, args: argparse.Namespace | None = None) -> Pat
             summary["source"] = str(out / "source" / "patients.json")
         atomic.write_json(tmp / "summary.json", summary)
     print(json.dumps({k: summary[k] for k in ("patients", "positives", "vocabulary", "truncated_patients",
-                                              "dropped_codes")}))
+                                              "dropped_codes", "after_index")}))
+    retired = summary["retired_icd"]["count"]
+    if retired:
+        print(f"{retired} ICD-10-CM codes absent from the bundled table handled by data.retired_icd="
+              f"{cfg.data.retired_icd}; the most common are in {out / 'summary.json'}")
     return out

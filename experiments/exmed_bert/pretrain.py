@@ -9,6 +9,7 @@ exactly as the uninterrupted one did, whatever batches were already seen.
 
 import argparse
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -77,29 +78,36 @@ def collate(plos_days: float):
     return collate_fn
 
 
-def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    logits, plos = model(batch)
-    mlm = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
-    extras = {"mlm_loss": mlm.detach()}
-    loss = mlm
-    if plos is not None and (batch["plos"] != IGNORE).any():
-        plos_loss = F.cross_entropy(plos, batch["plos"], ignore_index=IGNORE)
-        extras["plos_loss"] = plos_loss.detach()
-        loss = loss + plos_loss
-    return loss, extras
+def pretrain_loss(plos_weights: tuple[float, float]) -> Callable:
+    """Masked-code cross-entropy plus the PLOS cross-entropy weighted by class (`pretrain.plos_class_weights`)."""
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, plos = model(batch)
+        mlm = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+        extras = {"mlm_loss": mlm.detach()}
+        loss = mlm
+        if plos is not None and (batch["plos"] != IGNORE).any():
+            weight = torch.tensor(plos_weights, dtype=torch.float32, device=plos.device)
+            plos_loss = F.cross_entropy(plos, batch["plos"], weight=weight, ignore_index=IGNORE)
+            extras["plos_loss"] = plos_loss.detach()
+            loss = loss + plos_loss
+        return loss, extras
+
+    return loss_fn
 
 
 @torch.no_grad()
-def validation_metrics(model: nn.Module, items: list[dict], batch_size: int, plos_days: float) -> dict[str, float]:
+def validation_metrics(model: nn.Module, items: list[dict], batch_size: int, plos_days: float,
+                       plos_weights: tuple[float, float]) -> dict[str, float]:
     """Validation loss and accuracies over masked items, in batches of `batch_size` on the model's device.
 
-    Sums over batches, weighted by masked positions (MLM) and known stays (PLOS), so the result is the
-    one-batch computation (mean masked-code cross-entropy + mean PLOS cross-entropy) up to the order of
-    float summation; the whole split never sits in memory as one batch.
+    Sums over batches, weighted by masked positions (MLM) and the class weights of known stays (PLOS), so
+    the result is the training loss's one-batch computation (mean masked-code cross-entropy + weighted mean
+    PLOS cross-entropy) up to the order of float summation; the whole split never sits in memory as one batch.
     """
     device = next(model.parameters()).device
     make = collate(plos_days)
-    mlm_loss = plos_loss = 0.0
+    weight = torch.tensor(plos_weights, dtype=torch.float32, device=device)
+    mlm_loss = plos_loss = plos_weight = 0.0
     masked = mlm_correct = known = plos_correct = 0
     for start in range(0, len(items), batch_size):
         batch = {k: v.to(device) for k, v in make(items[start:start + batch_size]).items()}
@@ -112,10 +120,12 @@ def validation_metrics(model: nn.Module, items: list[dict], batch_size: int, plo
         masked += int(mask.sum())
         has_stay = batch["plos"] != IGNORE
         if plos is not None and has_stay.any():
-            plos_loss += F.cross_entropy(plos[has_stay].float(), batch["plos"][has_stay], reduction="sum").item()
+            stays = batch["plos"][has_stay]
+            plos_loss += F.cross_entropy(plos[has_stay].float(), stays, weight=weight, reduction="sum").item()
+            plos_weight += weight[stays].sum().item()
             plos_correct += int((plos[has_stay].argmax(-1) == batch["plos"][has_stay]).sum())
             known += int(has_stay.sum())
-    metrics = {"val/loss": mlm_loss / masked + (plos_loss / known if known else 0.0),
+    metrics = {"val/loss": mlm_loss / masked + (plos_loss / plos_weight if known else 0.0),
                "val/mlm_acc": mlm_correct / masked}
     if known:
         metrics["val/plos_acc"] = plos_correct / known
@@ -147,9 +157,11 @@ def pretrain_one(cfg: ExMedBertConfig, init: str, run_dir: Path, resume: str | N
     print(f"pretraining {init}: preset {cfg.model.preset}, {count_parameters(model):,} parameters")
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        return validation_metrics(model, val_items, cfg.eval.batch_size, cfg.pretrain.plos_days)
+        return validation_metrics(model, val_items, cfg.eval.batch_size, cfg.pretrain.plos_days,
+                                  cfg.pretrain.plos_class_weights)
 
-    fit(model, train_set, cfg.pretrain.train, run_dir, loss_fn=loss_fn, seed=cfg.seed,
+    fit(model, train_set, cfg.pretrain.train, run_dir, loss_fn=pretrain_loss(cfg.pretrain.plos_class_weights),
+        seed=cfg.seed,
         collate_fn=collate(cfg.pretrain.plos_days), evaluate=evaluate, resume=resume,
         run_name=f"exmed_bert-pretrain-{init}", run_config=cfg,
         data=[Path(cfg.paths.dataset) / "train.jsonl", Path(cfg.paths.clinvec) / "vectors.npz"], variant=init)

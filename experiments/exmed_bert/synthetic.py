@@ -7,6 +7,11 @@ at-risk patient draws half of its diagnoses and drugs from risk families, others
 is the risk flag flipped with probability 0.1, and the length of stay grows with the number of risk
 codes, so PLOS pretraining sees the same structure.
 
+Index date: each patient's `index_date` follows the history visits, and one or two visits come on or
+after it; a patient with the endpoint gets an acute myocardial infarction code (I21) there, the
+outcome itself. With `data.index_date: field` those visits never reach the model; with `none` the
+endpoint leaks into the input, as it would on a real cohort without an index date.
+
 ClinVec twin: each family has a random direction, risk families also share one risk direction, and a
 code's vector is its family's plus noise; families (ICD categories, ATC levels) have rows too. A
 share `novel_code_probability` of the codes is left out of ClinVec, so they must take an ancestor's
@@ -26,6 +31,7 @@ from medrepro import atomic
 
 DIM = 128
 STATES = ("CA", "FL", "IL", "NY", "PA", "TX")
+OUTCOME_CATEGORY = "I21"  # acute myocardial infarction: the synthetic endpoint, recorded after the index date
 ATC_GROUPS = "ABCDGHJLMNPRSV"
 
 
@@ -73,6 +79,7 @@ def _draw(rng: np.random.Generator, families: list[list[str]], risky: bool) -> s
 def synthetic_patients(n: int, seed: int, families: dict[str, list[list[str]]],
                        visits: tuple[int, int] = (3, 8)) -> list[dict]:
     rng = np.random.default_rng(seed + 1)
+    outcome_codes = [d for d in icd.get_descendants(OUTCOME_CATEGORY) if icd.is_leaf(d)]
     patients = []
     for i in range(n):
         at_risk = bool(rng.random() < 0.35)
@@ -94,6 +101,12 @@ def synthetic_patients(n: int, seed: int, families: dict[str, list[list[str]]],
                                           "date": day.isoformat()})
             day += timedelta(days=int(rng.integers(7, 120)))
         record["endpoint"] = int(at_risk != bool(rng.random() < 0.1))
+        record["index_date"] = day.isoformat()
+        for _ in range(int(rng.integers(1, 3))):
+            record["diagnoses"].append({"code": outcome_codes[rng.integers(len(outcome_codes))]
+                                        if record["endpoint"] else _draw(rng, families["icd10cm"], False),
+                                        "date": day.isoformat()})
+            day += timedelta(days=int(rng.integers(1, 60)))
         record["length_of_stay"] = float(2 + 1.5 * risk_codes + rng.poisson(2))
         patients.append(record)
     return patients
@@ -106,9 +119,9 @@ def write_patients(path: Path, patients: list[dict]) -> Path:
 
 def write_clinvec(directory: Path, families: dict[str, list[list[str]]], novel_probability: float,
                   seed: int) -> Path:
-    """ClinVec_{icd10cm,atc,cpt}.csv (128 value columns and node_index) and the tab-separated
-    ClinGraph_nodes.csv that joins them to `{code}:{vocab}` ids; one phecode node and file that no
-    patient uses, as in the real release."""
+    """ClinVec_{icd10cm,atc,cpt}.csv in the release's layout (a header of 128 names, then rows of
+    node_index and 128 values: `clinvec`'s docstring) and the tab-separated ClinGraph_nodes.csv that
+    joins them to `{code}:{vocab}` ids; one phecode node and file that no patient uses, as in the release."""
     rng = np.random.default_rng(seed + 2)
     risk_direction = rng.normal(size=DIM)
     rows: dict[str, list[tuple[str, np.ndarray]]] = {"icd10cm": [], "atc": [], "cpt": [], "phecode": []}
@@ -122,10 +135,10 @@ def write_clinvec(directory: Path, families: dict[str, list[list[str]]], novel_p
     rows["phecode"].append(("250.2", rng.normal(size=DIM)))
     nodes, index = ["node_id\tnode_name\tntype\tnode_index"], 0
     for kind, entries in rows.items():
-        lines = [",".join([*map(str, range(DIM)), "node_index"])]
+        lines = [",".join(map(str, range(DIM)))]
         for code, vector in entries:
-            nodes.append(f"{code}:{kind}\t{code} (synthetic)\t{kind}\t{index}")
-            lines.append(",".join([*(f"{v:.6f}" for v in vector), str(index)]))
+            nodes.append(f"{code}:{kind}\t{code} (synthetic)\t{kind.upper()}\t{index}")
+            lines.append(",".join([str(index), *(f"{v:.6f}" for v in vector)]))
             index += 1
         atomic.write_text(directory / f"ClinVec_{kind}.csv", "\n".join(lines) + "\n")
     atomic.write_text(directory / "ClinGraph_nodes.csv", "\n".join(nodes) + "\n")

@@ -1,4 +1,11 @@
-"""exmed_bert ClinVec: the join on the release's layout, ancestor fallback, coverage, resize methods."""
+"""exmed_bert ClinVec: the join on the release's layout, ancestor fallback, coverage, resize methods.
+
+The release's layout, from mims-harvard/ClinVec tutorial/010_download_clingraph_clinvec.ipynb (commit
+c3f41f1): ClinVec_<vocab>.csv is "a pandas dataframe where the 128 columns correspond to the dimensions
+of the embedding and the row index matches the `node_index`", read with `pd.read_csv(...)`,
+`df.values` and `df['node_index'] = df.index`; ClinGraph_nodes.csv is tab-separated node_id, node_name,
+ntype, node_index (e.g. `LP14832-7:lnc  Orthopoxvirus  LNC  62748` in tutorial/050).
+"""
 
 import numpy as np
 import pytest
@@ -8,13 +15,14 @@ from medrepro.errors import ConfigError, DataError
 
 
 def _write_release(directory, rows: dict[str, list[tuple[str, float]]]) -> None:
-    """ClinVec_<vocab>.csv with node_index as the first column (the reader must not assume a position)
-    and ClinGraph_nodes.csv tab-separated, as released."""
+    """ClinVec_<vocab>.csv as released: a header of the 128 column names, each row its node_index (the
+    pandas row index, global across vocabularies, not the row number) and 128 values; ClinGraph_nodes.csv
+    tab-separated."""
     nodes, index = ["node_id\tnode_name\tntype\tnode_index"], 100
     for vocab, entries in rows.items():
-        lines = [",".join(["node_index", *(f"dim{i}" for i in range(clinvec.DIM))])]
+        lines = [",".join(str(i) for i in range(clinvec.DIM))]
         for code, value in entries:
-            nodes.append(f"{code}:{vocab}\t{code} name, with a comma\t{vocab}\t{index}")
+            nodes.append(f"{code}:{vocab}\t{code} name, with a comma\t{vocab.upper()}\t{index}")
             lines.append(",".join([str(index), *([str(value)] * clinvec.DIM)]))
             index += 7
         (directory / f"ClinVec_{vocab}.csv").write_text("\n".join(lines) + "\n")
@@ -39,13 +47,61 @@ def test_join_on_node_ids_and_ancestor_fallback(tmp_path):
     assert flat.source[6] == clinvec.FRESH and flat.source[8] == clinvec.FRESH
 
 
-def test_a_file_without_node_index_or_128_columns_is_one_line(tmp_path):
+def _rewrite(path, header: list[str], row) -> None:
+    """One vector file of another layout: `row(node_index, values)` gives a row's fields."""
+    lines = path.read_text().splitlines()[1:]
+    rows = [row(int(line.split(",")[0]), line.split(",")[1:]) for line in lines]
+    path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+
+
+DIMS = [str(i) for i in range(clinvec.DIM)]
+
+
+@pytest.mark.parametrize("layout", ["pandas_index_column", "named_node_index_last"])
+def test_the_other_layouts_pandas_reads_the_same_way_give_the_same_vectors(tmp_path, layout):
+    _write_release(tmp_path, {"icd10cm": [("E11.65", 1.0), ("I10", 3.0)]})
+    tokens = ["E11.65:icd10cm", "I10:icd10cm"]
+    released = clinvec.lookup(tokens, tmp_path, ["icd10cm"], True).vectors
+    path = tmp_path / "ClinVec_icd10cm.csv"
+    if layout == "pandas_index_column":  # DataFrame.to_csv() with its index: an empty first header field
+        _rewrite(path, ["", *DIMS], lambda i, values: [str(i), *values])
+    else:
+        _rewrite(path, [*DIMS, "node_index"], lambda i, values: [*values, str(i)])
+    assert np.array_equal(clinvec.lookup(tokens, tmp_path, ["icd10cm"], True).vectors, released)
+
+
+def test_rows_that_do_not_land_on_the_vocabularys_nodes_are_refused(tmp_path):
+    """128 fields throughout: pandas' row index is the row number, which here is not ClinGraph's
+    node_index (100, 107): the join would give codes other codes' vectors."""
+    _write_release(tmp_path, {"icd10cm": [("E11.65", 1.0), ("I10", 3.0)]})
+    path = tmp_path / "ClinVec_icd10cm.csv"
+    _rewrite(path, DIMS, lambda i, values: values)
+    with pytest.raises(DataError, match=r"only 0 of its 2 rows are icd10cm nodes of ClinGraph_nodes\.csv: its row "
+                                        r"index must be ClinGraph's node_index"):
+        clinvec.lookup(["E11.65:icd10cm"], tmp_path, ["icd10cm"], True)
+
+
+def test_a_file_of_another_shape_is_one_line(tmp_path):
     _write_release(tmp_path, {"icd10cm": [("E11", 1.0)]})
     (tmp_path / "ClinVec_icd10cm.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(DataError, match="expected 128 value columns and node_index"):
+    with pytest.raises(DataError, match="expected ClinVec's layout, a header of 128 names and rows of node_index and "
+                                        "128 values; found 2 header fields and 2 fields in the first row"):
         clinvec.lookup(["E11:icd10cm"], tmp_path, ["icd10cm"], True)
     with pytest.raises(DataError, match=r"ClinVec_atc\.csv not found"):
         clinvec.lookup(["E11:icd10cm"], tmp_path, ["atc"], True)
+
+
+def test_coverage_below_the_floor_stops_with_one_line():
+    report = {"icd10cm": {"tokens": 8, "found": 1, "ancestor": {"level_1": 1}, "fresh": 6},
+              "cpt": {"tokens": 2, "found": 0, "ancestor": {}, "fresh": 2}}
+    clinvec.check_coverage(report, 0.2)
+    with pytest.raises(DataError, match=r"ClinVec covers 20% of the 10 codes \(icd10cm 25%, cpt 0%\), below "
+                                        r"clinvec.min_coverage 50%") as e:
+        clinvec.check_coverage(report, 0.5)
+    assert "\n" not in str(e.value)
+    nothing = {"icd10cm": {"tokens": 3, "found": 0, "ancestor": {}, "fresh": 3}}
+    with pytest.raises(DataError, match="ClinVec covers 0% of the 3 codes"):
+        clinvec.check_coverage(nothing, 0.5)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 
 from experiments.exmed_bert import codes, dataset
 from experiments.exmed_bert.config import DataConfig
-from experiments.exmed_bert.patients import iter_json, read_patients
+from experiments.exmed_bert.patients import ReadReport, iter_json, read_patients
 from experiments.exmed_bert.prepare import convert, split_of
 from medrepro.errors import DataError
 
@@ -45,7 +45,7 @@ def _patient(pid: str, endpoint: int = 0, **extra) -> dict:
             "diagnoses": [{"code": "E11.65", "date": "2020-01-02"}, {"code": "I10", "date": "2020-03-01"}],
             "prescriptions": [{"code": "A10BA02", "date": "2020-01-02"}],
             "procedures": [{"code": "99213", "date": "2020-03-01"}], "endpoint": endpoint, "length_of_stay": 3.0,
-            **extra}
+            "index_date": "2021-01-01", **extra}
 
 
 def test_the_reader_streams_arrays_and_json_lines_across_chunk_boundaries(tmp_path):
@@ -57,33 +57,99 @@ def test_the_reader_streams_arrays_and_json_lines_across_chunk_boundaries(tmp_pa
         assert list(iter_json(path, chunk_size=17)) == patients
 
 
+@pytest.mark.parametrize(("code", "resolved"), [
+    ("E11.65", ("E11.65", "valid")), ("e1165", ("E11.65", "valid")),
+    ("E11.659", ("E11.65", "ancestor")),  # a sixth character the table does not have
+    ("K35.8X", ("K35.8", "ancestor")), ("U99.99", (None, "unknown")),
+    ("E11-9", (None, "malformed")), ("1E1.9", (None, "malformed")), ("E1", (None, "malformed"))])
+def test_icd10cm_codes_absent_from_the_table_resolve_to_their_nearest_ancestor(code, resolved):
+    assert codes.resolve_icd(code) == resolved
+
+
 def test_a_bad_code_stops_naming_file_patient_and_code(tmp_path):
-    bad = _patient("P2", diagnoses=[{"code": "E11.999", "date": "2020-01-02"}])
+    bad = _patient("P2", diagnoses=[{"code": "E11-9", "date": "2020-01-02"}])
     worse = _patient("P3", prescriptions=[{"code": "N02BE0", "date": "2020-01-02"}])
     path = tmp_path / "p.json"
     path.write_text(json.dumps([_patient("P1"), bad, worse]))
     with pytest.raises(DataError) as e:
-        list(read_patients(path, "stop"))
+        list(read_patients(path, DataConfig()))
     message = str(e.value)
-    assert f"{path}: patient P2: icd10cm code 'E11.999'" in message and "patient P3: atc code 'N02BE0'" in message
+    assert f"{path}: patient P2: icd10cm code 'E11-9'" in message and "patient P3: atc code 'N02BE0'" in message
     assert "on_bad_code=drop" in message and "\n" not in message
 
 
 def test_dropping_bad_codes_counts_them_and_keeps_the_rest(tmp_path):
     path = tmp_path / "p.json"
-    path.write_text(json.dumps([_patient("P1", diagnoses=[{"code": "E11.999", "date": "2020-01-02"},
+    path.write_text(json.dumps([_patient("P1", diagnoses=[{"code": "E11-9", "date": "2020-01-02"},
                                                           {"code": "E11.9", "date": "2020-01-02"}])]))
-    dropped = []
-    (patient,) = read_patients(path, "drop", dropped=dropped)
-    assert [b.code for b in dropped] == ["E11.999"]
+    report = ReadReport()
+    (patient,) = read_patients(path, DataConfig(on_bad_code="drop"), report)
+    assert [b.code for b in report.dropped] == ["E11-9"]
     assert [e.code for e in patient.events if e.kind == "icd10cm"] == ["E11.9"]
+
+
+@pytest.mark.parametrize(("policy", "kept", "retired"), [
+    ("ancestor", ["E11.65", "E11.9"], {"E11.659 → E11.65": 1, "U99.99 → dropped": 1}),
+    ("drop", ["E11.9"], {"E11.659 → dropped": 1, "U99.99 → dropped": 1})])
+def test_retired_icd_codes_follow_the_policy_and_are_counted(tmp_path, policy, kept, retired):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([_patient("P1", diagnoses=[{"code": "E11.659", "date": "2020-01-02"},
+                                                          {"code": "U99.99", "date": "2020-01-03"},
+                                                          {"code": "E11.9", "date": "2020-01-04"}])]))
+    report = ReadReport()
+    (patient,) = read_patients(path, DataConfig(retired_icd=policy), report)
+    assert [e.code for e in patient.events if e.kind == "icd10cm"] == kept
+    assert dict(report.retired) == retired and report.dropped == []
+    assert report.summary()["retired_icd"] == {"count": 2, "most_common": retired}
+
+
+def test_retired_icd_codes_are_bad_codes_under_stop(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([_patient("P1", diagnoses=[{"code": "E11.659", "date": "2020-01-02"}])]))
+    with pytest.raises(DataError, match=r"patient P1: icd10cm code 'E11\.659'"):
+        list(read_patients(path, DataConfig(retired_icd="stop")))
+
+
+def test_events_on_or_after_the_index_date_never_reach_the_model_input(tmp_path):
+    """An outcome code recorded after the index date would leak the endpoint; it must be left out
+    before the vocabulary is built and before keep-last truncation picks the latest positions."""
+    leak = [{"code": "I21.09", "date": "2021-01-01"}, {"code": "I21.4", "date": "2021-02-01"}]
+    patients = [_patient(f"P{i}", i % 2, diagnoses=_patient("x")["diagnoses"] + (leak if i % 2 else []))
+                for i in range(40)]
+    source, out = tmp_path / "p.json", tmp_path / "out"
+    source.write_text(json.dumps(patients))
+    out.mkdir()
+    summary = convert(source, out, DataConfig(split=(0.5, 0.25, 0.25), max_length=5), seed=0)
+    vocab = json.loads((out / "vocab.json").read_text())["tokens"]
+    assert not any(t.startswith("I21") for t in vocab)
+    assert summary["after_index"] == {"events": 40, "patients": 20}
+    for split in dataset.SPLITS:
+        for line in (out / f"{split}.jsonl").read_text().splitlines():
+            assert [vocab[t] for t in json.loads(line)["tokens"]][-2:] == ["99213:cpt", "[SEP]"]
+
+    everything = tmp_path / "all"
+    everything.mkdir()
+    convert(source, everything, DataConfig(split=(0.5, 0.25, 0.25), index_date="none"), seed=0)
+    assert "I21.09:icd10cm" in json.loads((everything / "vocab.json").read_text())["tokens"]
+
+
+def test_a_patient_without_an_index_date_is_one_line(tmp_path):
+    path = tmp_path / "p.json"
+    patient = _patient("P7")
+    del patient["index_date"]
+    path.write_text(json.dumps([patient]))
+    with pytest.raises(DataError, match=r"patient P7: no index_date: .* data\.index_date=none") as e:
+        list(read_patients(path, DataConfig()))
+    assert "\n" not in str(e.value)
+    (read,) = read_patients(path, DataConfig(index_date="none"))
+    assert len(read.events) == 4
 
 
 def test_a_bad_date_is_one_line(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps([_patient("P1", diagnoses=[{"code": "E11.9", "date": "02/01/2020"}])]))
     with pytest.raises(DataError, match=r"patient P1: diagnoses code E11\.9: date '02/01/2020' is not an ISO date"):
-        list(read_patients(path, "stop"))
+        list(read_patients(path, DataConfig()))
 
 
 def test_the_split_is_by_patient_and_does_not_depend_on_file_order(tmp_path):
@@ -115,3 +181,20 @@ def test_conversion_writes_the_documented_sequence_and_truncates_keeping_the_las
     assert tokens == ["[CLS]", "[SEP]", "I10:icd10cm", "99213:cpt", "[SEP]"]
     assert record["visits"] == [0, 1, 2, 2, 2] and record["types"] == [0, 0, 1, 3, 0] and record["ages"][-1] == 70
     assert summary["truncated_patients"] == 40
+
+
+def test_visits_are_numbered_within_the_kept_window():
+    """Twenty visits truncated to three positions after [CLS]: the kept visits are numbered from 1, in
+    order, not 19 and 20 (nor clamped at the visit table's end, as long real histories were)."""
+    from datetime import date
+
+    from experiments.exmed_bert.patients import Event, Patient
+    from experiments.exmed_bert.prepare import encode
+
+    events = tuple(Event(date(2020, 1, 1 + day), "icd10cm", "I10") for day in range(20))
+    patient = Patient("P1", 1950, "F", "CA", events, 0, None, 0)
+    # Positions: [CLS], then I10 [SEP] of visit 1, ..., I10 [SEP] of visit 20.
+    last, truncated = encode(patient, {"I10:icd10cm": 5}, {"F": 1}, {}, DataConfig(max_length=4))
+    assert truncated and last["visits"] == [0, 1, 2, 2] and last["tokens"] == [2, 3, 5, 3]  # [SEP] of 19, visit 20
+    first, _ = encode(patient, {"I10:icd10cm": 5}, {"F": 1}, {}, DataConfig(max_length=4, truncation="keep_first"))
+    assert first["visits"] == [0, 1, 1, 2] and first["tokens"] == [2, 5, 3, 5]

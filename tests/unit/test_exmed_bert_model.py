@@ -2,7 +2,9 @@
 (seed, epoch, patient), and an exact resume of pretraining."""
 
 import dataclasses
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from experiments.exmed_bert.config import ExMedBertConfig, ModelConfig, PathsCon
 from experiments.exmed_bert.model import PRESETS, Encoder, PretrainModel, count_parameters, initialise, load_clinvec
 from experiments.exmed_bert.prepare import prepare
 from medrepro.config_sections import TrackingConfig, TrainConfig
+from medrepro.errors import DataError
 
 
 def test_presets_grow_and_are_counted_from_the_model():
@@ -109,3 +112,20 @@ def test_learned_projection_keeps_128_d_vectors_for_the_model(prepared):
     batch = dataset.pad_batch(dataset.read_split(cfg.paths.dataset, "val")[:4], 7)
     logits, plos = model(batch)
     assert logits.shape[-1] == len(vocab.tokens) and plos.shape == (4, 2)
+
+
+def test_clinvec_stage_stops_at_zero_coverage_and_keeps_its_output(prepared, tmp_path):
+    """A ClinVec release whose nodes are none of the cohort's codes nor their ancestors (here every code
+    renamed) would make clinvec_init a second random_init: the stage stops with one line instead."""
+    source = clinvec.source_directory(prepared)
+    other = tmp_path / "clinvec"
+    shutil.copytree(source, other)
+    nodes = other / clinvec.NODES
+    nodes.write_text(re.sub(r"^(?=\S+:(icd10cm|atc|cpt)\t)", "X", nodes.read_text(), flags=re.MULTILINE))
+    before = (Path(prepared.paths.clinvec) / "vectors.npz").read_bytes()
+    cfg = dataclasses.replace(prepared, clinvec=dataclasses.replace(prepared.clinvec, directory=str(other)))
+    with pytest.raises(DataError, match=r"ClinVec covers 0% of the \d+ codes \(atc 0%, cpt 0%, icd10cm 0%\), below "
+                                        r"clinvec.min_coverage 50%") as e:
+        clinvec.clinvec_stage(cfg)
+    assert "\n" not in str(e.value)
+    assert (Path(prepared.paths.clinvec) / "vectors.npz").read_bytes() == before
