@@ -1,11 +1,12 @@
 """The biomedica_clip config: one YAML file per profile (configs/smoke.yaml, configs/full.yaml), plus
 configs/bmca_clip.yaml (BMCA-CLIP's continual-pretraining setting) for `--config`."""
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from experiments.biomedica_clip.metadata import OLD_NAMES
-from medrepro.config_sections import RuntimeConfig
+from medrepro.config_sections import RuntimeConfig, check_not_negative, check_positive, check_range
 
 
 @dataclass
@@ -26,6 +27,11 @@ class SyntheticConfig:
     heldout_samples: int = 256
     image_size: int = 32
     jpeg_quality: int = 90
+
+    def __post_init__(self) -> None:
+        check_positive({"train_shards": self.train_shards, "samples_per_shard": self.samples_per_shard,
+                        "heldout_samples": self.heldout_samples, "image_size": self.image_size})
+        check_range("jpeg_quality", self.jpeg_quality, 0, 100)  # PIL's scale
 
 
 @dataclass
@@ -51,6 +57,28 @@ class DataConfig:
         if self.label_field in OLD_NAMES:
             raise ValueError(f"label_field {self.label_field!r} is not a BIOMEDICA field: use "
                              f"{OLD_NAMES[self.label_field]!r}")
+        check_not_negative({"min_image_side": self.min_image_side})
+        if self.upsampling:
+            self._check_upsampling()
+
+    def _check_upsampling(self) -> None:
+        """open_clip_train splits --train-data-upsampling-factors on `::`, reads each part with float() and
+        asserts one per `::` source of --train-data; only shard sources reach it (a synthetic run ignores
+        the factors), and the archive's sources want positive ones."""
+        parts = self.upsampling.split("::")
+        try:
+            factors = [float(part) for part in parts]
+        except ValueError:
+            raise ValueError(f"upsampling {self.upsampling!r} must be numbers joined with `::`, e.g. 1::4") from None
+        if not all(math.isfinite(f) and f > 0 for f in factors):
+            raise ValueError(f"upsampling {self.upsampling!r} must hold positive factors")
+        if self.source != "shards":
+            raise ValueError(f"upsampling weights the `::` sources of data.train, which only source 'shards' reads "
+                             f"(source is {self.source!r})")
+        sources = len(self.train.split("::"))
+        if len(factors) != sources:
+            raise ValueError(f"upsampling {self.upsampling!r} has {len(factors)} factors for the {sources} `::` "
+                             "sources of data.train: give one each")
 
 
 @dataclass
@@ -107,19 +135,16 @@ class TrainConfig:
     extra_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        positive = {"batch_size": self.batch_size, "epochs": self.epochs, "lr": self.lr,
-                    "accum_freq": self.accum_freq, "processes": self.processes,
-                    "log_every_n_steps": self.log_every_n_steps}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        for name, value in {"wd": self.wd, "warmup": self.warmup, "workers": self.workers,
+        check_positive({"batch_size": self.batch_size, "epochs": self.epochs, "lr": self.lr,
+                        "accum_freq": self.accum_freq, "processes": self.processes,
+                        "log_every_n_steps": self.log_every_n_steps})
+        check_not_negative({"wd": self.wd, "warmup": self.warmup, "workers": self.workers,
                             "train_num_samples": self.train_num_samples, "save_frequency": self.save_frequency,
-                            "grad_clip_norm": self.grad_clip_norm}.items():
-            if value < 0:
-                raise ValueError(f"{name} must be 0 or more, got {value}")
-        if self.force_patch_dropout is not None and not 0.0 <= self.force_patch_dropout < 1.0:
-            raise ValueError(f"force_patch_dropout must lie in [0, 1), got {self.force_patch_dropout}")
+                            "grad_clip_norm": self.grad_clip_norm,
+                            "lock_image_unlocked_groups": self.lock_image_unlocked_groups,
+                            "lock_text_unlocked_layers": self.lock_text_unlocked_layers})
+        if self.force_patch_dropout is not None:
+            check_range("force_patch_dropout", self.force_patch_dropout, 0.0, 1.0, open_high=True)
         if self.gather_with_grad and not self.local_loss:
             raise ValueError("gather_with_grad goes with local_loss (open_clip's --local-loss --gather-with-grad)")
 
@@ -131,6 +156,19 @@ class EvalConfig:
     alpha: float = 0.05
     # Zero-shot prompt; {label} is the class label from the metadata.
     template: str = "a figure showing {label}"
+
+    def __post_init__(self) -> None:
+        check_positive({"batch_size": self.batch_size, "bootstrap": self.bootstrap})
+        check_range("alpha", self.alpha, 0.0, 1.0, open_low=True, open_high=True)
+        # evaluate fills it with str.format(label=...): any other field fails there, and a template
+        # without {label} gives every class the same prompt.
+        try:
+            differs = self.template.format(label="a") != self.template.format(label="b")
+        except (KeyError, IndexError, ValueError, AttributeError):
+            raise ValueError(f"template {self.template!r} may hold only {{label}} in braces "
+                             "(double them for literal ones)") from None
+        if not differs:
+            raise ValueError(f"template {self.template!r} must hold {{label}}, where each class goes")
 
 
 @dataclass

@@ -1,11 +1,19 @@
 """The cross_encoder config: one YAML file per profile (configs/smoke.yaml, configs/full.yaml)."""
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
-from medrepro.config_sections import EncoderConfig, RuntimeConfig, TrainConfig
+from medrepro.config_sections import (
+    EncoderConfig,
+    RuntimeConfig,
+    TrainConfig,
+    check_not_negative,
+    check_positive,
+    check_range,
+)
 
 SAPBERT = "cambridgeltl/SapBERT-from-PubMedBERT-fulltext"
+Storage = Literal["float32", "fp16"]
 
 
 @dataclass
@@ -40,6 +48,11 @@ class DataConfig:
     # names, "RI" the disorder or the procedure, are told apart by them and the semantic types).
     context_words: int = 16
 
+    def __post_init__(self) -> None:
+        check_positive({"synthetic_concepts": self.synthetic_concepts,
+                        "synthetic_documents": self.synthetic_documents})
+        check_not_negative({"context_words": self.context_words})  # 0: the mention alone
+
 
 @dataclass
 class IndexConfig:
@@ -47,7 +60,7 @@ class IndexConfig:
     kind: Literal["flat", "hnsw", "ivf"] = "flat"
     # How `hnsw` and `ivf` store the vectors: float32, or fp16 (half the memory, the same recall on
     # unit vectors; see `bench`). `flat` always stores float32.
-    storage: Literal["float32", "fp16"] = "float32"
+    storage: Storage = "float32"
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     ivf_nlist: int = 1024
@@ -56,6 +69,10 @@ class IndexConfig:
     gpu: bool = True
     batch_size: int = 256
     max_length: int = 25
+
+    def __post_init__(self) -> None:
+        check_positive({"hnsw_m": self.hnsw_m, "hnsw_ef_search": self.hnsw_ef_search, "ivf_nlist": self.ivf_nlist,
+                        "ivf_nprobe": self.ivf_nprobe, "batch_size": self.batch_size, "max_length": self.max_length})
 
 
 @dataclass
@@ -72,6 +89,18 @@ class MiningConfig:
     type_per_positive: int = 2
     random_per_positive: int = 1
 
+    def __post_init__(self) -> None:
+        check_positive({"candidates": self.candidates})
+        # Hard negatives come from the retrieved candidates: a deeper top-k would silently stop at them.
+        check_range("hard_top_k", self.hard_top_k, 1, self.candidates)
+        check_range("hard_threshold", self.hard_threshold, -1.0, 1.0)  # a cosine of unit vectors
+        per_positive = {"hard_per_positive": self.hard_per_positive, "type_per_positive": self.type_per_positive,
+                        "random_per_positive": self.random_per_positive}
+        check_not_negative(per_positive)
+        if not any(per_positive.values()):
+            raise ValueError("hard_per_positive, type_per_positive and random_per_positive are all 0: training "
+                             "needs negatives")
+
 
 @dataclass
 class EvalConfig:
@@ -87,6 +116,13 @@ class EvalConfig:
     calibration: Literal["platt", "temperature", "none"] = "platt"
     bootstrap: int = 1000
     alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_positive({"batch_size": self.batch_size, "calibration_bins": self.calibration_bins,
+                        "rerank_top_k": self.rerank_top_k, "bootstrap": self.bootstrap})
+        check_range("threshold", self.threshold, 0.0, 1.0, open_low=True, open_high=True)
+        check_range("high_confidence", self.high_confidence, 0.0, 1.0, open_low=True)
+        check_range("alpha", self.alpha, 0.0, 1.0, open_low=True, open_high=True)
 
 
 @dataclass
@@ -111,6 +147,21 @@ class BenchConfig:
     # synthetic sizes.
     mine_scales: list[int] = field(default_factory=lambda: [1, 10, 100])
 
+    def __post_init__(self) -> None:
+        check_positive({"score_pairs": self.score_pairs, "repeats": self.repeats, "index_sizes": self.index_sizes,
+                        "index_queries": self.index_queries, "index_dim": self.index_dim,
+                        "hnsw_ef_search": self.hnsw_ef_search, "ivf_nprobe": self.ivf_nprobe,
+                        "mine_scales": self.mine_scales})
+        check_not_negative({"approximate_max_names": self.approximate_max_names})  # 0: exact search only
+        # The names span index_latent_dim orthonormal directions of index_dim.
+        check_range("index_latent_dim", self.index_latent_dim, 1, self.index_dim)
+        # index_bench builds each kind as an IndexConfig: an approximate kind, then `_` and a storage.
+        storages = get_args(Storage)
+        for kind in self.index_kinds:
+            base, _, storage = kind.partition("_")
+            if base not in ("hnsw", "ivf") or storage not in ("", *storages):
+                raise ValueError(f"index_kinds: {kind!r} is not hnsw or ivf, optionally with _{' or _'.join(storages)}")
+
 
 @dataclass
 class CrossEncoderConfig:
@@ -127,3 +178,10 @@ class CrossEncoderConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def __post_init__(self) -> None:
+        check_positive({"max_length": self.max_length})
+        # Linking re-ranks among the candidates mine kept per mention: more would silently be fewer.
+        if self.eval.rerank_top_k > self.mining.candidates:
+            raise ValueError(f"eval.rerank_top_k {self.eval.rerank_top_k} is more than the mining.candidates "
+                             f"{self.mining.candidates} it re-ranks")

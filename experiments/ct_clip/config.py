@@ -3,7 +3,10 @@
 from dataclasses import dataclass, field
 from typing import Literal
 
-from medrepro.config_sections import EncoderConfig, RuntimeConfig, TrainConfig
+from medrepro.config_sections import EncoderConfig, RuntimeConfig, TrainConfig, check_positive, check_range, check_span
+
+# Scans of a synthetic patient are lettered a to h.
+MAX_SCANS = 8
 
 
 @dataclass
@@ -31,6 +34,18 @@ class SyntheticConfig:
     spacing_z: tuple[float, ...] = (2.0, 3.0)
     prevalence: float = 0.3
 
+    def __post_init__(self) -> None:
+        check_positive({"train": self.train, "valid": self.valid, "reconstructions": self.reconstructions,
+                        "size_xy": self.size_xy, "spacing_xy": self.spacing_xy, "spacing_z": self.spacing_z})
+        check_range("scans", self.scans, 1, MAX_SCANS)
+        check_span("slices", self.slices, 1)
+        # The spacings are drawn from: an empty list has nothing to draw.
+        if not self.spacing_xy or not self.spacing_z:
+            raise ValueError(f"spacing_xy and spacing_z need a spacing each, got {list(self.spacing_xy)} and "
+                             f"{list(self.spacing_z)}")
+        # Every label needs both classes for its AUROC.
+        check_range("prevalence", self.prevalence, 0.0, 1.0, open_low=True, open_high=True)
+
 
 @dataclass
 class DataConfig:
@@ -52,6 +67,10 @@ class DataConfig:
     # Findings and evaluates on Findings + Impressions).
     report_fields: tuple[str, ...] = ("Findings_EN", "Impressions_EN")
 
+    def __post_init__(self) -> None:
+        check_positive({"spacing": self.spacing, "shape": self.shape, "shard_samples": self.shard_samples,
+                        "workers": self.workers})
+
 
 @dataclass
 class ModelConfig:
@@ -68,6 +87,16 @@ class ModelConfig:
     max_temperature: float = 4.6052  # ln(100)
     context_length: int = 512
 
+    def __post_init__(self) -> None:
+        check_positive({"dim": self.dim, "patch": self.patch, "temporal_patch": self.temporal_patch,
+                        "spatial_depth": self.spatial_depth, "temporal_depth": self.temporal_depth,
+                        "heads": self.heads, "dim_head": self.dim_head, "latent": self.latent,
+                        "context_length": self.context_length})
+        # Training clamps the temperature at max_temperature: a start above it is not the one that runs.
+        if self.init_temperature > self.max_temperature:
+            raise ValueError(f"init_temperature {self.init_temperature} is above max_temperature "
+                             f"{self.max_temperature}")
+
 
 @dataclass
 class EvalConfig:
@@ -77,6 +106,11 @@ class EvalConfig:
     selection_patients: int = 100
     bootstrap: int = 1000
     alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_positive({"batch_size": self.batch_size, "selection_patients": self.selection_patients,
+                        "bootstrap": self.bootstrap})
+        check_range("alpha", self.alpha, 0.0, 1.0, open_low=True, open_high=True)
 
 
 @dataclass

@@ -3,7 +3,15 @@
 from dataclasses import dataclass, field
 from typing import Literal
 
-from medrepro.config_sections import RuntimeConfig, TrainConfig
+from medrepro.config_sections import (
+    RuntimeConfig,
+    TrainConfig,
+    check_not_negative,
+    check_positive,
+    check_range,
+    check_span,
+    check_split,
+)
 
 
 @dataclass
@@ -42,6 +50,15 @@ class DataConfig:
     # Codes seen fewer times than this in the training split map to [UNK].
     min_count: int = 1
 
+    def __post_init__(self) -> None:
+        check_positive({"synthetic_patients": self.synthetic_patients, "min_count": self.min_count})
+        check_span("synthetic_visits", self.synthetic_visits, 1)
+        check_range("novel_code_probability", self.novel_code_probability, 0.0, 1.0)
+        check_split(self.split)
+        # A truncated sequence keeps [CLS] and max_length - 1 positions after it.
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 ([CLS] and a code), got {self.max_length}")
+
 
 @dataclass
 class ClinVecConfig:
@@ -56,8 +73,7 @@ class ClinVecConfig:
     min_coverage: float = 0.5
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_coverage <= 1.0:
-            raise ValueError(f"min_coverage is a share in [0, 1], got {self.min_coverage}")
+        check_range("min_coverage", self.min_coverage, 0.0, 1.0)
 
 
 @dataclass
@@ -73,6 +89,15 @@ class ModelConfig:
     max_age: int = 120
     max_visits: int = 512
 
+    def __post_init__(self) -> None:
+        check_positive({"hidden_size": self.hidden_size, "layers": self.layers, "heads": self.heads,
+                        "intermediate_size": self.intermediate_size, "max_age": self.max_age,
+                        "max_visits": self.max_visits})
+        check_range("dropout", self.dropout, 0.0, 1.0, open_high=True)
+        # The presets' sizes divide; custom ones must too (attention splits the hidden size over the heads).
+        if self.preset == "custom" and self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of heads {self.heads}")
+
 
 @dataclass
 class PretrainConfig:
@@ -86,8 +111,10 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if min(self.plos_class_weights) <= 0:
-            raise ValueError(f"plos_class_weights must be positive, got {list(self.plos_class_weights)}")
+        # 0 would still mask one code per patient (mask_codes' minimum): a typo, not a setting.
+        check_range("mask_probability", self.mask_probability, 0.0, 1.0, open_low=True)
+        check_not_negative({"plos_days": self.plos_days})
+        check_positive({"plos_class_weights": self.plos_class_weights})
 
 
 @dataclass
@@ -98,6 +125,11 @@ class BaselineConfig:
     xgb_max_depth: int = 4
     xgb_learning_rate: float = 0.1
 
+    def __post_init__(self) -> None:
+        check_positive({"rf_trees": self.rf_trees, "xgb_trees": self.xgb_trees, "xgb_max_depth": self.xgb_max_depth})
+        check_not_negative({"rf_max_depth": self.rf_max_depth})
+        check_range("xgb_learning_rate", self.xgb_learning_rate, 0.0, 1.0, open_low=True)
+
 
 @dataclass
 class EvalConfig:
@@ -106,6 +138,13 @@ class EvalConfig:
     max_fpr: float = 0.2
     bootstrap: int = 1000
     alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_positive({"batch_size": self.batch_size, "bootstrap": self.bootstrap})
+        check_range("threshold", self.threshold, 0.0, 1.0, open_low=True, open_high=True)
+        # The partial ROC-AUC's bound, as sklearn's roc_auc_score takes it.
+        check_range("max_fpr", self.max_fpr, 0.0, 1.0, open_low=True)
+        check_range("alpha", self.alpha, 0.0, 1.0, open_low=True, open_high=True)
 
 
 @dataclass

@@ -4,7 +4,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from medrepro.config_sections import EncoderConfig, RuntimeConfig, TrainConfig
+from medrepro.config_sections import EncoderConfig, RuntimeConfig, TrainConfig, check_positive, check_range, check_split
 
 
 @dataclass
@@ -28,6 +28,11 @@ class DataConfig:
     lmdb_image_size: int = 224
     jpeg_quality: int = 95
 
+    def __post_init__(self) -> None:
+        check_positive({"synthetic_patients": self.synthetic_patients, "lmdb_image_size": self.lmdb_image_size})
+        check_split(self.split)
+        check_range("jpeg_quality", self.jpeg_quality, 0, 100)  # PIL's scale
+
 
 @dataclass
 class ModelConfig:
@@ -44,12 +49,22 @@ class ModelConfig:
     init_logit_scale: float = math.log(90)
     max_logit_scale: float = math.log(100)
 
+    def __post_init__(self) -> None:
+        check_positive({"embed_dim": self.embed_dim, "context_length": self.context_length,
+                        "max_logit_scale": self.max_logit_scale})
+        # Training clamps the (log) scales into [0, max_logit_scale]: a start outside is not the one that runs.
+        check_range("init_logit_scale", self.init_logit_scale, 0.0, self.max_logit_scale)
+
 
 @dataclass
 class EvalConfig:
     batch_size: int = 64
     bootstrap: int = 1000
     alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_positive({"batch_size": self.batch_size, "bootstrap": self.bootstrap})
+        check_range("alpha", self.alpha, 0.0, 1.0, open_low=True, open_high=True)
 
 
 @dataclass
@@ -69,3 +84,8 @@ class RetClipConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     # The prompt templates; empty means prompts.yaml beside this module.
     prompts: str = ""
+
+    def __post_init__(self) -> None:
+        # evaluate and export read seeds[0]; each seed trains into its own seed-<seed> directory.
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")

@@ -4,8 +4,51 @@ Plain dataclasses with no heavy imports, so that a command loads and checks its 
 of a second, before torch is imported (and before the runtime settings below must be in force).
 """
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+
+# Range checks for the sections' __post_init__: the loader turns their ValueError into one line naming
+# the file (or the override) and the section, so each message names the key within its section.
+def check_positive(values: Mapping[str, float | Sequence[float]]) -> None:
+    """Every number, and every item of a list of numbers, above 0."""
+    for name, value in values.items():
+        if isinstance(value, Sequence):
+            if not all(item > 0 for item in value):
+                raise ValueError(f"{name} must all be positive, got {list(value)}")
+        elif value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+
+
+def check_not_negative(values: Mapping[str, float]) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"{name} must be 0 or more, got {value}")
+
+
+def check_range(name: str, value: float, low: float, high: float, *, open_low: bool = False,
+                open_high: bool = False) -> None:
+    """`value` within [low, high]; an open end excludes its bound, as the message writes it."""
+    above = value > low if open_low else value >= low
+    below = value < high if open_high else value <= high
+    if not (above and below):
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        raise ValueError(f"{name} must lie in {interval}, got {value}")
+
+
+def check_span(name: str, span: Sequence[int], least: int) -> None:
+    """A (low, high) pair drawn from inclusively: least <= low <= high."""
+    low, high = span
+    if not least <= low <= high:
+        raise ValueError(f"{name} must be [low, high] with {least} <= low <= high, got {list(span)}")
+
+
+def check_split(split: Sequence[float]) -> None:
+    """Train, validation and test fractions: each split needs patients, and together they are all of them."""
+    if not all(0 < f < 1 for f in split) or not math.isclose(sum(split), 1.0):
+        raise ValueError(f"split must be three fractions in (0, 1) summing to 1, got {list(split)}")
 
 
 @dataclass
@@ -99,29 +142,21 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # Ranges and meaning, not only types: each of these once ran on and failed later, or silently.
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "lr": self.lr, "eval_every_epochs": self.eval_every_epochs,
-                    "log_every_steps": self.log_every_steps, "keep_last": self.keep_last}
-        not_negative = {"weight_decay": self.weight_decay, "warmup_steps": self.warmup_steps,
-                        "warmup_epochs": self.warmup_epochs, "clip_grad_norm": self.clip_grad_norm,
-                        "save_every_steps": self.save_every_steps, "num_workers": self.num_workers,
-                        "early_stopping_patience": self.early_stopping_patience}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        for name, value in not_negative.items():
-            if value < 0:
-                raise ValueError(f"{name} must be 0 or more, got {value}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        check_positive({"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                        "lr": self.lr, "eval_every_epochs": self.eval_every_epochs,
+                        "log_every_steps": self.log_every_steps, "keep_last": self.keep_last})
+        check_not_negative({"weight_decay": self.weight_decay, "warmup_steps": self.warmup_steps,
+                            "warmup_epochs": self.warmup_epochs, "clip_grad_norm": self.clip_grad_norm,
+                            "save_every_steps": self.save_every_steps, "num_workers": self.num_workers,
+                            "early_stopping_patience": self.early_stopping_patience,
+                            "nonfinite_patience": self.nonfinite_patience})
+        check_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
         if self.warmup_steps and self.warmup_epochs:
             raise ValueError("give warmup_steps or warmup_epochs, not both")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}")
-        if self.nonfinite_patience < 0:
-            raise ValueError(f"nonfinite_patience must be 0 or more, got {self.nonfinite_patience}")
 
 
 @dataclass
@@ -156,6 +191,15 @@ class TinyBertConfig:
     lowercase: bool = True
     dropout: float = 0.1
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive({"hidden_size": self.hidden_size, "layers": self.layers, "heads": self.heads,
+                        "intermediate_size": self.intermediate_size, "vocab_size": self.vocab_size,
+                        "max_position": self.max_position})
+        check_range("dropout", self.dropout, 0.0, 1.0, open_high=True)
+        # BERT splits the hidden size evenly over the heads (transformers refuses it when building).
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of heads {self.heads}")
 
 
 @dataclass
