@@ -7,9 +7,18 @@ older releases that it no longer has (retired, or expanded into longer codes) ar
 absent: `resolve_icd` maps them to their nearest ancestor that the table has (E11.659 → E11.65,
 K35.8X → K35.8), which is how the data's `data.retired_icd: ancestor` policy keeps them.
 
-No freely licensed ATC table exists, so ATC codes are checked by structure: letter, two digits,
-letter, letter, two digits, cut at one of the five levels (1, 3, 4, 5 or 7 characters). CPT codes
-are five digits or four digits and a letter (categories II and III); they have no hierarchy here.
+No freely licensed ATC table exists, so ATC codes are checked by their structure, level by level, as
+the WHO Collaborating Centre for Drug Statistics Methodology defines it (Guidelines for ATC
+classification and DDD assignment, part II.A "Structure and nomenclature"; metformin: A, A10, A10B,
+A10BA, A10BA02):
+  1. anatomical main group: one of the fourteen letters A B C D G H J L M N P R S V;
+  2. therapeutic subgroup: two digits, numbered from 01 (00 is no group);
+  3. pharmacological or therapeutic subgroup: a letter;
+  4. chemical, pharmacological or therapeutic subgroup: a letter;
+  5. chemical substance: two digits, numbered from 01.
+A code is cut after one of the five levels (1, 3, 4, 5 or 7 characters). ATCvet codes (Q...) are not
+human ATC codes and are refused. CPT codes are five digits or four digits and a letter (categories
+II and III); they have no hierarchy here.
 """
 
 import re
@@ -18,7 +27,10 @@ import simple_icd_10_cm as icd
 
 KINDS = ("icd10cm", "atc", "cpt")
 ATC_LEVELS = (1, 3, 4, 5, 7)
-_ATC = re.compile(r"[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?")
+ATC_MAIN_GROUPS = "ABCDGHJLMNPRSV"
+_ATC_NUMBER = "(0[1-9]|[1-9][0-9])"  # two digits, 01 to 99: levels 2 and 5 are numbered from 01
+# Level 1, then each further level only after the one before it.
+_ATC = re.compile(f"[{ATC_MAIN_GROUPS}]({_ATC_NUMBER}([A-Z]([A-Z]{_ATC_NUMBER}?)?)?)?")
 _CPT = re.compile(r"[0-9]{4}[0-9FTU]")
 # An ICD-10-CM code's shape: category (letter, digit, digit or letter), then up to four characters.
 _ICD_SHAPE = re.compile(r"[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?")
@@ -52,7 +64,7 @@ def is_valid(kind: str, code: str) -> bool:
     if kind == "icd10cm":
         return normalize_icd(code) is not None
     if kind == "atc":
-        return len(code) in ATC_LEVELS and _ATC.fullmatch(code) is not None
+        return _ATC.fullmatch(code) is not None  # the pattern allows the five level lengths only
     if kind == "cpt":
         return _CPT.fullmatch(code) is not None
     raise ValueError(f"unknown code kind {kind!r}")

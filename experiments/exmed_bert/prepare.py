@@ -128,7 +128,7 @@ def prepare(cfg: ExMedBertConfig, args: argparse.Namespace | None = None) -> Pat
             summary["source"] = str(out / "source" / "patients.json")
         atomic.write_json(tmp / "summary.json", summary)
     print(json.dumps({k: summary[k] for k in ("patients", "positives", "vocabulary", "truncated_patients",
-                                              "dropped_codes", "after_index")}))
+                                              "dropped_codes", "dropped_dates", "after_index")}))
     retired = summary["retired_icd"]["count"]
     if retired:
         print(f"{retired} ICD-10-CM codes absent from the bundled table handled by data.retired_icd="

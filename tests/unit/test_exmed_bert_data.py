@@ -40,6 +40,26 @@ def test_atc_and_cpt_by_structure(kind, code, valid):
     assert codes.is_valid(kind, code) is valid
 
 
+@pytest.mark.parametrize(("code", "valid"), [
+    ("N02BE01", True), ("A10BA02", True), ("V03AB", True), ("S01", True),
+    ("Z99ZZ99", False),  # Z is none of the 14 anatomical main groups
+    ("Q01AA01", False),  # ATCvet, not human ATC
+    ("N00BE01", False),  # level 2 is numbered from 01
+    ("N02BE00", False),  # level 5 too
+    ("N2BE01", False), ("N02B1E01", False), ("n02be01", False)])
+def test_atc_codes_follow_the_who_structure_level_by_level(code, valid):
+    assert codes.is_valid("atc", code) is valid
+
+
+def test_the_synthetic_atc_codes_are_valid():
+    """The generator draws main groups from the 14, level 2 from 01 to 98 and substances 01 to 04."""
+    from experiments.exmed_bert import synthetic
+
+    for seed in range(10):
+        assert all(codes.is_valid("atc", c) for family in synthetic.code_families(seed, n_atc=50)["atc"]
+                   for c in family)
+
+
 def _patient(pid: str, endpoint: int = 0, **extra) -> dict:
     return {"patient_id": pid, "birth_year": 1950, "sex": "F", "state": "CA",
             "diagnoses": [{"code": "E11.65", "date": "2020-01-02"}, {"code": "I10", "date": "2020-03-01"}],
@@ -64,6 +84,40 @@ def test_the_reader_streams_arrays_and_json_lines_across_chunk_boundaries(tmp_pa
     ("E11-9", (None, "malformed")), ("1E1.9", (None, "malformed")), ("E1", (None, "malformed"))])
 def test_icd10cm_codes_absent_from_the_table_resolve_to_their_nearest_ancestor(code, resolved):
     assert codes.resolve_icd(code) == resolved
+
+
+def test_json_lines_are_read_as_patients(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(_patient(f"P{i}")) + "\n" for i in range(3)), encoding="utf-8-sig")
+    assert [p.patient_id for p in read_patients(path, DataConfig())] == ["P0", "P1", "P2"]
+
+
+def test_a_wrapper_object_is_refused_saying_what_to_write(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"patients": [_patient("P1"), _patient("P2")]}, indent=1))
+    with pytest.raises(DataError) as e:
+        list(read_patients(path, DataConfig()))
+    assert str(e.value) == (f"{path}: the top level is an object with key(s) 'patients'; expected a JSON array of "
+                            "patients or one patient object per line (JSON lines): e.g. write the list under "
+                            "'patients' as the whole file")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("42\n", "the top level is a number; expected a JSON array of patients"),
+    ('"patients.csv"', "the top level is a string; expected a JSON array of patients"),
+    ("", "the file is empty; expected a JSON array of patients"),
+    ('{"version": 2}', "the first object has none of a patient's fields (patient_id, "),
+    ('[\n{"patient_id": "P1"},\n[1, 2]\n]', "line 3: expected a patient object, found an array"),
+    ('[{"patient_id": "P1"}] [', "line 1: '[' after the array's closing ']'"),
+    ('[{"patient_id": "P1"}\n{"patient_id": "P2"}]', "line 1: expected ',' or ']' after a patient in the array, "
+                                                     "found '{'"),
+    ('{"patient_id": "P1"}\n{"patient_id": "P2",}', "line 2: malformed JSON: Expecting property name")])
+def test_other_shapes_are_refused_in_one_line(tmp_path, text, message):
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    with pytest.raises(DataError) as e:
+        list(iter_json(path, chunk_size=7))
+    assert str(e.value).startswith(f"{path}: {message}") and "\n" not in str(e.value)
 
 
 def test_a_bad_code_stops_naming_file_patient_and_code(tmp_path):
@@ -145,11 +199,42 @@ def test_a_patient_without_an_index_date_is_one_line(tmp_path):
     assert len(read.events) == 4
 
 
-def test_a_bad_date_is_one_line(tmp_path):
+def test_bad_dates_and_codes_stop_listed_in_file_order(tmp_path):
+    """The first bad items of the file, dates and codes alike, whatever the kind of the first one."""
     path = tmp_path / "p.json"
-    path.write_text(json.dumps([_patient("P1", diagnoses=[{"code": "E11.9", "date": "02/01/2020"}])]))
-    with pytest.raises(DataError, match=r"patient P1: diagnoses code E11\.9: date '02/01/2020' is not an ISO date"):
+    path.write_text(json.dumps([_patient("P1"),
+                                _patient("P2", diagnoses=[{"code": "E11.9", "date": "02/01/2020"}]),
+                                _patient("P3", prescriptions=[{"code": "Z99ZZ99", "date": "2020-01-02"}]),
+                                _patient("P4", procedures=[{"code": "99213", "date": "2020-02-30"}])]))
+    with pytest.raises(DataError) as e:
         list(read_patients(path, DataConfig()))
+    assert str(e.value) == (f"bad codes or dates (the first 3 in file order): "
+                            f"{path}: patient P2: icd10cm code 'E11.9': date '02/01/2020' is not an ISO date "
+                            f"(YYYY-MM-DD); {path}: patient P3: atc code 'Z99ZZ99'; "
+                            f"{path}: patient P4: cpt code '99213': date '2020-02-30' is not an ISO date "
+                            "(YYYY-MM-DD); fix them, or set data.on_bad_code=drop to drop and count them")
+
+
+def test_dropping_bad_dates_counts_them_apart_from_bad_codes(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([_patient("P1", diagnoses=[{"code": "E11.9", "date": "20200102"},
+                                                          {"code": "E11-9", "date": "2020-01-02"},
+                                                          {"code": "I10", "date": "2020-01-03"}])]))
+    report = ReadReport()
+    (patient,) = read_patients(path, DataConfig(on_bad_code="drop"), report)
+    assert [e.code for e in patient.events if e.kind == "icd10cm"] == ["I10"]
+    summary = report.summary()
+    assert summary["dropped_dates"] == {"count": 1, "first": [f"{path}: patient P1: icd10cm code 'E11.9': date "
+                                                              "'20200102' is not an ISO date (YYYY-MM-DD)"]}
+    assert summary["dropped_codes"] == {"count": 1, "first": [f"{path}: patient P1: icd10cm code 'E11-9'"]}
+
+
+def test_a_bad_index_date_stops_under_either_policy(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([_patient("P1", index_date="2021/01/01")]))
+    for policy in ("stop", "drop"):
+        with pytest.raises(DataError, match=r"patient P1: index_date '2021/01/01' is not an ISO date"):
+            list(read_patients(path, DataConfig(on_bad_code=policy)))
 
 
 def test_the_split_is_by_patient_and_does_not_depend_on_file_order(tmp_path):
