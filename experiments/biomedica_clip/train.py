@@ -177,7 +177,7 @@ def train(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, resume: str | N
         if resume:
             saved = json.loads((run_dir / "identity.json").read_text()) if (run_dir / "identity.json").is_file() \
                 else None
-            run_guard.check_resume(saved, ident, run_dir / "identity.json", allow_change=False)
+            run_guard.check_resume(saved, ident, run_dir / "identity.json", allow_change=False, allow_key=None)
         if resume == "latest":
             set_aside_incomplete(logs_dir(run_dir) / "checkpoints")
         command = [*launcher(cfg), *open_clip_args(cfg, run_dir, resume)]
@@ -220,8 +220,8 @@ def set_aside_incomplete(checkpoints: Path) -> None:
             intact = False
         if not intact:
             path.rename(path.with_name(path.name + ".incomplete"))
-            print(f"train: {path} was not completely written (the run was killed while saving it); "
-                  f"set aside as {path.name}.incomplete")
+            print(f"train: {path} is not a whole checkpoint (its zip archive fails its check: cut short by a kill "
+                  f"while saving, or damaged since); set aside as {path.name}.incomplete")
 
 
 def data_files(cfg: BiomedicaClipConfig) -> list[Path]:

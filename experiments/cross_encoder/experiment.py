@@ -42,6 +42,7 @@ EXPERIMENT = Experiment(
     evaluate_outs=("calibration.json", "evaluation_results.json"),
     commands=(
         Command("link", "PubTator or JSON-lines spans → ranked CUIs with calibrated confidence",
-                "experiments.cross_encoder.link:link_command", arguments=_link_arguments),
+                "experiments.cross_encoder.link:link_command", arguments=_link_arguments,
+                writes={"out": "file"}),
     ),
 )

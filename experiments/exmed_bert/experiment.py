@@ -46,6 +46,7 @@ EXPERIMENT = Experiment(
     evaluate_reads_all_runs=True,
     commands=(
         Command("guided", "step-by-step prompts → a resolved config, then the run (needs a terminal)",
-                "experiments.exmed_bert.guided:guided", arguments=_guided_arguments),
+                "experiments.exmed_bert.guided:guided", arguments=_guided_arguments,
+                writes={"out": "dir", "write_config": "file"}),
     ),
 )

@@ -181,7 +181,7 @@ def pretrain(cfg: ExMedBertConfig, args: argparse.Namespace | None = None) -> Pa
 def pretrained_encoder(cfg: ExMedBertConfig, init: str) -> dict[str, torch.Tensor]:
     """The encoder weights of a finished pretraining run."""
     run_dir = Path(cfg.paths.pretrained) / init
-    run_guard.completed(run_dir, init)
+    run_guard.completed(run_dir, init, "finish it with `medrepro exmed_bert pretrain --resume latest`")
     state = checkpoint.load(run_dir / "final.pt")["model"]
     return {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
 

@@ -45,6 +45,7 @@ EXPERIMENT = Experiment(
     compare="experiments.retclip.compare:comparison_section",
     commands=(
         Command("export", "a trained model as a self-contained directory (safetensors, config, tokenizer, prompts)",
-                "experiments.retclip.export:export_command", arguments=_export_arguments),
+                "experiments.retclip.export:export_command", arguments=_export_arguments,
+                writes={"out": "dir"}),
     ),
 )

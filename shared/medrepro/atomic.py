@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medrepro.errors import OutOfSpaceError
+from medrepro.errors import ConfigError, OutOfSpaceError
 
 
 def _umask() -> int:
@@ -54,10 +54,36 @@ def _fsync_tree(root: Path) -> None:
 
 
 @contextmanager
+def _parents(directory: Path) -> Iterator[None]:
+    """Make `directory` and its missing ancestors for the block; if the block fails, remove those it made
+    (when still empty), so that a failed write leaves no trace."""
+    made = []
+    missing = directory
+    while not missing.exists() and missing != missing.parent:
+        made.append(missing)
+        missing = missing.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for made_dir in made:
+            try:
+                made_dir.rmdir()
+            except OSError:
+                break
+        raise
+
+
+@contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with _parents(path.parent), _replacing(path) as tmp:
+        yield tmp
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -107,9 +133,18 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `path` only if the block succeeds."""
+    """Yield a temporary directory that replaces `path` only if the block succeeds. A regular file at
+    `path` is the user's: refused, never replaced."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is a file, not a directory: nothing replaces it; remove it yourself or choose "
+                          "another path")
+    with _parents(path.parent), _replacing_dir(path) as tmp:
+        yield tmp
+
+
+@contextmanager
+def _replacing_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

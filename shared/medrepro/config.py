@@ -126,6 +126,17 @@ def lookup(cfg: Any, key: str) -> Any:
     return value
 
 
+def key_of(cfg: Any, section: Any, prefix: str = "") -> str | None:
+    """The dotted key under which `section` (the object itself) sits in the config `cfg`, or None."""
+    for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(cfg) else ():
+        value = getattr(cfg, f.name)
+        if value is section:
+            return prefix + f.name
+        if dataclasses.is_dataclass(value) and (found := key_of(value, section, f"{prefix}{f.name}.")):
+            return found
+    return None
+
+
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mappings → one mapping with dotted keys; other values (lists included) are leaves."""
     flat: dict[str, Any] = {}

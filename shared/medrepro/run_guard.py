@@ -65,16 +65,20 @@ def exclusive_output(path: str | Path) -> Iterator[Path]:
         yield path
 
 
+def _acquire(handle, directory: Path, what: str) -> None:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        raise RunError(f"{directory} is in use by {holder}: wait for it to finish, or choose another "
+                       f"{what}") from None
+
+
 @contextmanager
 def _held(lock_file: Path, directory: Path, what: str) -> Iterator[None]:
     with open(lock_file, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RunError(f"{directory} is in use by {holder}: wait for it to finish, or choose another "
-                           f"{what}") from None
+        _acquire(handle, directory, what)
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
@@ -83,6 +87,15 @@ def _held(lock_file: Path, directory: Path, what: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_free(directory: str | Path, what: str = "run directory") -> None:
+    """Refuse at once a directory whose lock another process holds. A training takes the lock itself only
+    after building its model and data, seconds later; this check runs before torch is imported."""
+    lock = Path(directory) / LOCK_FILE
+    if lock.is_file():
+        with open(lock) as handle:
+            _acquire(handle, Path(directory), what)
 
 
 def identity(run_config: Any, variant: str, data_checksums: Mapping[str, str]) -> dict[str, Any]:
@@ -109,17 +122,18 @@ def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[st
 
 
 def check_resume(saved: Mapping[str, Any] | None, current: Mapping[str, Any], checkpoint: Path,
-                 allow_change: bool) -> list[str]:
-    """Refuse to resume `checkpoint` under another identity unless allowed; returns the changes."""
+                 allow_change: bool, allow_key: str | None) -> list[str]:
+    """Refuse to resume `checkpoint` under another identity unless allowed; returns the changes.
+    `allow_key` is the config key that allows it for this command (None: nothing does)."""
+    deliberate = f", or pass {allow_key}=true if the change is deliberate" if allow_key else ""
     if saved is None:
         raise CheckpointError(f"{checkpoint} records no run identity (written by an older medrepro): start a new "
-                              "run, or resume it with train.allow_config_change=true")
+                              f"run in another directory{deliberate}")
     changed = differences(saved["values"], current["values"])
     if changed and not allow_change:
         shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
         raise CheckpointError(f"{checkpoint} belongs to another config ({shown}): resume with the config it was "
-                              "trained with, start a new run (--out), or pass train.allow_config_change=true if "
-                              "the change is deliberate")
+                              f"trained with, or start a new run in another directory{deliberate}")
     return changed
 
 
@@ -128,12 +142,12 @@ def mark_complete(run_dir: Path, variant: str, identity_hash: str, step: int, be
                                                  "best_step": best_step})
 
 
-def completed(run_dir: str | Path, variant: str) -> dict[str, Any]:
-    """The completion mark of a finished run of `variant`; one line if it is missing or for another variant."""
+def completed(run_dir: str | Path, variant: str, hint: str) -> dict[str, Any]:
+    """The completion mark of a finished run of `variant`; one line if it is missing or for another variant.
+    `hint` says what to do about an unfinished run, with the command that finishes it."""
     path = Path(run_dir) / COMPLETE_FILE
     if not path.is_file():
-        raise RunError(f"{run_dir} holds no finished run ({COMPLETE_FILE} missing): resume it with "
-                       "`train --resume latest`, or evaluate a named checkpoint with --checkpoint PATH")
+        raise RunError(f"{run_dir} holds no finished run ({COMPLETE_FILE} missing): {hint}")
     mark = json.loads(path.read_text())
     if mark.get("variant") != variant:
         raise RunError(f"{run_dir} is a run of variant {mark.get('variant')!r}, not {variant!r}: pass the "

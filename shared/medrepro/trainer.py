@@ -189,8 +189,10 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
     last_checkpoint = None
     if resume is not None:
         last_checkpoint = checkpoint.resolve_resume(resume, ckpt_dir)
+        # The key as this command spells it (train.…, or pretrain.train.… for a second training section).
+        section = config.key_of(run_config, cfg) if run_config is not None else None
         state, changes = _restore(last_checkpoint, raw_model, optimizer, scheduler, accelerator, current,
-                                  cfg.allow_config_change)
+                                  cfg.allow_config_change, f"{section or 'train'}.allow_config_change")
 
     n_params = sum(p.numel() for p in raw_model.parameters())
     n_trainable = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
@@ -446,9 +448,10 @@ def _save(manager: checkpoint.CheckpointManager, state: TrainState, raw_model: n
 
 
 def _restore(path: Path, raw_model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-             accelerator: Accelerator, current: dict[str, Any], allow_change: bool) -> tuple[TrainState, list[str]]:
+             accelerator: Accelerator, current: dict[str, Any], allow_change: bool, allow_key: str
+             ) -> tuple[TrainState, list[str]]:
     saved = checkpoint.load(path)
-    changes = run_guard.check_resume(saved.get("identity"), current, path, allow_change)
+    changes = run_guard.check_resume(saved.get("identity"), current, path, allow_change, allow_key)
     try:
         raw_model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])

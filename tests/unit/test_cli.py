@@ -48,7 +48,7 @@ def test_missing_image_fails_before_writing_anything(capsys, tmp_path, monkeypat
 def test_build_lmdb_before_prepare(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, err = run(["retclip", "build-lmdb"], capsys)
-    assert code == 2 and "patients.jsonl" in err and "prepare" in err
+    assert code == 2 and "data/retclip/prepared (paths.prepared) not found: run `medrepro retclip prepare` first" in err
 
 
 def test_unknown_variant_lists_the_choices(capsys, tmp_path, monkeypatch):

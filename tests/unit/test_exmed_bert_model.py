@@ -14,8 +14,9 @@ from experiments.exmed_bert import clinvec, dataset, pretrain
 from experiments.exmed_bert.config import ExMedBertConfig, ModelConfig, PathsConfig
 from experiments.exmed_bert.model import PRESETS, Encoder, PretrainModel, count_parameters, initialise, load_clinvec
 from experiments.exmed_bert.prepare import prepare
+from medrepro import run_guard
 from medrepro.config_sections import TrackingConfig, TrainConfig
-from medrepro.errors import DataError
+from medrepro.errors import CheckpointError, DataError, RunError
 
 
 def test_presets_grow_and_are_counted_from_the_model():
@@ -99,6 +100,22 @@ def test_pretraining_resumes_exactly(prepared, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_pretraining_hints_name_what_pretrain_accepts(prepared, tmp_path):
+    """A resume under another config names the key `pretrain` reads (pretrain.train.…, no --out, which it
+    does not have); an unfinished pretraining run points at `pretrain --resume latest`."""
+    run = pretrain.pretrain_one(prepared, "random_init", tmp_path / "runs" / "random_init")
+    changed = dataclasses.replace(prepared, pretrain=dataclasses.replace(
+        prepared.pretrain, train=dataclasses.replace(prepared.pretrain.train, lr=1e-2)))
+    with pytest.raises(CheckpointError) as e:
+        pretrain.pretrain_one(changed, "random_init", run, resume="latest")
+    assert "lr: 0.003 → 0.01" in str(e.value) and "pass pretrain.train.allow_config_change=true" in str(e.value)
+    assert "--out" not in str(e.value)
+    (run / run_guard.COMPLETE_FILE).unlink()
+    unfinished = dataclasses.replace(prepared, paths=dataclasses.replace(prepared.paths, pretrained=str(run.parent)))
+    with pytest.raises(RunError, match=r"finish it with `medrepro exmed_bert pretrain --resume latest`$"):
+        pretrain.pretrained_encoder(unfinished, "random_init")
 
 
 def test_learned_projection_keeps_128_d_vectors_for_the_model(prepared):

@@ -89,11 +89,11 @@ def test_a_deliberate_change_resumes_and_is_recorded(tmp_path):
 def test_completion_mark_and_variant(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(RunError, match="holds no finished run"):
-        run_guard.completed(run, "tiny")
+        run_guard.completed(run, "tiny", "finish it")
     train(run)
-    assert run_guard.completed(run, "tiny")["step"] == 8
+    assert run_guard.completed(run, "tiny", "finish it")["step"] == 8
     with pytest.raises(RunError, match="variant 'tiny', not 'other'"):
-        run_guard.completed(run, "other")
+        run_guard.completed(run, "other", "finish it")
 
 
 def test_a_restart_starts_a_fresh_log_and_a_resume_drops_the_redone_steps(tmp_path):

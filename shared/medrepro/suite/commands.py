@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from medrepro import atomic, config, run_guard, runtime
+from medrepro import atomic, config, preflight, run_guard, runtime
 from medrepro.config_sections import TrackingConfig
 from medrepro.suite import registry
 from medrepro.suite.spec import Command, Experiment, resolve
@@ -93,6 +93,7 @@ def run(experiment: Experiment, argv: Sequence[str]) -> int:
     if args.command == "config":
         print(yaml.safe_dump(config.to_plain(cfg), sort_keys=False), end="")
         return 0
+    _preflight(experiment, cfg, args)
     runtime.pin_torch()
 
     if args.command == "smoke":
@@ -108,7 +109,7 @@ def run(experiment: Experiment, argv: Sequence[str]) -> int:
     elif args.command == "bench":
         _bench(experiment, cfg, args.out)
     else:
-        command = next(c for c in (*experiment.stages, *experiment.commands) if c.name == args.command)
+        command = _command(experiment, args.command)
         # A data stage replaces its outputs as a whole; one writer at a time.
         outs = [Path(config.lookup(cfg, key)) for key in getattr(command, "outs", ())]
         with ExitStack() as held:
@@ -119,16 +120,56 @@ def run(experiment: Experiment, argv: Sequence[str]) -> int:
     return 0
 
 
+def _command(experiment: Experiment, name: str) -> Command:
+    return next(c for c in (*experiment.stages, *experiment.commands) if c.name == name)
+
+
+def _preflight(experiment: Experiment, cfg: object, args: argparse.Namespace) -> None:
+    """Before torch loads: every output writable and not a file where a directory goes, a run directory
+    not in use, a run to evaluate finished, then every input present: a data stage's own, and for
+    training and evaluation every stage's output (as the DVC pipeline has it)."""
+    producers = {key: stage.name for stage in experiment.stages for key in stage.outs}
+    reads: tuple[str, ...] = ()
+    if args.command == "train":
+        run_dir = args.out or Path(cfg.paths.runs) / args.variant
+        preflight.output_dir(run_dir, "--out" if args.out else "paths.runs")
+        run_guard.ensure_free(run_dir)
+        reads = tuple(producers)
+    elif args.command == "evaluate":
+        preflight.output_dir(args.out or Path(cfg.paths.results) / args.variant,
+                             "--out" if args.out else "paths.results")
+        if args.checkpoint == "best":
+            run = args.run or Path(cfg.paths.runs) / args.variant
+            out = f" --out {args.run}" if args.run else ""
+            run_guard.completed(run, args.variant, f"finish it with `medrepro {experiment.name} train --variant "
+                                f"{args.variant}{out} --resume latest`, or evaluate one of its checkpoints with "
+                                "--checkpoint PATH")
+        reads = tuple(producers)
+    elif args.command == "smoke":
+        preflight.output_dir(args.out, "--out")
+    elif args.command == "bench":
+        preflight.output_file(args.out, "--out")
+    else:
+        command = _command(experiment, args.command)
+        for key in getattr(command, "outs", ()):
+            preflight.output_dir(config.lookup(cfg, key), key)
+        for dest, kind in command.writes.items():
+            if getattr(args, dest) is not None:
+                check = preflight.output_dir if kind == "dir" else preflight.output_file
+                check(getattr(args, dest), "--" + dest.replace("_", "-"))
+        reads = getattr(command, "deps", ())
+    for key in reads:
+        preflight.input_path(config.lookup(cfg, key), key, f"medrepro {experiment.name} {producers[key]}")
+
+
 def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> None:
     from medrepro import results
 
     run = args.run or Path(cfg.paths.runs) / args.variant
     out = args.out or Path(cfg.paths.results) / args.variant
-    # The best checkpoint only of a finished run of this variant; a named checkpoint is the user's call,
-    # and the results say so.
+    # The best checkpoint only of a finished run of this variant (checked by _preflight); a named
+    # checkpoint is the user's call, and the results say so.
     complete = args.checkpoint == "best"
-    if complete:
-        run_guard.completed(run, args.variant)
     with run_guard.exclusive_output(out):
         evaluation = resolve(experiment.evaluate)(cfg, args.variant, run, out, args.checkpoint)
         evaluation.info["run"] = {"complete": complete, "checkpoint": args.checkpoint}

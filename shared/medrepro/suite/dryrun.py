@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from medrepro import atomic, config, runtime
+from medrepro import atomic, config, preflight, runtime
 from medrepro.errors import ConfigError, MedreproError
 from medrepro.suite import registry
 from medrepro.suite.pipeline import pipeline_commands
@@ -57,6 +57,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     overrides = [*plan.OVERRIDES, *args.overrides]
     full_cfg = _load(experiment, full, args.overrides)
     cfg = _load(experiment, full, overrides)
+    preflight.output_dir(out, "--out")
     runtime.pin(cfg.runtime)
     import transformers
 

@@ -27,6 +27,9 @@ class Command:
     run: str
     # Adds the command's own options to its argparse parser.
     arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    # Those options that name what the command writes: argparse dest → "dir" or "file", checked before
+    # any work (`medrepro.preflight`).
+    writes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
