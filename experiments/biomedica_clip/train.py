@@ -16,7 +16,8 @@ directory, which also keeps the recorded arguments (and open_clip's params.txt) 
 project lies.
 open_clip_train runs through `open_clip_compat`, which works around two defects of the pinned
 open_clip_torch 3.3.0 + webdataset 1.0.2 (WebDataset training stops after its first shard; DDP on CPU
-is refused) and otherwise calls open_clip_train's `main` unchanged.
+is refused), keys every epoch's random draws by (seed, rank, worker, epoch) so that a resumed run ends
+with the uninterrupted run's weights, and otherwise calls open_clip_train's `main` unchanged.
 """
 
 import csv
@@ -154,7 +155,8 @@ ENTRY = open_clip_compat.__name__
 
 def launcher(cfg: BiomedicaClipConfig) -> list[str]:
     """open_clip_train's `main` through `open_clip_compat` (two defects of the pinned versions worked
-    around, see there); under torchrun with one process per device for processes > 1."""
+    around, random draws keyed by epoch; see there); under torchrun with one process per device for
+    processes > 1."""
     t = cfg.train
     if t.processes == 1:
         return [sys.executable, "-m", ENTRY]

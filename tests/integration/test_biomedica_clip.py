@@ -1,7 +1,8 @@
 """biomedica_clip end to end: the smoke run learns (the `reproduced` pipeline) beyond its majority-class
 baseline, with paired before/after gains; open_clip_train runs the same bits twice, a killed run continues
-with --resume latest, two CPU processes train under torchrun (gloo), the fine-tuned checkpoint loads in a
-fresh process, and bad input (a held-out shard of training, a corrupt sample) stops with one line."""
+with --resume latest to the uninterrupted run's weights (CSV twin and shards), two CPU processes train
+under torchrun (gloo), the fine-tuned checkpoint loads in a fresh process, and bad input (a held-out
+shard of training, a corrupt sample) stops with one line."""
 
 import json
 import os
@@ -120,9 +121,25 @@ def test_killed_run_continues_from_its_checkpoint_epoch_and_finishes(workdir, re
     log = (run / "logs" / "open_clip" / "out.log").read_text()
     assert "epoch_1.pt' (epoch 1)" in log and log.count("Start epoch 0") == 1 and "Start epoch 1" in log
     assert (run / "complete.json").is_file()
-    # open_clip_train restores model, optimizer and scaler, not the RNG: the resumed epoch shuffles the
-    # data in another order, so the weights differ from the uninterrupted run (measured; see the README).
-    assert weights(checkpoint(run, 1)).keys() == weights(checkpoint(reference, 2)).keys()
+    # open_clip_train restores model, optimizer and scaler, not the RNG; open_clip_compat seeds each epoch
+    # from (seed, rank, epoch), so the redone epoch draws what the uninterrupted run's epoch 1 drew.
+    resumed, uninterrupted = weights(checkpoint(run, 2)), weights(checkpoint(reference, 2))
+    assert resumed.keys() == uninterrupted.keys()
+    assert [k for k in uninterrupted if not torch.equal(resumed[k], uninterrupted[k])] == []
+
+
+def test_shards_with_loader_workers_train_the_same_bits_in_a_fresh_process_and_after_a_kill(workdir):
+    """The WebDataset path with two persistent loader workers: open_clip_compat seeds the sample shuffle
+    and the workers' augmentation by (seed, rank, worker, epoch), which open_clip_train leaves unseeded."""
+    args = [*TRAIN, "train.dataset_type=webdataset", "train.workers=2"]
+    whole, killed = workdir / "runs" / "shards", workdir / "runs" / "shards-killed"
+    medrepro(["biomedica_clip", "train", "--out", str(whole), *args], workdir)
+    kill_group_when(["biomedica_clip", "train", "--out", str(killed), *args], workdir, checkpoint(killed, 1))
+    medrepro(["biomedica_clip", "train", "--out", str(killed), "--resume", "latest", *args], workdir)
+    assert "epoch_1.pt' (epoch 1)" in (killed / "logs" / "open_clip" / "out.log").read_text()
+    for epoch in (1, 2):  # epoch 1: another process, same seed; epoch 2: resumed after the kill
+        a, b = weights(checkpoint(whole, epoch)), weights(checkpoint(killed, epoch))
+        assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 def test_two_cpu_processes_train_on_the_shards_under_torchrun(workdir):

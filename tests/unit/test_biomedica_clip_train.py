@@ -116,23 +116,57 @@ def test_launcher_runs_open_clip_main_through_the_compat_entry_and_torchrun_for_
     assert launcher(cfg)[-2:] == ["-m", "experiments.biomedica_clip.open_clip_compat"]
 
 
-def test_compat_keeps_open_clip_main_and_only_drops_the_shard_end_marker(tmp_path):
+def patched_open_clip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_clip_compat.patch() in this process, undone after the test."""
     from open_clip_train import data as open_clip_data
+    from open_clip_train import main as open_clip_main
 
     from experiments.biomedica_clip import open_clip_compat
+
+    for module, name in ((open_clip_data, "tar_file_expander"), (open_clip_data, "get_wds_dataset"),
+                         (open_clip_main, "train_one_epoch"), (torch.nn.parallel, "DistributedDataParallel")):
+        monkeypatch.setattr(module, name, getattr(module, name))
+    open_clip_compat.patch()
+
+
+def test_compat_keeps_open_clip_main_and_only_drops_the_shard_end_marker(tmp_path, monkeypatch):
+    from open_clip_train import data as open_clip_data
 
     synthetic.write_shards(tmp_path, synthetic.samples(0, "train", 6, SMALL), 3)
     urls = [{"url": str(p)} for p in sorted(tmp_path.glob("*.tar"))]
     with pytest.raises(KeyError, match="fname"):  # the defect, as shipped
         list(open_clip_data.tarfile_to_samples_nothrow(urls))
-    original = open_clip_data.tar_file_expander
-    try:
-        open_clip_compat.patch()
-        samples = list(open_clip_data.tarfile_to_samples_nothrow(urls))
-    finally:
-        open_clip_data.tar_file_expander = original
-        torch.nn.parallel.DistributedDataParallel = open_clip_compat.CpuDistributedDataParallel.__mro__[1]
+    patched_open_clip(monkeypatch)
+    samples = list(open_clip_data.tarfile_to_samples_nothrow(urls))
     assert len(samples) == 6 and all({"jpg", "txt", "json"} <= set(s) for s in samples)
+
+
+def wds_epoch_captions(shards: Path, epoch: int, seed: int = 0, resampled: bool = False) -> list[str]:
+    """The captions of one training epoch, in order, through open_clip_train's WebDataset loader built
+    afresh (as a resumed process builds it) at `epoch`."""
+    from argparse import Namespace
+
+    from open_clip_train import data as open_clip_data
+    from torchvision.transforms.functional import to_tensor
+
+    args = Namespace(train_data=f"{shards}/{{000000..000003}}.tar", train_num_samples=24, seed=seed, rank=0,
+                     dataset_resampled=resampled, train_data_upsampling_factors=None, batch_size=4, workers=0,
+                     world_size=1)
+    info = open_clip_data.get_wds_dataset(args, to_tensor, is_train=True, epoch=epoch, tokenizer=lambda t: [t])
+    info.set_epoch(epoch)
+    return [caption for _, captions in info.dataloader for caption in captions]
+
+
+@pytest.mark.parametrize("resampled", [False, True])
+def test_webdataset_sample_order_is_keyed_by_seed_and_epoch(tmp_path, monkeypatch, resampled):
+    synthetic.write_shards(tmp_path, synthetic.samples(0, "train", 24, SMALL), 6)
+    patched_open_clip(monkeypatch)
+    first = wds_epoch_captions(tmp_path, 1, resampled=resampled)
+    # The same epoch in another loader (a resumed process) draws the same order, whatever ran before it.
+    wds_epoch_captions(tmp_path, 0, resampled=resampled)
+    assert wds_epoch_captions(tmp_path, 1, resampled=resampled) == first and len(first) == 24
+    assert wds_epoch_captions(tmp_path, 2, resampled=resampled) != first
+    assert wds_epoch_captions(tmp_path, 1, seed=1, resampled=resampled) != first
 
 
 def test_progress_lines_become_steps(tmp_path):
