@@ -1,6 +1,12 @@
 """biomedica_clip data: synthetic shards in BIOMEDICA's layout (the archive's field names, list labels,
 figure-name keys), the archive's filters and metadata in `verify`, held-out shards and articles kept out
-of training, sources joined with `::`, and bad shards refused with one line naming the shard and the key."""
+of training, sources joined with `::`, and bad shards refused with one line naming the shard and the key.
+
+The layout the fixtures are checked against is the BIOMEDICA ETL's: minwoosun/biomedica-etl at commit
+b53ded3, scripts/06_serilaize_to_webdataset_parallel.py (`generate_webdataset`, `save_example_to_tar`):
+each sample's json holds image_* and article_* fields (`image_primary_label` and
+`image_secondary_label` lists of strings, `article_accession_id` the PMC id), its key is the figure's
+file name `<batch>-<pmcid>-<position>-<id>`; `metadata.FIELDS` lists them in the ETL's order."""
 
 import io
 import json
