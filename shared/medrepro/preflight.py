@@ -35,18 +35,18 @@ def _writable(path: Path, flag: str) -> None:
                           "make that directory writable") from None
 
 
-def output_dir(path: str | Path, flag: str) -> None:
-    """A directory the command creates or replaces: absent or a directory, and writable."""
+def output_dir(path: str | Path, flag: str, replaced: bool = False) -> None:
+    """A directory the command writes into (or, `replaced`, swaps in as a whole, as a data stage does):
+    absent or a directory, and writable where the command writes."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path} ({flag}) is a file, not a directory: nothing replaces it; remove it yourself or "
                           f"choose another {flag}")
-    _writable(path, flag)
-    if path.is_dir():
-        # The command writes inside it (and a stage's atomic replacement renames in its parent).
+    if replaced or not path.is_dir():
+        # Made where it is missing, or (replaced) built beside the old one and renamed onto it.
+        _writable(path.parent / f".{path.name}" if path.is_dir() else path, flag)
+    else:
         _writable(path / "x", flag)
-        if path.parent != path:
-            _writable(path.parent / f".{path.name}", flag)
 
 
 def output_file(path: str | Path, flag: str) -> None:

@@ -152,7 +152,7 @@ def _preflight(experiment: Experiment, cfg: object, args: argparse.Namespace) ->
     else:
         command = _command(experiment, args.command)
         for key in getattr(command, "outs", ()):
-            preflight.output_dir(config.lookup(cfg, key), key)
+            preflight.output_dir(config.lookup(cfg, key), key, replaced=True)
         for dest, kind in command.writes.items():
             if getattr(args, dest) is not None:
                 check = preflight.output_dir if kind == "dir" else preflight.output_file
