@@ -42,7 +42,7 @@ def load_config(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -
         return from_dict(cls, raw, source=str(path))
     except ConfigError as e:
         # A bad value given on the command line is the command line's fault, not the file's.
-        item = _override_for(e.key, overrides)
+        item = _override_for(e.key, overrides) if e.key is not None else _override_named_in(str(e), overrides)
         if item is None:
             raise
         raise ConfigError(f"override {item!r}: {str(e).removeprefix(f'{path}: ')}", e.key) from None
@@ -55,6 +55,15 @@ def _override_for(key: str | None, overrides: Sequence[str]) -> str | None:
     for item in reversed(overrides):
         name = item.partition("=")[0]
         if name == key or name.startswith(f"{key}.") or key.startswith(f"{name}."):
+            return item
+    return None
+
+
+def _override_named_in(message: str, overrides: Sequence[str]) -> str | None:
+    """For a check of top-level keys, which has no section to name: the last override whose key the
+    message names."""
+    for item in reversed(overrides):
+        if re.search(rf"(?<![\w.]){re.escape(item.partition('=')[0])}(?!\w)", message):
             return item
     return None
 

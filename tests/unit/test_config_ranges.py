@@ -129,6 +129,7 @@ def test_an_out_of_range_value_is_one_line_naming_the_key(experiment, overrides,
         load_config(CLASSES[experiment], EXPERIMENTS / experiment / "configs" / "smoke.yaml", overrides)
     message = str(info.value)
     assert fragment in message and "\n" not in message
+    assert message.startswith("override '"), f"blamed on the file, not the override: {message}"
     key = overrides[-1].partition("=")[0]
     assert key.rsplit(".", 1)[-1] in message, f"the key {key} is not named: {message}"
 
