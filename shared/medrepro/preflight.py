@@ -18,15 +18,14 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _writable(path: Path, flag: str) -> None:
-    """`path` (or, if it is still to be made, its nearest existing ancestor) accepts new entries. Tried
-    with a nameless temporary file rather than judged from permission bits, which say nothing of a
-    read-only filesystem and everything is allowed to root."""
-    existing = _nearest_existing(path)
+def _writable(directory: Path, path: Path, flag: str) -> None:
+    """New entries can be made in `directory`, or, if it is still to be made, in its nearest existing
+    ancestor (`path` and `flag` name the output, for the message). Tried with a nameless temporary file
+    rather than judged from permission bits, which say nothing of a read-only filesystem and everything
+    is allowed to root."""
+    existing = _nearest_existing(directory)
     if not existing.is_dir():
-        if existing != path.absolute():
-            raise ConfigError(f"{path} ({flag}): {existing} is a file, not a directory: choose another {flag}")
-        return
+        raise ConfigError(f"{path} ({flag}): {existing} is a file, not a directory: choose another {flag}")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
@@ -42,19 +41,18 @@ def output_dir(path: str | Path, flag: str, replaced: bool = False) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path} ({flag}) is a file, not a directory: nothing replaces it; remove it yourself or "
                           f"choose another {flag}")
-    if replaced or not path.is_dir():
-        # Made where it is missing, or (replaced) built beside the old one and renamed onto it.
-        _writable(path.parent / f".{path.name}" if path.is_dir() else path, flag)
-    else:
-        _writable(path / "x", flag)
+    # Written into: the directory itself. Made where it is missing, or (replaced) built beside the old one
+    # and renamed onto it: its parent.
+    _writable(path if path.is_dir() and not replaced else path.parent, path, flag)
 
 
 def output_file(path: str | Path, flag: str) -> None:
-    """A file the command writes: absent or a regular file, in a writable directory."""
+    """A file the command writes: absent or a regular file, in a writable directory (it is written beside
+    and renamed onto)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} ({flag}) is a directory, not a file: choose a file name")
-    _writable(path.parent / path.name, flag)
+    _writable(path.parent, path, flag)
 
 
 def input_path(path: str | Path, key: str, producer: str) -> None:
