@@ -203,3 +203,40 @@ def test_shards_round_trip_verify_and_resume(tmp_path):
     shards[1].write_bytes(bytes(data))
     with pytest.raises(DataError, match=r"train-000001.tar, sample train_4_a_1: labels must be 18 values of 0 or 1"):
         verify(cfg)
+
+
+def _write_bench_like_shards(out: Path, volumes: list[np.ndarray]) -> Path:
+    import webdataset as wds
+
+    from experiments.ct_clip.data import encode_sample
+    from medrepro.shards import write_manifest
+
+    out.mkdir()
+    with wds.ShardWriter(str(out / "s-%06d.tar"), maxcount=2, verbose=0, mtime=0.0) as sink:
+        for i, volume in enumerate(volumes):
+            sink.write(encode_sample(f"v_{i}", volume, f"report {i}", (i % 2,) * len(ctrate.LABELS), {}))
+    write_manifest(sorted(out.glob("*.tar")), out / "manifest.json", {"shape": list(volumes[0].shape)})
+    return out / "manifest.json"
+
+
+def test_items_stay_intact_when_the_read_buffer_is_reused(tmp_path):
+    """Samples of different sizes share one read buffer: every item handed out keeps its own values
+    after later reads, a subset and a pickled copy (a loader worker) read into buffers of their own,
+    and a sample cut short by a truncated shard is refused rather than read from stale buffer bytes."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    volumes = [rng.uniform(-1, 1, (4, 6, 6)).astype(np.float16) for _ in range(5)]
+    dataset = ShardDataset(_write_bench_like_shards(tmp_path / "shards", volumes))
+    items = [dataset[i] for i in (3, 0, 4, 1, 2)]
+    for i, (volume, text, labels) in zip((3, 0, 4, 1, 2), items, strict=True):
+        np.testing.assert_array_equal(volume[0].numpy(), volumes[i].astype(np.float32))
+        assert text == f"report {i}" and labels.tolist() == [i % 2] * len(ctrate.LABELS)
+    assert dataset._buffer is not None
+    assert pickle.loads(pickle.dumps(dataset))._buffer is None
+    assert dataset.subset(lambda key: key != "v_0")._buffer is None
+
+    shard = sorted((tmp_path / "shards").glob("*.tar"))[-1]
+    shard.write_bytes(shard.read_bytes()[:1500])
+    with pytest.raises(DataError, match=r"s-000002.tar, sample v_4: truncated"):
+        dataset.sample(4)

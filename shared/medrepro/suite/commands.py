@@ -210,10 +210,12 @@ def _bench(experiment: Experiment, cfg: object, out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f"{experiment.name}-bench-") as tmp:
         # A copy: a benchmark may shorten training or redirect outputs without touching the caller's config.
         result = resolve(experiment.bench)(copy.deepcopy(cfg), Path(tmp))
-    # One shape for every experiment: what was measured, the rates, and the ratios with their goals.
-    if set(result) != {"setting", "rates", "ratios", "goals"} or not set(result["goals"]) <= set(result["ratios"]):
-        raise ValueError(f"{experiment.bench} must return setting, rates, ratios and goals (a subset of ratios); "
-                         f"got {sorted(result)}")
+    # One shape for every experiment: what was measured, the rates, and the ratios with their goals; a
+    # ratio measured in interleaved rounds has its median, min and max under `spread`.
+    if (not {"setting", "rates", "ratios", "goals"} <= set(result) <= {"setting", "rates", "ratios", "goals", "spread"}
+            or not set(result["goals"]) | set(result.get("spread", {})) <= set(result["ratios"])):
+        raise ValueError(f"{experiment.bench} must return setting, rates, ratios, goals (a subset of ratios) and "
+                         f"optionally spread (a subset of ratios); got {sorted(result)}")
     env = repro.environment()
     result["environment"] = {k: env[k] for k in ("packages", "cpu_count", "gpus", "runtime")}
     atomic.write_json(out, result)
