@@ -179,3 +179,33 @@ def test_ambiguous_mentions_are_names_of_concepts_with_different_types():
                 Concept("C4", "Renal infarction", ("Renal infarction", "RIN"), ("T037",))]
     # "ri" across two types: ambiguous; "RIN" only within one type; a name of one concept; no name.
     assert ambiguous(["ri", "RIN", "renal imaging", "RX"], concepts).tolist() == [True, False, False, False]
+
+
+def test_pair_logits_come_back_in_input_order_and_equal_one_pair_at_a_time(tmp_path, monkeypatch):
+    """The fast path (tokenised in chunks, sorted by token count, batches cut to their longest pair)
+    gives each pair the logit it gets alone, in the caller's order, across chunk and batch edges, also
+    from a tokenizer that pads on the left by default (BERT's positions would shift)."""
+    from experiments.cross_encoder import model as cross
+    from medrepro.config_sections import TinyBertConfig
+    from medrepro.tiny import build_tiny_bert
+
+    rng = np.random.default_rng(3)
+    words = ["renal", "failure", "acute", "ri", "imaging", "patients", "with", "the", "[", "]", "(", ")"]
+    pairs = [(" ".join(rng.choice(words, rng.integers(1, 30))), " ".join(rng.choice(words, rng.integers(1, 12))))
+             for _ in range(23)]
+    directory = build_tiny_bert(tmp_path / "bert", [a + " " + b for a, b in pairs],
+                                TinyBertConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32, dropout=0.0))
+    model, tokenizer = cross.load(directory)
+    tokenizer.padding_side = "left"
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.classifier.weight, std=3.0)  # a fresh head's logits barely differ
+    monkeypatch.setattr(cross, "CHUNK_BATCHES", 2)  # 23 pairs in batches of 4: chunks of 8, the last short
+    fast = cross.pair_logits(model, tokenizer, pairs, batch_size=4, max_length=24)
+    with torch.inference_mode():
+        alone = [model(**tokenizer(a, b, truncation=True, max_length=24, return_tensors="pt")).logits[0, 0].item()
+                 for a, b in pairs]
+    np.testing.assert_allclose(fast, alone, atol=1e-5)
+    assert len(set(np.round(fast, 4))) > 10, "the pairs should score differently"
+    model.train()
+    cross.pair_logits(model, tokenizer, pairs[:3], 4, 24)
+    assert model.training
