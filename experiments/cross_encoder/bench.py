@@ -1,11 +1,12 @@
 """`bench`: throughput ratios against references measured in the same process.
 
-(a) scoring: pairs/s of our evaluation path (`model.pair_logits`: pairs sorted by length into
-    batches, padded per batch, the input order restored) against sentence-transformers'
-    `CrossEncoder.predict` on the same model and the same pairs, the mined test pairs: the realistic
-    length mix of mentions (abbreviations to long reordered names) against candidate names. The scores
-    must agree (the largest difference is reported). The goal, 1.5×, is issue 12's; note that
-    sentence-transformers 5 sorts by length too, so the gain is its per-batch overhead, not padding.
+(a) scoring: pairs/s of our evaluation path (`model.pair_logits`: pairs encoded in one tokenizer call
+    per chunk, sorted by token count into batches padded to their longest pair, the input order
+    restored) against sentence-transformers' `CrossEncoder.predict` on the same model and the same
+    pairs, the mined test pairs: the realistic length mix of mentions in their context against
+    candidate names with their types. The scores must agree (the largest difference is reported).
+    sentence-transformers 5 sorts by character count and encodes each batch on its own; the gain is
+    the padding the token count saves and the per-batch encoding overhead. Goal 1.5×.
 (b) mining: mentions/s of the FAISS search against exact search in torch (one matrix product and
     top-k over every name) on the same vectors at the same depth; then, in mentions/s, the candidate
     lists (search and one concept per name group, `NameIndex.candidates`) and the whole `mine`
@@ -16,8 +17,9 @@
 (d) scaling of `mine`: prepare, index and mine on the synthetic corpus at ×1, ×10 and ×100 its
     documents (the concepts, and so the index, stay: (c) is where the names grow), with the exponent
     of seconds against mentions per phase (1.0 is linear).
-Each side is measured `repeats` times, alternating, and the best is kept, which damps the noise of a
-shared machine. The ratios are what to compare across machines, not the absolute rates.
+(a) and (c) run `repeats` interleaved rounds (both sides back to back in each round) and report the
+median ratio with its min and max (`spread`); (b) measures each side `repeats` times, alternating, and
+keeps the best. The ratios are what to compare across machines, not the absolute rates.
 """
 
 import dataclasses
@@ -36,7 +38,7 @@ from experiments.cross_encoder.mining import mine, mine_timed, read_pairs
 from experiments.cross_encoder.prepare import prepare, read_concepts, read_mentions
 from experiments.cross_encoder.retrieval import BiEncoder, index_concepts, name_rows, read_index
 from medrepro import repro
-from medrepro.benchmark import scaling_exponent
+from medrepro.benchmark import interleaved_ratio, scaling_exponent
 from medrepro.calibration import sigmoid
 from medrepro.device import default_device
 from medrepro.errors import DataError
@@ -59,24 +61,16 @@ def scoring_ratio(cfg: CrossEncoderConfig, workdir: Path, n_pairs: int, repeats:
     theirs = CrossEncoder(str(exported), device=str(default_device()), max_length=cfg.max_length)
     batch = cfg.eval.batch_size
 
-    def time_ours() -> float:
-        t0 = time.perf_counter()
-        cross.pair_logits(ours, tokenizer, pairs, batch, cfg.max_length)
-        return time.perf_counter() - t0
-
-    def time_theirs() -> float:
-        t0 = time.perf_counter()
-        theirs.predict(pairs, batch_size=batch, show_progress_bar=False)
-        return time.perf_counter() - t0
-
-    ours_s, theirs_s = _best(time_ours, repeats), _best(time_theirs, repeats)
+    timed = interleaved_ratio(lambda: theirs.predict(pairs, batch_size=batch, show_progress_bar=False),
+                              lambda: cross.pair_logits(ours, tokenizer, pairs, batch, cfg.max_length), repeats)
     gap = np.abs(sigmoid(cross.pair_logits(ours, tokenizer, pairs, batch, cfg.max_length))
                  - theirs.predict(pairs, batch_size=batch, show_progress_bar=False)).max()
     return {
         "pairs": len(pairs),
-        "score_pairs_per_s_ours": len(pairs) / ours_s,
-        "score_pairs_per_s_sentence_transformers": len(pairs) / theirs_s,
-        "score_ratio": theirs_s / ours_s,
+        "score_pairs_per_s_ours": len(pairs) / timed["candidate_s"],
+        "score_pairs_per_s_sentence_transformers": len(pairs) / timed["reference_s"],
+        "score_ratio": timed["median"],
+        "score_spread": timed,
         "score_max_abs_difference": float(gap),
     }
 
@@ -172,7 +166,7 @@ def bench(cfg: CrossEncoderConfig, workdir: Path) -> dict:
                         "`medrepro cross_encoder prepare`, `index` and `mine` first")
     scoring = scoring_ratio(cfg, workdir, cfg.bench.score_pairs, cfg.bench.repeats)
     mining = mining_ratio(cfg, workdir, cfg.bench.repeats)
-    faiss_scale = index_bench(cfg.bench, cfg.seed, cfg.index.hnsw_m, workdir)
+    faiss_scale = index_bench(cfg.bench, cfg.seed, workdir)
     chosen = faiss_scale["chosen"]
     if cfg.data.source == "synthetic":
         scaling = mine_scaling(cfg, workdir)
@@ -180,11 +174,18 @@ def bench(cfg: CrossEncoderConfig, workdir: Path) -> dict:
         print("mine scaling: skipped (it runs on the synthetic corpus; use the smoke profile)")
         scaling = {"rows": [], "exponents": {}}
     rates = {**scoring, **mining}
+    score_spread = rates.pop("score_spread")
     ratios = {"score_ratio": scoring["score_ratio"], "search_ratio": mining["search_ratio"]}
     goals = {"score_ratio": 1.5}
-    if chosen is not None:
-        ratios["index_speedup"] = chosen["speedup"]
+    spread = {"score_ratio": score_spread}
+    # The chosen setting, or where none meets the goal in every round, the fastest that reaches the
+    # recall: the miss shows in the ratios rather than the goal going quietly missing.
+    shown = chosen or faiss_scale["fastest_at_recall"]
+    if shown is not None:
+        ratios["index_speedup"] = shown["speedup"]
         goals["index_speedup"] = faiss_scale["goals"]["speedup"]
+        spread["index_speedup"] = {"median": shown["speedup"], "min": shown["speedup_min"],
+                                   "max": shown["speedup_max"], "rounds": shown["speedup_rounds"]}
     return {
         "setting": {**{k: rates.pop(k) for k in ("pairs", "mentions", "names", "index", "search_depth")},
                     "index_sizes": cfg.bench.index_sizes, "index_queries": cfg.bench.index_queries,
@@ -193,5 +194,6 @@ def bench(cfg: CrossEncoderConfig, workdir: Path) -> dict:
                   "index": faiss_scale["rows"], "index_chosen": chosen,
                   "mine_scaling": scaling["rows"], "mine_scaling_exponents": scaling["exponents"]},
         "ratios": ratios,
+        "spread": spread,
         "goals": goals,
     }

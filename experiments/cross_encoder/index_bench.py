@@ -24,15 +24,16 @@ is used, as the full profile does.
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from experiments.cross_encoder.config import BenchConfig, IndexConfig
-from experiments.cross_encoder.retrieval import empty_index
+from experiments.cross_encoder.config import BenchConfig, index_config
+from experiments.cross_encoder.retrieval import empty_index, searched_index, set_search
+from medrepro.benchmark import spread
 
 NAMES_PER_CONCEPT = 3
 BLOCK_CONCEPTS = 20_000
@@ -43,6 +44,10 @@ QUERY_SPREAD = 0.3
 RECALL_GOAL = 0.99
 SPEEDUP_GOAL = 10.0
 TRAIN_PER_LIST = 40
+# Training sample of the other kinds that train (a scalar quantizer's ranges).
+TRAIN_OTHERS = 100_000
+# Names kept in memory between the interleaved rounds up to this size (1M names of width 768: 3 GB).
+KEEP_NAMES_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -102,18 +107,15 @@ def index_bytes(index: faiss.Index, scratch: Path) -> int:
     return size
 
 
-def _index_config(kind: str) -> IndexConfig:
-    base, _, storage = kind.partition("_")
-    return IndexConfig(kind=base, storage=storage or "float32")
-
-
-def build(names: SyntheticNames, kind: str, ivf_nlist: int, hnsw_m: int) -> tuple[faiss.Index, float]:
+def build(names: SyntheticNames, kind: str, ivf_nlist: int, hnsw_m: int,
+          hnsw_ef_construction: int = 40) -> tuple[faiss.Index, float]:
     """(index, build seconds without generating the vectors)."""
-    cfg = _index_config(kind)
-    cfg.ivf_nlist, cfg.hnsw_m = ivf_nlist, hnsw_m
+    cfg = index_config(kind)
+    cfg.ivf_nlist, cfg.hnsw_m, cfg.hnsw_ef_construction = ivf_nlist, hnsw_m, hnsw_ef_construction
     index = empty_index(names.dim, names.n, cfg)
     # IVF's k-means wants 39 to 256 names per list: 40 keeps its cost (lists × sample) in bounds.
-    wanted = min(names.n, TRAIN_PER_LIST * getattr(index, "nlist", 1))
+    nlist = getattr(searched_index(index), "nlist", 0)
+    wanted = min(names.n, TRAIN_PER_LIST * nlist) if nlist else min(names.n, TRAIN_OTHERS)
     pending: list[np.ndarray] = []
     seconds = 0.0
     for block in names.blocks():
@@ -131,26 +133,26 @@ def build(names: SyntheticNames, kind: str, ivf_nlist: int, hnsw_m: int) -> tupl
 
 
 def search(index: faiss.Index, queries: np.ndarray) -> tuple[np.ndarray, float]:
-    """(rows of the top DEPTH names per query, queries per second)."""
+    """(rows of the top DEPTH names per query, seconds)."""
     t0 = time.perf_counter()
     _, rows = index.search(queries, DEPTH)
-    return rows, len(queries) / (time.perf_counter() - t0)
+    return rows, time.perf_counter() - t0
 
 
-def exact_search(names: SyntheticNames, queries: np.ndarray) -> tuple[np.ndarray, float]:
+def exact_search(blocks: Iterable[np.ndarray], queries: np.ndarray) -> tuple[np.ndarray, float]:
     """What `IndexFlatIP.search` computes (one matrix product and a heap per block of names), block
     by block: a flat index of 4M names would hold 12 GB, and growing it to that size needs twice as
-    much. (rows, queries per second, the generation of the names not counted)."""
+    much. (rows, seconds, the generation of the names not counted)."""
     heap = faiss.ResultHeap(len(queries), DEPTH, keep_max=True)
     seconds, offset = 0.0, 0
-    for block in names.blocks():
+    for block in blocks:
         t0 = time.perf_counter()
         scores, rows = faiss.knn(queries, block, min(DEPTH, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
         heap.add_result(scores, np.where(rows >= 0, rows + offset, -1))
         seconds += time.perf_counter() - t0
         offset += len(block)
     heap.finalize()
-    return heap.I, len(queries) / seconds
+    return heap.I, seconds
 
 
 def recall(found: np.ndarray, exact: np.ndarray) -> dict[str, float]:
@@ -159,74 +161,108 @@ def recall(found: np.ndarray, exact: np.ndarray) -> dict[str, float]:
     return {"recall_at_1": at_1, f"recall_at_{DEPTH}": at_depth}
 
 
-def _settings(kind: str, cfg: BenchConfig) -> list[tuple[str, int]]:
-    if kind.startswith("hnsw"):
-        return [("ef_search", ef) for ef in cfg.hnsw_ef_search]
-    return [("nprobe", nprobe) for nprobe in cfg.ivf_nprobe]
+@dataclass(frozen=True)
+class Setting:
+    """One search setting of an index: HNSW's efSearch or IVF's nprobe, and the re-ranking factor."""
+
+    name: str
+    value: int
+    refine_factor: int = 0
+
+    def apply(self, index: faiss.Index) -> None:
+        set_search(index, self.value, self.value, self.refine_factor or 1)
 
 
-def _apply(index: faiss.Index, setting: str, value: int) -> None:
-    if setting == "ef_search":
-        index.hnsw.efSearch = value
-    else:
-        index.nprobe = min(value, index.nlist)
+def settings(kind: str, cfg: BenchConfig) -> list[Setting]:
+    name, values = ("ef_search", cfg.hnsw_ef_search) if kind.startswith("hnsw") else ("nprobe", cfg.ivf_nprobe)
+    factors = cfg.refine_factors if index_config(kind).refine != "none" else [0]
+    return [Setting(name, value, factor) for value in values for factor in factors]
 
 
-def measure_size(n: int, cfg: BenchConfig, seed: int, hnsw_m: int, workdir: Path,
-                 log: Callable[[str], None] = print) -> list[dict]:
-    """One row per index and search setting at `n` names, exact search first."""
+def measure_size(n: int, cfg: BenchConfig, seed: int, workdir: Path, log: Callable[[str], None] = print) -> list[dict]:
+    """One row per index and search setting at `n` names, exact search first.
+
+    Speed is measured in `cfg.repeats` interleaved rounds per index: exact search, then every setting,
+    with the same queries; a setting's speedup in a round is that round's exact seconds over its own,
+    so a slow spell of a shared machine falls on both sides. The row gives the median speedup, its
+    min and max, and every round's."""
     scratch = workdir / "index.faiss"
     names = SyntheticNames(n, cfg.index_dim, cfg.index_latent_dim, seed)
     queries, _ = names.queries(cfg.index_queries)
+    # The names are kept between rounds where they fit, and generated again (untimed) where not.
+    kept = list(names.blocks()) if n * names.dim * 4 <= KEEP_NAMES_BYTES else None
+
+    def blocks() -> Iterable[np.ndarray]:
+        return kept if kept is not None else names.blocks()
+
     # One inverted list per ~250 names up to 4√n lists (faiss' rule of thumb for millions).
     nlist = int(2 ** round(np.log2(max(1.0, min(n / 250, 4 * np.sqrt(n))))))
-    exact, exact_rate = exact_search(names, queries)
+    exact, exact_s = exact_search(blocks(), queries)
     size = n * names.dim * 4  # IndexFlatIP stores the float32 vectors and nothing else
-    rows = [{"names": n, "kind": "flat", "setting": "", "value": 0, "nlist": 0, "hnsw_m": 0, "build_s": 0.0,
-             "memory_mb": size / 2**20, "queries_per_s": exact_rate, "speedup": 1.0, "recall_at_1": 1.0,
+    rows = [{"names": n, "kind": "flat", "setting": "", "value": 0, "refine_factor": 0, "nlist": 0, "hnsw_m": 0,
+             "hnsw_ef_construction": 0,
+             "build_s": 0.0, "memory_mb": size / 2**20, "queries_per_s": len(queries) / exact_s, "speedup": 1.0,
+             "speedup_min": 1.0, "speedup_max": 1.0, "speedup_rounds": [], "recall_at_1": 1.0,
              f"recall_at_{DEPTH}": 1.0}]
-    log(f"index bench {n:,} names: exact {exact_rate:,.0f} queries/s, {size / 2**20:,.0f} MB")
+    log(f"index bench {n:,} names: exact {len(queries) / exact_s:,.0f} queries/s, {size / 2**20:,.0f} MB")
     if n > cfg.approximate_max_names:
         log(f"index bench {n:,} names: approximate kinds skipped above bench.approximate_max_names")
         return rows
     for kind in cfg.index_kinds:
         t0 = time.perf_counter()
-        index, build_s = build(names, kind, nlist, hnsw_m)
+        index, build_s = build(names, kind, nlist, cfg.hnsw_m, cfg.hnsw_ef_construction)
         size = index_bytes(index, scratch)
-        for setting, value in _settings(kind, cfg):
-            _apply(index, setting, value)
-            found, rate = search(index, queries)
-            rows.append({"names": n, "kind": kind, "setting": setting, "value": value,
-                         "nlist": getattr(index, "nlist", 0), "hnsw_m": hnsw_m if kind.startswith("hnsw") else 0,
+        chosen = settings(kind, cfg)
+        exact_rounds: list[float] = []
+        seconds: dict[Setting, list[float]] = {s: [] for s in chosen}
+        found: dict[Setting, np.ndarray] = {}
+        for _ in range(cfg.repeats):
+            exact_rounds.append(exact_search(blocks(), queries)[1])
+            for setting in chosen:
+                setting.apply(index)
+                found[setting], took = search(index, queries)
+                seconds[setting].append(took)
+        for setting in chosen:
+            speedup = spread([e / t for e, t in zip(exact_rounds, seconds[setting], strict=True)])
+            rows.append({"names": n, "kind": kind, "setting": setting.name, "value": setting.value,
+                         "refine_factor": setting.refine_factor, "nlist": getattr(searched_index(index), "nlist", 0),
+                         "hnsw_m": cfg.hnsw_m if kind.startswith("hnsw") else 0,
+                         "hnsw_ef_construction": cfg.hnsw_ef_construction if kind.startswith("hnsw") else 0,
                          "build_s": build_s,
-                         "memory_mb": size / 2**20, "queries_per_s": rate, "speedup": rate / exact_rate,
-                         **recall(found, exact)})
+                         "memory_mb": size / 2**20, "queries_per_s": len(queries) / float(np.median(seconds[setting])),
+                         "speedup": speedup["median"], "speedup_min": speedup["min"], "speedup_max": speedup["max"],
+                         "speedup_rounds": speedup["rounds"], **recall(found[setting], exact)})
         del index
         best = max((r for r in rows if r["kind"] == kind), key=lambda r: r[f"recall_at_{DEPTH}"])
         log(f"index bench {n:,} names: {kind} built in {build_s:.0f}s, best recall@{DEPTH} "
-            f"{best[f'recall_at_{DEPTH}']:.4f} at {best['speedup']:.1f}× exact ({time.perf_counter() - t0:.0f}s)")
+            f"{best[f'recall_at_{DEPTH}']:.4f} at {best['speedup']:.1f}× exact (min {best['speedup_min']:.1f}, "
+            f"max {best['speedup_max']:.1f}; {time.perf_counter() - t0:.0f}s)")
     return rows
+
+
+def _at_recall(rows: list[dict]) -> list[dict]:
+    """The settings at the largest size with approximate kinds that reach recall@64 ≥ 0.99."""
+    approximate = [r for r in rows if r["kind"] != "flat"]
+    largest = max((r["names"] for r in approximate), default=0)
+    return [r for r in approximate if r["names"] == largest and r[f"recall_at_{DEPTH}"] >= RECALL_GOAL]
 
 
 def choose(rows: list[dict]) -> dict | None:
     """At the largest size with approximate kinds: of the settings reaching recall@64 ≥ 0.99 at ≥ 10×
-    exact search's rate, the one using the least memory, then the fastest; None if none does."""
-    approximate = [r for r in rows if r["kind"] != "flat"]
-    if not approximate:
-        return None
-    largest = max(r["names"] for r in approximate)
-    good = [r for r in approximate if r["names"] == largest and r[f"recall_at_{DEPTH}"] >= RECALL_GOAL
-            and r["speedup"] >= SPEEDUP_GOAL]
+    exact search's rate in every round, the one using the least memory, then the fastest; None if none does."""
+    good = [r for r in _at_recall(rows) if r["speedup_min"] >= SPEEDUP_GOAL]
     return min(good, key=lambda r: (r["memory_mb"], -r["queries_per_s"]), default=None)
 
 
-def index_bench(cfg: BenchConfig, seed: int, hnsw_m: int, workdir: Path, log: Callable[[str], None] = print) -> dict:
+def index_bench(cfg: BenchConfig, seed: int, workdir: Path, log: Callable[[str], None] = print) -> dict:
     """Every size of `cfg.index_sizes`; the rows, and the chosen setting."""
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     try:
-        rows = [row for n in cfg.index_sizes for row in measure_size(n, cfg, seed, hnsw_m, workdir, log)]
+        rows = [row for n in cfg.index_sizes for row in measure_size(n, cfg, seed, workdir, log)]
     finally:
         faiss.omp_set_num_threads(threads)
-    return {"rows": rows, "chosen": choose(rows), "depth": DEPTH, "queries": cfg.index_queries,
+    fastest = max(_at_recall(rows), key=lambda r: r["speedup_min"], default=None)
+    return {"rows": rows, "chosen": choose(rows), "fastest_at_recall": fastest, "depth": DEPTH,
+            "queries": cfg.index_queries, "rounds": cfg.repeats,
             "threads": os.cpu_count() or 1, "goals": {f"recall_at_{DEPTH}": RECALL_GOAL, "speedup": SPEEDUP_GOAL}}

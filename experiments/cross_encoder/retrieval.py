@@ -23,7 +23,7 @@ from experiments.cross_encoder.prepare import read_concepts
 from experiments.cross_encoder.umls import Concept
 from medrepro import atomic
 from medrepro.device import default_device
-from medrepro.errors import DataError
+from medrepro.errors import ConfigError, DataError
 
 INDEX_FILE = "names.faiss"
 NAMES_FILE = "names.jsonl"
@@ -56,7 +56,7 @@ class BiEncoder:
 
 def build_index(vectors: np.ndarray, cfg: IndexConfig) -> faiss.Index:
     """An inner-product index over unit vectors: exact (`flat`) or approximate (`hnsw`, `ivf`), the
-    approximate ones storing float32 or fp16 vectors."""
+    approximate ones storing float32, fp16 or 8-bit vectors, optionally re-ranked on a second copy."""
     n, dim = vectors.shape
     index = empty_index(dim, n, cfg)
     if not index.is_trained:
@@ -65,34 +65,71 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig) -> faiss.Index:
     return index
 
 
+def factory_string(n: int, cfg: IndexConfig) -> str:
+    """The index as faiss' `index_factory` spells it, e.g. `PCA128,IVF4096,Flat,Refine(SQfp16)`."""
+    if cfg.kind == "flat":
+        return "Flat"
+    reduce = f"PCA{cfg.reduce_dim}," if cfg.reduce_dim else ""
+    codes = {"float32": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}[cfg.storage]
+    # k-means needs about 39 training points per list; fewer names get fewer lists, not an error.
+    coarse = f"HNSW{cfg.hnsw_m}" if cfg.kind == "hnsw" else f"IVF{max(1, min(cfg.ivf_nlist, n // 39))}"
+    refine = {"none": "", "fp16": ",Refine(SQfp16)", "float32": ",RFlat"}[cfg.refine]
+    return f"{reduce}{coarse},{codes}{refine}"
+
+
 def empty_index(dim: int, n: int, cfg: IndexConfig) -> faiss.Index:
     """The untrained index `build_index` fills, sized for `n` vectors (IVF's list count depends on it)."""
-    ip = faiss.METRIC_INNER_PRODUCT
-    fp16 = cfg.storage == "fp16"
-    if cfg.kind == "flat":
-        return faiss.IndexFlatIP(dim)
+    if cfg.reduce_dim >= dim:
+        raise ConfigError(f"index.reduce_dim {cfg.reduce_dim} is not below the encoder's width {dim}: lower it, "
+                          "or set 0 to search every dimension")
+    index = faiss.index_factory(dim, factory_string(n, cfg), faiss.METRIC_INNER_PRODUCT)
+    if cfg.kind == "ivf":
+        searched_index(index).cp.seed = 1234
     if cfg.kind == "hnsw":
-        if fp16:
-            return faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, cfg.hnsw_m, ip)
-        return faiss.IndexHNSWFlat(dim, cfg.hnsw_m, ip)
-    # k-means needs about 39 training points per list; fewer names get fewer lists, not an error.
-    nlist = max(1, min(cfg.ivf_nlist, n // 39))
-    if fp16:
-        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_fp16, ip)
-    else:
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, ip)
-    index.cp.seed = 1234
+        searched_index(index).hnsw.efConstruction = cfg.hnsw_ef_construction
     return index
 
 
+def variance_kept(index: faiss.Index) -> float | None:
+    """The share of the names' variance in the principal components a `reduce_dim` index searches
+    (None without them): low, and the search misses neighbours that the re-ranking cannot bring back."""
+    if isinstance(index, faiss.IndexRefine):
+        index = faiss.downcast_index(index.base_index)
+    if not isinstance(index, faiss.IndexPreTransform):
+        return None
+    pca = faiss.downcast_VectorTransform(index.chain.at(0))
+    eigenvalues = faiss.vector_to_array(pca.eigenvalues)
+    return float(eigenvalues[:pca.d_out].sum() / eigenvalues.sum())
+
+
+def searched_index(index: faiss.Index) -> faiss.Index:
+    """The approximate index inside the re-ranking and projecting wrappers (the index itself when
+    there are none)."""
+    if isinstance(index, faiss.IndexRefine):
+        index = faiss.downcast_index(index.base_index)
+    if isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index
+
+
+def set_search(index: faiss.Index, ef_search: int, nprobe: int, refine_factor: int) -> None:
+    """HNSW's candidate list, IVF's lists searched (nprobe 1, faiss' default, would search one list in
+    1024) and the re-ranking depth factor, where the index has them."""
+    if isinstance(index, faiss.IndexRefine):
+        index.k_factor = float(refine_factor)
+    inner = searched_index(index)
+    if isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = min(nprobe, inner.nlist)
+    if isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efSearch = ef_search
+
+
 def configure_search(index: faiss.Index, cfg: IndexConfig) -> faiss.Index:
-    """Set the search-time knobs (nprobe 1, faiss' default, would search one IVF list in 1024) and
-    move the index to a GPU when asked and possible (HNSW has no GPU version)."""
-    if isinstance(index, faiss.IndexIVF):
-        index.nprobe = min(cfg.ivf_nprobe, index.nlist)
-    if isinstance(index, faiss.IndexHNSW):
-        index.hnsw.efSearch = cfg.hnsw_ef_search
-    if cfg.gpu and cfg.kind != "hnsw" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+    """Set the search-time knobs and move the index to a GPU when asked and possible (HNSW, and the
+    re-ranking wrapper, have no GPU version)."""
+    set_search(index, cfg.hnsw_ef_search, cfg.ivf_nprobe, cfg.refine_factor)
+    if (cfg.gpu and cfg.kind != "hnsw" and cfg.refine == "none" and not cfg.reduce_dim
+            and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0):
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     return index
 
@@ -167,8 +204,14 @@ def write_index(directory: str | Path, concepts: list[Concept], encoder: BiEncod
     meta = {"kind": cfg.kind, "storage": "float32" if cfg.kind == "flat" else cfg.storage, "encoder": encoder_path,
             "pooling": "cls", "dim": int(vectors.shape[1]),
             "names": len(names), "concepts": len(concepts)}
-    if isinstance(index, faiss.IndexIVF):
-        meta["nlist"] = int(index.nlist)
+    if cfg.refine != "none" or cfg.reduce_dim:
+        meta |= {"reduce_dim": cfg.reduce_dim, "refine": cfg.refine, "factory": factory_string(len(names), cfg)}
+    if cfg.reduce_dim:
+        meta["variance_kept"] = variance_kept(index)
+        print(f"the first {cfg.reduce_dim} principal components hold {meta['variance_kept']:.1%} of the names' "
+              "variance; if mining.json's candidate recall falls short, raise index.reduce_dim (0: all)")
+    if isinstance(searched_index(index), faiss.IndexIVF):
+        meta["nlist"] = int(searched_index(index).nlist)
     with atomic.atomic_dir(directory) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
         (tmp / NAMES_FILE).write_text("".join(json.dumps({"cui": concepts[o].cui, "name": n}) + "\n"
