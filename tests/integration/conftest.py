@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import add_time
 
 REPO = Path(__file__).resolve().parents[2]
 TRACE_HOOK = Path(__file__).with_name("trace")
@@ -111,9 +114,17 @@ class PipelineInBackground:
                           MEDREPRO_TRACE_DIR=str(self.trace_dir),
                           PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
         self.args = [sys.executable, "-m", "medrepro", "verify", "--workdir", str(self.workdir)]
+        self.started = time.monotonic()
         with open(self.log_dir / "stdout", "wb") as out, open(self.log_dir / "stderr", "wb") as err:
             self.proc = subprocess.Popen(self.args, cwd=REPO, env=env, stdout=out, stderr=err,
                                          start_new_session=True)
+        # When it ended, for the time table: the tests that read it may ask long after.
+        self.seconds: float | None = None
+        threading.Thread(target=self._time, daemon=True).start()
+
+    def _time(self) -> None:
+        self.proc.wait()
+        self.seconds = time.monotonic() - self.started
 
     def result(self) -> Reproduced:
         returncode = self.proc.wait()
@@ -138,6 +149,8 @@ def pipeline(request: pytest.FixtureRequest,
     running = PipelineInBackground(tmp_path_factory.mktemp("verify"))
     yield running
     running.stop()
+    if running.seconds is not None:
+        add_time(request.config, "smoke pipeline (medrepro verify, in the background)", running.seconds)
 
 
 @pytest.fixture(scope="session")
