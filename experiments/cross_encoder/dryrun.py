@@ -1,6 +1,6 @@
 """cross_encoder's dry run (`medrepro cross_encoder dryrun`): configs/full.yaml at real size (SapBERT as
-bi-encoder and cross-encoder start, HNSW fp16 index, pairs of 128 tokens, micro-batch 32) on 100
-synthetic concepts and 6 synthetic documents.
+bi-encoder and cross-encoder start, HNSW index over 64 principal components re-ranked on all 768,
+pairs of 128 tokens, micro-batch 32) on 100 synthetic concepts and 6 synthetic documents.
 
 Only the data source and size and the step counts differ from the full profile; SapBERT is the
 published checkpoint when this machine has it, else its published architecture with random weights
