@@ -37,7 +37,7 @@ from experiments.cross_encoder.index_bench import index_bench
 from experiments.cross_encoder.mining import mine, mine_timed, read_pairs
 from experiments.cross_encoder.prepare import prepare, read_concepts, read_mentions
 from experiments.cross_encoder.retrieval import BiEncoder, index_concepts, name_rows, read_index
-from medrepro import repro
+from medrepro import benchmark, repro
 from medrepro.benchmark import interleaved_ratio, scaling_exponent
 from medrepro.calibration import sigmoid
 from medrepro.device import default_device
@@ -184,8 +184,7 @@ def bench(cfg: CrossEncoderConfig, workdir: Path) -> dict:
     if shown is not None:
         ratios["index_speedup"] = shown["speedup"]
         goals["index_speedup"] = faiss_scale["goals"]["speedup"]
-        spread["index_speedup"] = {"median": shown["speedup"], "min": shown["speedup_min"],
-                                   "max": shown["speedup_max"], "rounds": shown["speedup_rounds"]}
+        spread["index_speedup"] = benchmark.spread(shown["speedup_rounds"])
     return {
         "setting": {**{k: rates.pop(k) for k in ("pairs", "mentions", "names", "index", "search_depth")},
                     "index_sizes": cfg.bench.index_sizes, "index_queries": cfg.bench.index_queries,
