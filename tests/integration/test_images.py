@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from medrepro import __version__
 from medrepro.suite import images, registry
 from tests.integration.conftest import REPO
 
@@ -40,6 +41,24 @@ def test_help_lists_the_commands(retclip_image):
     out = subprocess.run(images.run_command(retclip_image, ["--help"]), capture_output=True, text=True, check=True)
     for command in ("prepare", "build-lmdb", "train", "evaluate", "smoke"):
         assert command in out.stdout
+
+
+def test_image_is_labelled_and_named_for_its_experiment(retclip_image):
+    """The one experiment Dockerfile stamps the name given as a build argument into labels and ENV."""
+    inspect = [*images.docker(), "image", "inspect", "--format", "{{json .Config}}", retclip_image]
+    config = json.loads(subprocess.run(inspect, capture_output=True, text=True, check=True).stdout)
+    labels, env = config["Labels"], dict(e.split("=", 1) for e in config["Env"])
+    assert labels["org.opencontainers.image.title"] == "medrepro retclip"
+    assert labels["org.opencontainers.image.version"] == __version__
+    assert labels["org.opencontainers.image.revision"] == env["MEDREPRO_IMAGE_REVISION"] == images.git_revision()
+    assert env["MEDREPRO_IMAGE"] == retclip_image and env["MEDREPRO_EXPERIMENT"] == "retclip"
+    assert config["Cmd"] == ["smoke", "--out", "/out"]
+
+
+def test_image_holds_only_its_own_experiment(retclip_image):
+    cmd = images.run_command(retclip_image, [])
+    cmd[cmd.index(retclip_image):] = ["--entrypoint", "ls", retclip_image, "/opt/medrepro/experiments"]
+    assert subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split() == ["__init__.py", "retclip"]
 
 
 def test_image_runs_offline_as_non_root(retclip_image):
@@ -113,7 +132,7 @@ def test_cross_encoder_image_has_gpu_faiss_that_runs_cpu_indexes():
         assert lib in libs, (lib, libs)
 
 
-@pytest.mark.parametrize("name", [n for n in images.experiments_with_images() if n != "retclip"])
+@pytest.mark.parametrize("name", [n for n in registry.names() if n != "retclip"])
 def test_every_image_lists_its_commands_and_reproduces_its_smoke_as_non_root(name, tmp_path):
     """Each image's default command runs the experiment's smoke pipeline offline, as the owner of the
     mounted directory, and gives the committed numbers of its first variant bit for bit (retclip's

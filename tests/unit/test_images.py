@@ -1,10 +1,12 @@
 """The docker command lines the image tooling builds (no engine needed)."""
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from medrepro.suite import images
+from medrepro.suite import images, registry
 
 
 @pytest.fixture(autouse=True)
@@ -24,9 +26,11 @@ def test_base_build_passes_os_base_and_revision():
 
 def test_experiment_build_builds_on_the_same_version_of_base():
     cmd = images.build_command("retclip", "ignored", "abc", version="1.2")
-    assert cmd[cmd.index("--file") + 1] == "experiments/retclip/Dockerfile"
+    assert cmd[cmd.index("--file") + 1] == "images/experiment/Dockerfile"
     assert cmd[cmd.index("--tag") + 1] == "medrepro/retclip:1.2"
     assert "BASE=medrepro/base:1.2" in cmd and not any(a.startswith("BASE_IMAGE=") for a in cmd)
+    assert "EXPERIMENT=retclip" in cmd
+    assert cmd[-1] == "."
 
 
 def test_run_without_gpu_has_no_gpu_flags(tmp_path):
@@ -65,8 +69,26 @@ def test_wheelhouse_download_checks_hashes(tmp_path):
     assert "--no-cache-dir" in cmd, "a pip cache would keep a second copy of the wheels"
 
 
-def test_every_experiment_with_a_dockerfile_is_found():
-    assert "retclip" in images.experiments_with_images()
+def test_every_experiment_builds_from_the_one_experiment_dockerfile():
+    assert (images.REPO / images.EXPERIMENT_DOCKERFILE).is_file()
+    for name in registry.names():
+        assert not (registry.experiments_dir() / name / "Dockerfile").exists(), f"{name} has a Dockerfile of its own"
+        cmd = images.build_command(name, "ignored", "abc")
+        assert cmd[cmd.index("--file") + 1] == images.EXPERIMENT_DOCKERFILE and f"EXPERIMENT={name}" in cmd
+
+
+def test_entrypoint_puts_the_experiment_before_the_arguments_each_kept_whole(tmp_path):
+    """The exec-form ENTRYPOINT, run as Docker runs it (with the CMD or the user's arguments after it),
+    against a stand-in `python` that prints its arguments one per line."""
+    lines = (images.REPO / images.EXPERIMENT_DOCKERFILE).read_text().splitlines()
+    entrypoint = json.loads(next(line for line in lines if line.startswith("ENTRYPOINT ")).removeprefix("ENTRYPOINT "))
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    python.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "MEDREPRO_EXPERIMENT": "retclip"}
+    out = subprocess.run([*entrypoint, "train", "--out", "a dir"], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.splitlines() == ["-m", "medrepro", "retclip", "train", "--out", "a dir"]
 
 
 def test_image_lock_pins_torch_and_uv():

@@ -35,6 +35,9 @@ REPO = registry.repo_root()
 PUBLIC_OS_BASE = "python:3.11-slim-bookworm"
 LOCAL_OS_BASE = "medrepro/debian:bookworm"
 BASE = "medrepro/base"
+BASE_DOCKERFILE = "images/base/Dockerfile"
+# One Dockerfile for every experiment, the name a build argument: a new experiment needs none of its own.
+EXPERIMENT_DOCKERFILE = "images/experiment/Dockerfile"
 DEBOOTSTRAP_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates,passwd"
 
 
@@ -115,10 +118,6 @@ def buildkit_client() -> str:
                         "repository: docker-buildx-plugin), or set MEDREPRO_DOCKER to a client with BuildKit")
 
 
-def experiments_with_images() -> list[str]:
-    return [name for name in registry.names() if registry.has_image(name)]
-
-
 def tag(name: str, version: str = __version__) -> str:
     return f"{BASE}:{version}" if name == "base" else f"medrepro/{name}:{version}"
 
@@ -184,11 +183,14 @@ def check_disk_for_base(client: str, wheelhouse: Path) -> None:
 
 def build_command(name: str, os_base: str, revision: str, version: str = __version__,
                   client: str | None = None) -> list[str]:
-    dockerfile = "images/base/Dockerfile" if name == "base" else f"experiments/{name}/Dockerfile"
-    cmd = [*([client] if client else docker()), "build", "--file", dockerfile, "--tag", tag(name, version),
+    cmd = [*([client] if client else docker()), "build", "--tag", tag(name, version),
            "--build-arg", f"VERSION={version}", "--build-arg", f"REVISION={revision}"]
-    parent = f"BASE_IMAGE={os_base}" if name == "base" else f"BASE={tag('base', version)}"
-    return [*cmd, "--build-arg", parent, "."]
+    if name == "base":
+        cmd += ["--file", BASE_DOCKERFILE, "--build-arg", f"BASE_IMAGE={os_base}"]
+    else:
+        cmd += ["--file", EXPERIMENT_DOCKERFILE, "--build-arg", f"BASE={tag('base', version)}",
+                "--build-arg", f"EXPERIMENT={name}"]
+    return [*cmd, "."]
 
 
 def run_command(image: str, args: Sequence[str], out_dir: Path | None = None, data_dir: Path | None = None,
@@ -352,7 +354,7 @@ def main(argv: Sequence[str]) -> int:
     if args.command == "wheelhouse":
         download_wheelhouse(args.dest)
     elif args.command == "build":
-        build(args.names or experiments_with_images(), args.wheelhouse)
+        build(args.names or registry.names(), args.wheelhouse)
     elif args.command == "run":
         args.out.mkdir(parents=True, exist_ok=True)
         extra = args.args[1:] if args.args[:1] == ["--"] else args.args

@@ -40,7 +40,3 @@ def get(name: str) -> Experiment:
 
 def all_experiments() -> list[Experiment]:
     return [get(name) for name in names()]
-
-
-def has_image(name: str) -> bool:
-    return (experiments_dir() / name / "Dockerfile").is_file()
