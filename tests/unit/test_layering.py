@@ -1,10 +1,17 @@
 """The package's layering: the training library names no experiment and never reaches into the suite's
-tooling, and no module imports itself back through others (no import circle)."""
+tooling, no experiment reaches into another, and no module imports itself back through others (no
+import circle). Experiments come from the registry, so a new one is checked without editing this file."""
 
 import ast
+import re
 from pathlib import Path
 
+import pytest
+
+from medrepro.suite import registry
+
 PACKAGE = Path(__file__).resolve().parents[2] / "shared" / "medrepro"
+EXPERIMENTS = registry.experiments_dir()
 
 
 def imports(path: Path) -> set[str]:
@@ -23,14 +30,48 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def test_the_library_names_no_experiment_and_no_suite_module():
-    # __main__.py is the package's entry point (`python -m medrepro`), which is the suite's command line.
-    for path in set(PACKAGE.glob("*.py")) - {PACKAGE / "__main__.py"}:
+def experiment_of(module: str) -> str | None:
+    """`experiments.<name>[.…]` → name; None for modules outside an experiment."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "experiments" and len(parts) > 1 else None
+
+
+def library_files() -> list[Path]:
+    """Every module of shared/medrepro, subpackages included, but the suite's tooling and __main__.py (the
+    package's entry point, `python -m medrepro`, which is the suite's command line)."""
+    return sorted(p for p in PACKAGE.rglob("*.py")
+                  if p.relative_to(PACKAGE).parts[0] != "suite" and p != PACKAGE / "__main__.py")
+
+
+def test_the_registry_lists_every_experiment_package():
+    # Otherwise a package without experiment.py would escape the per-experiment checks below.
+    packages = {p.parent.name for p in EXPERIMENTS.glob("*/__init__.py")}
+    assert set(registry.names()) == packages
+
+
+def test_the_library_imports_no_experiment_and_no_suite_module():
+    for path in library_files():
         bad = {m for m in imports(path) if m.startswith(("experiments", "medrepro.suite"))}
         assert not bad, f"{path.name} imports {sorted(bad)}: the library must not depend on experiments or tooling"
+
+
+@pytest.mark.parametrize("experiment", registry.names())
+def test_the_library_does_not_name_the_experiment(experiment):
+    for path in library_files():
+        assert experiment not in path.read_text(), f"{path.name} names the experiment"
+
+
+@pytest.mark.parametrize("experiment", registry.names())
+def test_the_experiment_imports_no_other_experiment(experiment):
+    others = [name for name in registry.names() if name != experiment]
+    for path in sorted((EXPERIMENTS / experiment).rglob("*.py")):
+        where = path.relative_to(EXPERIMENTS.parent)
+        bad = {m for m in imports(path) if experiment_of(m) not in (None, experiment)}
+        assert not bad, f"{where} imports {sorted(bad)}: shared code belongs in shared/medrepro"
+        # Modules named in strings: "module:function" references of a declaration, importlib.
         text = path.read_text()
-        for name in ("retclip", "cross_encoder"):
-            assert name not in text, f"{path.name} names the experiment {name!r}"
+        named = [name for name in others if re.search(rf"\bexperiments\.{name}\b", text)]
+        assert not named, f"{where} refers to experiments.{named[0]}: shared code belongs in shared/medrepro"
 
 
 def test_no_import_circle_inside_the_package():

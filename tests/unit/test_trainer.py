@@ -1,13 +1,15 @@
 """The shared loop on a tiny linear regression: accumulation, early stopping, pruning, trackers."""
 
 import json
+import time
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from medrepro import checkpoint
+from medrepro import checkpoint, tracking, trainer
 from medrepro.config_sections import TrainConfig
 from medrepro.errors import ConfigError, TrainingError
 from medrepro.trainer import fit
@@ -37,6 +39,28 @@ def config(**kw) -> TrainConfig:
     return from_dict(TrainConfig, base)
 
 
+class FakeClock:
+    """The `time` module of the trainer and of its progress line, with a `perf_counter` that moves only when
+    a test says so: durations are then exact, however loaded the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(trainer, "time", fake)
+    monkeypatch.setattr(tracking, "time", fake)
+    return fake
+
+
 def test_accumulation_matches_one_big_batch(tmp_path):
     """A mean loss over 2 micro-batches of 8, accumulated, steps like one batch of 16."""
     one, two = make_model(), make_model()
@@ -58,32 +82,56 @@ def test_training_reduces_the_loss_and_writes_the_run(tmp_path):
     assert json.loads((tmp_path / "fit.json").read_text())["state"]["step"] == 100
 
 
-def test_start_line_and_summary_say_what_runs_and_what_came_out(tmp_path, capsys):
-    result = fit(make_model(), data(), config(epochs=3, grad_accum=2), tmp_path, loss_fn=mse, seed=0,
-                 evaluate=lambda m: {"val/loss": 1.0}, run_name="lin", variant="small")
+def test_start_line_and_summary_say_what_runs_and_what_came_out(tmp_path, capsys, clock):
+    def timed_mse(model, batch):
+        clock.now += 0.25  # a micro-batch: 0.5 s an optimizer step of 2, 6 s for the 12 steps
+        return mse(model, batch)
+
+    def evaluate(model):
+        clock.now += 60.0  # 3 evaluations, one an epoch
+        return {"val/loss": 1.0}
+
+    result = fit(make_model(), data(), config(epochs=3, grad_accum=2), tmp_path, loss_fn=timed_mse, seed=0,
+                 evaluate=evaluate, run_name="lin", variant="small")
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f"train lin: run dir {tmp_path} | device cpu | 1 process(es) | parameters 5 (5 trainable)")
     assert "| 64 training samples | 12 optimizer steps (4 an epoch; batch 16 = 8 × 2 accumulation" in err[0]
     assert err[-1].startswith("done lin: step 12 | best val/loss 1 at step 4")
     assert str(tmp_path / "checkpoints" / "best.pt") in err[-1] and str(tmp_path / "final.pt") in err[-1]
     assert "no health warnings" in err[-1]
+    assert "| wall 0:03:06 (evaluation and checkpoints 0:03:00) | 32.0 training samples/s |" in err[-1]
     fit_json = json.loads((tmp_path / "fit.json").read_text())
-    assert fit_json["samples_per_s"] == result.samples_per_s > 0
-    assert 0 < fit_json["eval_checkpoint_seconds"] < fit_json["loop_seconds"]
+    assert (fit_json["loop_seconds"], fit_json["eval_checkpoint_seconds"], fit_json["samples_per_s"]) == \
+        (result.loop_seconds, result.eval_checkpoint_seconds, result.samples_per_s) == (186.0, 180.0, 32.0)
     assert (tmp_path / "config.yaml").read_text().startswith("# variant: small\n")
 
 
-def test_throughput_leaves_out_evaluation_time(tmp_path):
-    import time
+def test_throughput_leaves_out_evaluation_and_checkpoint_time(tmp_path, capsys, clock, monkeypatch):
+    """8 steps of 16 samples at 0.25 s each (2 s), 2 evaluations of 4 s, 4 checkpoints of 1 s: 64 samples/s,
+    in the result and on every progress line (counted as training, the checkpoints would give 21, the
+    evaluations 13, both 9)."""
+    def timed_mse(model, batch):
+        clock.now += 0.25
+        return mse(model, batch)
 
     def slow_evaluate(model):
-        time.sleep(0.5)
+        clock.now += 4.0
         return {"val/loss": 1.0}
 
-    result = fit(make_model(), data(), config(epochs=2), tmp_path, loss_fn=mse, seed=0, evaluate=slow_evaluate)
-    assert result.eval_checkpoint_seconds >= 1.0, "two evaluations of half a second"
-    train_seconds = result.loop_seconds - result.eval_checkpoint_seconds
-    assert result.samples_per_s == pytest.approx(8 * 16 / train_seconds, rel=0.05)
+    real_save = checkpoint.save
+
+    def slow_save(path, state):
+        clock.now += 1.0
+        real_save(path, state)
+
+    # Every checkpoint the loop writes goes through checkpoint.save (final.pt too, after the loop's clock stops).
+    monkeypatch.setattr(checkpoint, "save", slow_save)
+    result = fit(make_model(), data(), config(epochs=2, save_every_steps=2), tmp_path, loss_fn=timed_mse, seed=0,
+                 evaluate=slow_evaluate)
+    assert (result.loop_seconds, result.eval_checkpoint_seconds) == (14.0, 12.0)
+    assert result.samples_per_s == 8 * 16 / 2.0
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert len(progress) == 2 and all("| 64.0 samples/s | 0.25 s/step |" in line for line in progress), progress
 
 
 def test_early_stopping_fires_after_patience_and_keeps_the_best(tmp_path):
