@@ -32,10 +32,13 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from experiments.cross_encoder import model as cross
+from experiments.cross_encoder import pair_text
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.index_bench import index_bench
-from experiments.cross_encoder.mining import mine, mine_timed, read_pairs
-from experiments.cross_encoder.prepare import prepare, read_concepts, read_mentions
+from experiments.cross_encoder.layout import pairs_file
+from experiments.cross_encoder.mining import mine, mine_timed
+from experiments.cross_encoder.prepare import prepare
+from experiments.cross_encoder.readers import read_concepts, read_mentions, read_pairs
 from experiments.cross_encoder.retrieval import BiEncoder, index_concepts, name_rows, read_index
 from medrepro import benchmark, repro
 from medrepro.benchmark import interleaved_ratio, scaling_exponent
@@ -49,7 +52,7 @@ def _best(fn: Callable[[], float], repeats: int) -> float:
 
 
 def scoring_ratio(cfg: CrossEncoderConfig, workdir: Path, n_pairs: int, repeats: int) -> dict[str, float]:
-    pairs = [p.inputs for p in read_pairs(cfg.paths.mined, "test")][:n_pairs]
+    pairs = [pair_text.segments(p) for p in read_pairs(cfg.paths.mined, "test")][:n_pairs]
     repro.seed_everything(cfg.seed)
     model, tokenizer = cross.load(cfg.cross_encoder.path)
     exported = workdir / "model"
@@ -161,8 +164,8 @@ def mine_scaling(cfg: CrossEncoderConfig, workdir: Path) -> dict:
 
 def bench(cfg: CrossEncoderConfig, workdir: Path) -> dict:
     """(a) and (b) on the mined data, (c) at `bench.index_sizes`, (d) on the synthetic corpus."""
-    if not (Path(cfg.paths.mined) / "pairs_test.jsonl").is_file():
-        raise DataError(f"{cfg.paths.mined}/pairs_test.jsonl not found: the benchmark reads the mined data; run "
+    if not (Path(cfg.paths.mined) / pairs_file("test")).is_file():
+        raise DataError(f"{cfg.paths.mined}/{pairs_file('test')} not found: the benchmark reads the mined data; run "
                         "`medrepro cross_encoder prepare`, `index` and `mine` first")
     scoring = scoring_ratio(cfg, workdir, cfg.bench.score_pairs, cfg.bench.repeats)
     mining = mining_ratio(cfg, workdir, cfg.bench.repeats)

@@ -6,6 +6,7 @@ from typing import Literal, get_args
 
 from medrepro.config_sections import (
     EncoderConfig,
+    OutputPaths,
     RuntimeConfig,
     TrainConfig,
     check_not_negative,
@@ -18,12 +19,10 @@ Storage = Literal["float32", "fp16", "sq8"]
 
 
 @dataclass
-class PathsConfig:
+class PathsConfig(OutputPaths):
     prepared: str = "data/cross_encoder/prepared"
     index: str = "data/cross_encoder/index"
     mined: str = "data/cross_encoder/mined"
-    runs: str = "runs/cross_encoder"
-    results: str = "results/cross_encoder"
 
 
 @dataclass

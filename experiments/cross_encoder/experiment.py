@@ -3,18 +3,29 @@
 import argparse
 from pathlib import Path
 
+from experiments.cross_encoder.layout import CALIBRATION_FILE, EVALUATION_FILE
 from medrepro.suite.spec import Command, Experiment, Stage
 
 VARIANTS = ("sapbert",)
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", choices=VARIANTS, default=VARIANTS[0],
+                        help="the variant of the run (default: %(default)s)")
+    parser.add_argument("--run", type=Path, help="run directory (default: <paths.runs>/<variant>)")
+    parser.add_argument("--checkpoint", default="best",
+                        help="`best` (of a finished run), `final` or a checkpoint path (default: best)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="the directory to write (replaced if it exists); `link --model` reads it")
 
 
 def _link_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, required=True,
                         help='PubTator file, or JSON lines {"id", "text", "spans": [[start, end]]}')
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, one mention a line")
-    parser.add_argument("--variant", choices=VARIANTS, default=VARIANTS[0],
-                        help="whose exported model (calibration included) to use (default: %(default)s)")
-    parser.add_argument("--model", type=Path, help="exported cross-encoder (default: <paths.runs>/<variant>/model)")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="an exported cross-encoder, calibration included: what "
+                             "`medrepro cross_encoder export --out DIR` writes")
     parser.add_argument("--top", type=int, default=5, help="candidates per mention in the output")
 
 
@@ -39,9 +50,14 @@ EXPERIMENT = Experiment(
     bench="experiments.cross_encoder.bench:bench",
     dryrun="experiments.cross_encoder.dryrun",
     val_metric="f1",
-    evaluate_outs=("calibration.json", "evaluation_results.json"),
+    evaluate_outs=(CALIBRATION_FILE, EVALUATION_FILE),
     commands=(
-        Command("link", "PubTator or JSON-lines spans → ranked CUIs with calibrated confidence",
+        Command("export", "a trained checkpoint, calibrated, as a transformers / sentence-transformers directory "
+                "with a model card (what `link` reads)",
+                "experiments.cross_encoder.export:export_command", arguments=_export_arguments,
+                writes={"out": "dir"}),
+        Command("link", "PubTator or JSON-lines spans → ranked CUIs with calibrated confidence (run `export` "
+                "first)",
                 "experiments.cross_encoder.link:link_command", arguments=_link_arguments,
                 writes={"out": "file"}),
     ),

@@ -1,5 +1,11 @@
-"""The exported cross-encoder: a directory that others load with transformers or sentence-transformers
-and that returns calibrated probabilities without any code from this repository.
+"""`export`: a trained checkpoint as a directory that others load with transformers or
+sentence-transformers and that returns calibrated probabilities without any code from this repository.
+
+    medrepro cross_encoder export --variant sapbert [--run DIR] [--checkpoint best|final|PATH] --out DIR
+
+The checkpoint (by default the best of the finished run) is calibrated on the calibration half of dev,
+exactly as `evaluate` calibrates it, and written with a model card to --out (what `link --model`
+reads).
 
 Platt scaling, p = σ(a z + b), is folded into the one-logit classification head: its weight is
 multiplied by a and b is added to its bias, so that σ(logit) of the saved model is the calibrated
@@ -7,20 +13,26 @@ probability (a > 0 keeps the ranking). `calibration.json` keeps the fitted param
 retrieval weight the linking order uses), so the raw logit is (logit - b) / a.
 """
 
+import argparse
 import copy
 import json
 import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from experiments.cross_encoder import pair_text
+from experiments.cross_encoder import model as cross
+from experiments.cross_encoder import pair_text, scoring
 from experiments.cross_encoder.config import CrossEncoderConfig
-from experiments.cross_encoder.scoring import CALIBRATION_FILE
+from experiments.cross_encoder.layout import CALIBRATION_FILE, MODEL_CARD
+from experiments.cross_encoder.readers import read_mentions, read_pairs
 from medrepro import atomic
+from medrepro.metrics import binary_metrics
+from medrepro.rundir import RunDir
 
 _log = logging.getLogger(__name__)
 LABEL = "match"  # the one output: the (mention, name) pair names the same concept
@@ -49,20 +61,67 @@ def fold_platt(model: nn.Module, a: float, b: float) -> nn.Module:
     return folded
 
 
-def export(model: nn.Module, tokenizer: PreTrainedTokenizerBase, directory: str | Path, max_length: int,
-           calibration: dict, card: str) -> Path:
+def export_command(cfg: CrossEncoderConfig, args: argparse.Namespace) -> Path:
+    """`export`: the checkpoint `--checkpoint` of the run `--run` (default: the variant's run), into `--out`."""
+    run = RunDir(args.run or Path(cfg.paths.runs) / args.variant)
+    if args.checkpoint == "best":  # as evaluate: the best checkpoint only of a finished run
+        out = f" --out {args.run}" if args.run else ""
+        run.completion(args.variant, f"finish it with `medrepro cross_encoder train --variant {args.variant}{out} "
+                       "--resume latest`, or export one of its checkpoints with --checkpoint PATH")
+    return export(cfg, args.variant, run, args.checkpoint, args.out)
+
+
+def export(cfg: CrossEncoderConfig, variant: str, run: RunDir, which: str, out: Path) -> Path:
+    """Calibrate checkpoint `which` (`best`, `final` or a path) of `run`, a run of `variant`, and write it
+    with its calibration and model card as the directory `out`."""
+    model, tokenizer = cross.load_trained(cfg.cross_encoder.path, run, which, variant)
+    calibration = scoring.fit_calibration(cfg, model, tokenizer)
+    card = model_card(cfg, variant, calibration, held_out_metrics(cfg, model, tokenizer, calibration))
+    write_model_dir(model, tokenizer, out, cfg.max_length, calibration, card)
+    platt = calibration[scoring.FOLDED_SCALER]
+    print(f"exported {run.checkpoint_path(which)} with its Platt calibration (a = {platt['a']:.4f}, "
+          f"b = {platt['b']:.4f}) to {out}; `medrepro cross_encoder link --model {out}` links with it")
+    return out
+
+
+def held_out_metrics(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                     calibration: dict) -> dict[str, float]:
+    """The model card's figures on the calibration pairs and mentions (unseen in training)."""
+    pairs = read_pairs(cfg.paths.mined, "calibration")
+    logits = cross.pair_logits(model, tokenizer, [pair_text.segments(p) for p in pairs], cfg.eval.batch_size,
+                               cfg.max_length)
+    labels = np.array([p.label for p in pairs])
+    prob = scoring.scaler_of(calibration, scoring.FOLDED_SCALER)(logits)
+    documents = scoring.pair_documents(pairs, read_mentions(cfg.paths.prepared))
+    f1 = scoring.f1_by_document(labels, prob >= cfg.eval.threshold, documents, cfg.eval.bootstrap, cfg.eval.alpha,
+                                cfg.seed)
+    metrics = binary_metrics(labels, prob, cfg.eval.threshold, cfg.eval.calibration_bins)
+    link = scoring.linking_accuracy(scoring.score_candidates(cfg, model, tokenizer, "calibration"),
+                                    calibration["retrieval_weight"], cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
+    return {"pairs": len(pairs), "f1": f1.estimate, "f1_ci_low": f1.low, "f1_ci_high": f1.high,
+            "roc_auc": metrics["roc_auc"], "ece": metrics["ece"], **{f"linking/{k}": v for k, v in link.items()}}
+
+
+def write_model_dir(model: nn.Module, tokenizer: PreTrainedTokenizerBase, directory: str | Path, max_length: int,
+                    calibration: dict, card: str) -> Path:
     """Save the model with Platt folded in, its tokenizer (carrying the training max length), the
     calibration, and `card` as README.md; every file readable by others."""
     tokenizer.model_max_length = max_length
-    folded = fold_platt(model, calibration["platt"]["a"], calibration["platt"]["b"])
+    # tokenizer.json too, for a user of the `tokenizers` library alone: pairs truncated as in training,
+    # batches padded to their longest pair (what transformers' own call sets, saved with it).
+    tokenizer.backend_tokenizer.enable_truncation(max_length, strategy="longest_first",
+                                                  direction=tokenizer.truncation_side)
+    tokenizer.backend_tokenizer.enable_padding(direction=tokenizer.padding_side, pad_id=tokenizer.pad_token_id,
+                                               pad_type_id=tokenizer.pad_token_type_id, pad_token=tokenizer.pad_token)
+    platt = calibration[scoring.FOLDED_SCALER]
+    folded = fold_platt(model, platt["a"], platt["b"])
     folded.config.id2label = {0: LABEL}
     folded.config.label2id = {LABEL: 0}
     with atomic.atomic_dir(directory) as tmp:
         folded.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / CALIBRATION_FILE).write_text(json.dumps({**calibration, "folded_into_weights": "platt"}, indent=2)
-                                            + "\n")
-        (tmp / "README.md").write_text(card)
+        (tmp / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+        (tmp / MODEL_CARD).write_text(card)
         # safetensors writes its file 0600; a model on a shared cluster is read by other accounts.
         for path in tmp.rglob("*"):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)

@@ -7,6 +7,7 @@ cross-encoder, which reads the mention in its context and each candidate name wi
 types (pair_text.py; the context comes from the document text), by its logit plus the retrieval
 weight times the standardised cosine (scoring.py);
 `confidence` is the exported model's probability, which carries its Platt calibration (export.py).
+The model (`--model`) is a directory `medrepro cross_encoder export --out` wrote.
 """
 
 import argparse
@@ -21,9 +22,8 @@ from experiments.cross_encoder import model as cross
 from experiments.cross_encoder import pair_text, scoring
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.medmentions import read_pubtator, text_lines
-from experiments.cross_encoder.prepare import concept_type_names, read_concepts
+from experiments.cross_encoder.readers import concept_type_names, read_calibration, read_concepts
 from experiments.cross_encoder.retrieval import BiEncoder, read_index
-from experiments.cross_encoder.train import EXPORT_DIR
 from medrepro import atomic
 from medrepro.calibration import sigmoid
 from medrepro.device import default_device
@@ -76,9 +76,11 @@ def _json_spans(path: Path, context_words: int) -> Iterator[Span]:
 
 
 def link_command(cfg: CrossEncoderConfig, args: argparse.Namespace) -> int:
-    """`link`: the variant's exported model unless --model is given."""
-    model = args.model or Path(cfg.paths.runs) / args.variant / EXPORT_DIR
-    return link(cfg, args.input, args.out, model, args.top)
+    """`link`: with the exported model `--model`."""
+    if not args.model.is_dir():
+        raise DataError(f"no exported cross-encoder in {args.model}: run `medrepro cross_encoder export --out "
+                        f"{args.model}` after training, or pass the --model DIR an export wrote")
+    return link(cfg, args.input, args.out, args.model, args.top)
 
 
 def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, top: int) -> int:
@@ -90,7 +92,7 @@ def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, top:
     index = read_index(cfg.paths.index, concepts, cfg.index)
     encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
     model, tokenizer = cross.load(model_dir)
-    weight = scoring.read_calibration(Path(model_dir) / scoring.CALIBRATION_FILE)["retrieval_weight"]
+    weight = read_calibration(model_dir)["retrieval_weight"]
     model.to(default_device())
 
     cand, rows, bi_scores = index.candidates(encoder.encode([s.text for s in spans]), cfg.eval.rerank_top_k)

@@ -17,17 +17,12 @@ import logging
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.cross_encoder.layout import SPLIT_FILES
+from experiments.cross_encoder.records import Document, Mention
 from medrepro.errors import DataError
 
-SPLIT_FILES: dict[str, str] = {
-    "train": "corpus_pubtator_pmids_trng.txt",
-    "dev": "corpus_pubtator_pmids_dev.txt",
-    "test": "corpus_pubtator_pmids_test.txt",
-}
-CORPUS_NAME = "corpus_pubtator.txt"
 CUI_PREFIX = "UMLS:"
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -38,31 +33,6 @@ _CUI = re.compile(r"C[0-9]{7}")
 _MENTION_FIELDS = 6
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Mention:
-    """One annotated span; `cui` carries no `UMLS:` prefix."""
-
-    pmid: str
-    start: int
-    end: int
-    text: str
-    types: tuple[str, ...]
-    cui: str
-
-
-@dataclass(frozen=True)
-class Document:
-    pmid: str
-    title: str
-    abstract: str
-    mentions: tuple[Mention, ...]
-
-    @property
-    def text(self) -> str:
-        """The string the mention offsets index into."""
-        return f"{self.title} {self.abstract}"
 
 
 def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:

@@ -24,48 +24,23 @@ which mentions are processed.
 import argparse
 import json
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from experiments.cross_encoder import pair_text
 from experiments.cross_encoder.config import CrossEncoderConfig, MiningConfig
-from experiments.cross_encoder.prepare import MentionRecord, concept_type_names, read_concepts, read_mentions
+from experiments.cross_encoder.layout import CANDIDATES_FILE, MINING_FILE, pairs_file
+from experiments.cross_encoder.readers import concept_type_names, read_concepts, read_mentions
+from experiments.cross_encoder.records import KINDS, PAIR_SPLITS, Concept, Pair, pair_split
 from experiments.cross_encoder.retrieval import BiEncoder, read_index, recall_at
-from experiments.cross_encoder.umls import Concept
 from medrepro import atomic
 from medrepro.errors import DataError
 
-KINDS = ("positive", "hard", "type", "random")
-# The dev documents are halved: `dev` picks the checkpoint and stops training, `calibration` (never
-# seen by training) fits the probability scalers and the retrieval weight.
-PAIR_SPLITS = ("train", "dev", "calibration", "test")
-CANDIDATES_FILE = "candidates.npz"
 RECALL_KS = (1, 5, 20, 64)
 _MAX_DRAWS = 50  # rejection-sampling attempts per wanted negative before giving up on it
-
-
-@dataclass(frozen=True)
-class Pair:
-    mention: int  # index into mentions.jsonl
-    text: str
-    name: str
-    cui: str
-    label: int
-    kind: str
-    left: str  # the mention's context (prepare)
-    right: str
-    types: list[str]  # the semantic type names of the concept `name` belongs to
-
-    @property
-    def inputs(self) -> tuple[str, str]:
-        """The cross-encoder's two segments."""
-        return (pair_text.mention_input(self.text, self.left, self.right),
-                pair_text.candidate_input(self.name, self.types))
 
 
 class TypePools:
@@ -116,14 +91,6 @@ def draw_negatives(gold: int, hard: list[int], pools: TypePools, n_concepts: int
                            lambda c: not (pools.types[c] & pools.types[gold]))
     random_picked = draw(cfg.random_per_positive, lambda: int(rng.integers(n_concepts)), lambda c: True)
     return hard_picked, type_picked, random_picked
-
-
-def pair_split(mention: MentionRecord) -> str:
-    """The mention's split for pairs: its corpus split, with dev documents halved by a hash of the PMID
-    (whole documents, so the halves share no abstract)."""
-    if mention.split == "dev" and zlib.crc32(mention.pmid.encode()) % 2:
-        return "calibration"
-    return mention.split
 
 
 def hard_candidates(concepts: np.ndarray, scores: np.ndarray, cfg: MiningConfig) -> list[int]:
@@ -220,8 +187,8 @@ def mine_timed(cfg: CrossEncoderConfig) -> tuple[dict, dict[str, float]]:
     with atomic.atomic_dir(out) as tmp:
         _save_npz(tmp / CANDIDATES_FILE, cand, rows, scores, gold)
         for split in PAIR_SPLITS:
-            atomic.write_text(tmp / f"pairs_{split}.jsonl", "".join(json.dumps(asdict(p)) + "\n" for p in pairs[split]))
-        atomic.write_json(tmp / "mining.json", report)
+            atomic.write_text(tmp / pairs_file(split), "".join(json.dumps(asdict(p)) + "\n" for p in pairs[split]))
+        atomic.write_json(tmp / MINING_FILE, report)
     t4 = time.perf_counter()
     print(json.dumps({"recall": report["recall"], "mix": report["mix"]["train"], "pairs": report["pairs"]}))
     n = len(mentions)
@@ -233,19 +200,3 @@ def mine_timed(cfg: CrossEncoderConfig) -> tuple[dict, dict[str, float]]:
 def _save_npz(path: Path, cand: np.ndarray, rows: np.ndarray, scores: np.ndarray, gold: np.ndarray) -> None:
     with open(path, "wb") as f:
         np.savez(f, concepts=cand, rows=rows, scores=scores, gold=gold)
-
-
-def read_pairs(mined: str | Path, split: str) -> list[Pair]:
-    path = Path(mined) / f"pairs_{split}.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `medrepro cross_encoder mine` first")
-    return [Pair(**d) for d in map(json.loads, path.read_text().splitlines())]
-
-
-def read_candidates(mined: str | Path) -> dict[str, np.ndarray]:
-    path = Path(mined) / CANDIDATES_FILE
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `medrepro cross_encoder mine` first")
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
-

@@ -15,8 +15,11 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
 
-from experiments.cross_encoder.mining import Pair
+from experiments.cross_encoder import pair_text
+from experiments.cross_encoder.records import Pair
+from medrepro.device import default_device
 from medrepro.errors import DataError
+from medrepro.rundir import RunDir
 
 # Pairs encoded per call of pair_logits' tokenizer: sorting by length works within a chunk, and a
 # chunk's encodings stay small (64 batches of 256 pairs: about 30 MB) at any pair count.
@@ -26,14 +29,23 @@ CHUNK_BATCHES = 64
 def load(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerFast]:
     """The classifier (a fresh one-logit head on an encoder, or an exported cross-encoder) and its tokenizer.
 
-    `path` is a hub id or a local directory; a path that names a missing local directory (the export
-    of a run that has not trained yet) is one line, not a hub error about repository ids.
+    `path` is a hub id or a local directory; a path that names a missing local directory (an export
+    not written yet) is one line, not a hub error about repository ids.
     """
     if (str(path).startswith((".", "/")) or Path(path).parent.is_dir()) and not Path(path).is_dir():
-        raise DataError(f"model directory {path} not found: train first (`medrepro cross_encoder train`), "
-                        "or pass the directory of an exported cross-encoder")
+        raise DataError(f"model directory {path} not found: train first (`medrepro cross_encoder train`, then "
+                        "`medrepro cross_encoder export`), or pass the directory of an exported cross-encoder")
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
     return model, AutoTokenizer.from_pretrained(str(path))
+
+
+def load_trained(start: str | Path, run: RunDir, which: str, variant: str) -> tuple[nn.Module, PreTrainedTokenizerFast]:
+    """The raw (unfolded) weights of checkpoint `which` of `run` (`best`, `final` or a path; refused if
+    trained for another variant), in the architecture and with the tokenizer of `start`, the model
+    training started from; on the default device."""
+    model, tokenizer = load(start)
+    run.load_into(model, which, variant)
+    return model.to(default_device()), tokenizer
 
 
 class PairDataset(Dataset):
@@ -45,7 +57,7 @@ class PairDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[str, str, int]:
         p = self.pairs[i]
-        return *p.inputs, p.label
+        return *pair_text.segments(p), p.label
 
 
 def collate(tokenizer: PreTrainedTokenizerFast, max_length: int) -> Callable[[list], dict[str, torch.Tensor]]:

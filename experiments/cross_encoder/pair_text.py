@@ -15,6 +15,8 @@ model is always shown the text it was trained on (the export's README states the
 import re
 from collections.abc import Sequence
 
+from experiments.cross_encoder.records import Pair
+
 _WORD = re.compile(r"\S+")
 
 
@@ -35,3 +37,8 @@ def mention_input(text: str, left: str, right: str) -> str:
 def candidate_input(name: str, type_names: Sequence[str]) -> str:
     """The second segment: the name, then its semantic types in parentheses (none: the name alone)."""
     return f"{name} ( {' ; '.join(type_names)} )" if type_names else name
+
+
+def segments(pair: Pair) -> tuple[str, str]:
+    """The cross-encoder's two segments of a mined pair."""
+    return mention_input(pair.text, pair.left, pair.right), candidate_input(pair.name, pair.types)

@@ -7,47 +7,42 @@ prepared/
   missing.json     the mentions whose CUI is not loaded, and why (retired, deleted, ambiguous, not loaded)
   summary.json     counts per split, the UMLS loader's statistics, semantic type names
   models/          tiny local BERTs standing in for SapBERT (smoke profile only)
+
+The other steps read the tables through readers.py, which checks them against summary.json.
 """
 
 import argparse
 import json
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from experiments.cross_encoder import medmentions, pair_text
 from experiments.cross_encoder.config import CrossEncoderConfig
+from experiments.cross_encoder.layout import (
+    CONCEPTS_FILE,
+    CORPUS_NAME,
+    MENTIONS_FILE,
+    MISSING_FILE,
+    SUMMARY_FILE,
+    TABLES,
+)
+from experiments.cross_encoder.records import SPLITS, MentionRecord
 from experiments.cross_encoder.synthetic import write_synthetic_medmentions, write_synthetic_umls
-from experiments.cross_encoder.umls import Concept, load_umls, missing_report, resolve_cui
+from experiments.cross_encoder.umls import load_umls, missing_report, resolve_cui
 from medrepro import atomic, repro
 from medrepro.errors import ConfigError, DataError
 from medrepro.tiny import build_tiny_bert
 
 _log = logging.getLogger(__name__)
-TABLES = ("concepts.jsonl", "mentions.jsonl")
-SPLITS = ("train", "dev", "test")
-
-
-@dataclass(frozen=True)
-class MentionRecord:
-    split: str
-    pmid: str
-    start: int
-    end: int
-    text: str
-    types: tuple[str, ...]
-    cui: str
-    gold: str | None
-    left: str  # up to data.context_words words of the document before the mention...
-    right: str  # ...and after it, which the cross-encoder reads with it (pair_text.py)
 
 
 def _corpus_file(directory: Path) -> Path:
-    for name in (medmentions.CORPUS_NAME, medmentions.CORPUS_NAME + ".gz"):
+    for name in (CORPUS_NAME, CORPUS_NAME + ".gz"):
         if (directory / name).is_file():
             return directory / name
-    raise DataError(f"no {medmentions.CORPUS_NAME}(.gz) in {directory}: point data.medmentions_dir at "
+    raise DataError(f"no {CORPUS_NAME}(.gz) in {directory}: point data.medmentions_dir at "
                     "MedMentions' full/data or st21pv/data folder")
 
 
@@ -97,10 +92,10 @@ def prepare(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> 
 
     report = missing_report((m for _, _, m in mentions), umls)
     _check_linkable(records, by_split, report, umls_dir)
-    atomic.write_text(out / "concepts.jsonl", "".join(
+    atomic.write_text(out / CONCEPTS_FILE, "".join(
         json.dumps(asdict(umls.concepts[cui])) + "\n" for cui in sorted(umls.concepts)))
-    atomic.write_text(out / "mentions.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records))
-    atomic.write_json(out / "missing.json", report)
+    atomic.write_text(out / MENTIONS_FILE, "".join(json.dumps(asdict(r)) + "\n" for r in records))
+    atomic.write_json(out / MISSING_FILE, report)
     summary = {
         "source": cfg.data.source,
         "corpus": str(corpus),
@@ -116,7 +111,7 @@ def prepare(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> 
     }
     # Written last, with the checksums of the tables: the readers check that both come from this run.
     summary["files"] = {name: repro.sha256_file(out / name) for name in TABLES}
-    atomic.write_json(out / "summary.json", summary)
+    atomic.write_json(out / SUMMARY_FILE, summary)
     print(json.dumps({k: summary[k] for k in ("documents", "mentions", "mentions_linkable", "concepts", "names",
                                               "missing")}))
     return out
@@ -136,34 +131,3 @@ def _check_linkable(records: list[MentionRecord], by_split: dict, report: dict, 
             _log.warning("no %s mention links to a loaded concept (%d mentions, see missing.json)", split,
                          sum(r.split == split for r in records))
 
-
-def _checked(prepared: str | Path, name: str) -> Path:
-    """A table of prepared/ that matches the checksum its prepare run wrote into summary.json."""
-    path, summary = Path(prepared) / name, Path(prepared) / "summary.json"
-    if not path.is_file() or not summary.is_file():
-        raise DataError(f"{path if not path.is_file() else summary} is missing: run `medrepro cross_encoder "
-                        "prepare` first")
-    expected = json.loads(summary.read_text()).get("files", {}).get(name)
-    if expected != repro.sha256_file(path):
-        raise DataError(f"{path} does not match the checksum in {summary} (a prepare run was interrupted or the "
-                        "file was changed): run `medrepro cross_encoder prepare` again")
-    return path
-
-
-def read_concepts(prepared: str | Path) -> list[Concept]:
-    path = _checked(prepared, "concepts.jsonl")
-    return [Concept(d["cui"], d["preferred"], tuple(d["names"]), tuple(d["types"]))
-            for d in map(json.loads, path.read_text().splitlines())]
-
-
-def concept_type_names(prepared: str | Path, concepts: list[Concept]) -> list[list[str]]:
-    """Per concept, the names of its semantic types (MRSTY's STY), which the cross-encoder reads after
-    a candidate's name."""
-    _checked(prepared, "concepts.jsonl")  # summary.json belongs to these tables
-    names = json.loads((Path(prepared) / "summary.json").read_text())["type_names"]
-    return [[names.get(t, t) for t in c.types] for c in concepts]
-
-
-def read_mentions(prepared: str | Path) -> list[MentionRecord]:
-    path = _checked(prepared, "mentions.jsonl")
-    return [MentionRecord(**{**d, "types": tuple(d["types"])}) for d in map(json.loads, path.read_text().splitlines())]

@@ -19,15 +19,12 @@ from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from experiments.cross_encoder.config import CrossEncoderConfig, IndexConfig
-from experiments.cross_encoder.prepare import read_concepts
-from experiments.cross_encoder.umls import Concept
+from experiments.cross_encoder.layout import INDEX_FILE, META_FILE, NAMES_FILE
+from experiments.cross_encoder.readers import read_concepts, read_names
+from experiments.cross_encoder.records import Concept
 from medrepro import atomic
 from medrepro.device import default_device
 from medrepro.errors import ConfigError, DataError
-
-INDEX_FILE = "names.faiss"
-NAMES_FILE = "names.jsonl"
-META_FILE = "index.json"
 
 
 class BiEncoder:
@@ -221,14 +218,6 @@ def write_index(directory: str | Path, concepts: list[Concept], encoder: BiEncod
     print(f"encoded {len(names)} names in {t1 - t0:.1f}s, built the {cfg.kind} index in {t2 - t1:.1f}s "
           f"(faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads)")
     return meta
-
-
-def read_names(directory: str | Path) -> list[dict[str, str]]:
-    """The index's rows: {"cui", "name"} per vector."""
-    path = Path(directory) / NAMES_FILE
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `medrepro cross_encoder index` first")
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def read_index(directory: str | Path, concepts: list[Concept], cfg: IndexConfig) -> NameIndex:

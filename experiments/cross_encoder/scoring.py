@@ -1,5 +1,5 @@
 """Linking scores: the cross-encoder over each mention's retrieved candidates, its combination with
-the retriever's similarity, and the calibration that train ships with the model and evaluate reports.
+the retriever's similarity, and the calibration that evaluate reports and export ships with the model.
 
 A mention's candidates are the bi-encoder's top `eval.rerank_top_k` concepts (from mine's
 candidates.npz), each shown under the name that retrieved it. The re-ranked order sorts them by
@@ -17,10 +17,8 @@ share its topic, its abbreviations and often its concepts, so they tend to succe
 and resampling them (or their pairs) one by one would give intervals too narrow.
 """
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from torch import nn
@@ -29,10 +27,15 @@ from transformers import PreTrainedTokenizerBase
 from experiments.cross_encoder import model as cross
 from experiments.cross_encoder import pair_text
 from experiments.cross_encoder.config import CrossEncoderConfig
-from experiments.cross_encoder.mining import Pair, pair_split, read_candidates, read_pairs
-from experiments.cross_encoder.prepare import MentionRecord, concept_type_names, read_concepts, read_mentions
-from experiments.cross_encoder.retrieval import read_names
-from experiments.cross_encoder.umls import Concept
+from experiments.cross_encoder.readers import (
+    concept_type_names,
+    read_candidates,
+    read_concepts,
+    read_mentions,
+    read_names,
+    read_pairs,
+)
+from experiments.cross_encoder.records import Concept, MentionRecord, Pair, pair_split
 from medrepro import bootstrap
 from medrepro.calibration import Scaler, fit_scaler
 from medrepro.errors import DataError
@@ -40,8 +43,10 @@ from medrepro.errors import DataError
 # Candidate retrieval weights, per standard deviation of the cosine: from "cross-encoder alone" to
 # "retriever order, cross-encoder breaking ties" for logits of a few units.
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0, 64.0)
-CALIBRATION_FILE = "calibration.json"
 SCALERS = ("platt", "temperature")
+# The scaler `export` folds into the exported model's head (export.fold_platt): every copy of the
+# calibration names it, so that the results say which probabilities the exported model returns.
+FOLDED_SCALER = "platt"
 
 
 @dataclass
@@ -130,27 +135,22 @@ def fit_calibration(cfg: CrossEncoderConfig, model: nn.Module, tokenizer: PreTra
     """Platt and temperature scalers and the retrieval weight, fitted on the calibration half of dev:
     pairs and mentions that neither trained the model nor chose its checkpoint."""
     pairs = read_pairs(cfg.paths.mined, "calibration")
-    logits = cross.pair_logits(model, tokenizer, [p.inputs for p in pairs], cfg.eval.batch_size, cfg.max_length)
+    logits = cross.pair_logits(model, tokenizer, [pair_text.segments(p) for p in pairs], cfg.eval.batch_size,
+                               cfg.max_length)
     labels = np.array([p.label for p in pairs])
     scalers = {name: fit_scaler(name, logits, labels) for name in SCALERS}
     weight = fit_retrieval_weight(score_candidates(cfg, model, tokenizer, "calibration"))
     return {"fitted_on": f"the calibration half of dev: {len(pairs)} pairs, "
                          f"{len({p.mention for p in pairs})} mentions",
             "default": cfg.eval.calibration, "retrieval_weight": weight,
-            **{name: {"a": s.a, "b": s.b, "temperature": s.temperature} for name, s in scalers.items()}}
+            **{name: {"a": s.a, "b": s.b, "temperature": s.temperature} for name, s in scalers.items()},
+            "folded_into_weights": FOLDED_SCALER}
 
 
 def scaler_of(calibration: dict, method: str) -> Scaler:
     if method == "none":
         return Scaler()
     return Scaler(method, calibration[method]["a"], calibration[method]["b"])
-
-
-def read_calibration(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path} is missing: it is written with the exported model by `medrepro cross_encoder "
-                        "train`; train again, or pass the directory of an exported cross-encoder")
-    return json.loads(path.read_text())
 
 
 def pair_documents(pairs: Sequence[Pair], mentions: Sequence[MentionRecord]) -> np.ndarray:

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 
-from experiments.cross_encoder.medmentions import CORPUS_NAME, SPLIT_FILES
-from experiments.cross_encoder.umls import Concept, Umls, load_umls, resolve_cui
+from experiments.cross_encoder.layout import CORPUS_NAME, SPLIT_FILES
+from experiments.cross_encoder.records import Concept
+from experiments.cross_encoder.umls import Umls, load_umls, resolve_cui
 from medrepro import atomic
 
 # Real TUIs with their tree numbers and names.

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.cross_encoder.medmentions import Mention, text_lines
+from experiments.cross_encoder.medmentions import text_lines
+from experiments.cross_encoder.records import Concept, Mention
 from medrepro.errors import DataError
 
 MRCONSO_FIELDS: tuple[str, ...] = (
@@ -33,16 +34,6 @@ DELETED = "DEL"  # MRCUI: the concept was removed without a successor
 _CUI, _LAT, _TS, _STT, _ISPREF, _SAB, _STR, _SUPPRESS = (
     MRCONSO_FIELDS.index(name) for name in ("CUI", "LAT", "TS", "STT", "ISPREF", "SAB", "STR", "SUPPRESS")
 )
-
-
-@dataclass(frozen=True)
-class Concept:
-    """One concept: `names` are its distinct kept English strings, the preferred one first."""
-
-    cui: str
-    preferred: str
-    names: tuple[str, ...]
-    types: tuple[str, ...]  # TUIs, in MRSTY order
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """The cross_encoder pipeline on synthetic data (the `reproduced` smoke run): it learns, mines
-correctly, exports, links, and fails loudly on bad input."""
+correctly; its run exports and links; and it fails loudly on bad input."""
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.cross_encoder.mining import Pair
+from experiments.cross_encoder.pair_text import segments
+from experiments.cross_encoder.records import Pair
+from medrepro.rundir import RunDir
 from tests.integration.conftest import final_weights, kill_when, medrepro, process_env
 
 pytestmark = pytest.mark.integration
@@ -21,6 +24,15 @@ pytestmark = pytest.mark.integration
 def smoke(reproduced) -> Path:
     """The work directory of the verified smoke pipeline."""
     return reproduced.workdir
+
+
+@pytest.fixture(scope="module")
+def exported(smoke, tmp_path_factory) -> Path:
+    """`medrepro cross_encoder export` of the smoke run's best checkpoint, out of the run directory (which
+    stays as DVC recorded it)."""
+    out = tmp_path_factory.mktemp("exported") / "model"
+    medrepro(["cross_encoder", "export", "--out", str(out)], smoke)
+    return out
 
 
 def results(smoke: Path) -> Path:
@@ -132,20 +144,19 @@ def test_mined_pairs_never_use_the_gold_concept_as_a_negative(smoke):
     assert set(report["recall"]["test"]) == {"recall_at_1", "recall_at_5", "recall_at_20", "recall_at_64"}
 
 
-def test_export_scores_the_same_in_transformers_and_sentence_transformers(smoke):
+def test_export_scores_the_same_in_transformers_and_sentence_transformers(smoke, exported):
     from sentence_transformers import CrossEncoder
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model_dir = smoke / "runs" / "cross_encoder" / "sapbert" / "model"
-    pairs = [Pair(**json.loads(line)).inputs for line in
+    pairs = [segments(Pair(**json.loads(line))) for line in
              (smoke / "data" / "cross_encoder" / "mined" / "pairs_test.jsonl").read_text().splitlines()[:300]]
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    tokenizer = AutoTokenizer.from_pretrained(exported)
     with torch.inference_mode():
         batch = tokenizer([p[0] for p in pairs], [p[1] for p in pairs], padding=True, truncation=True,
                           return_tensors="pt")
         ours = torch.sigmoid(model(**batch).logits[:, 0]).numpy()
-    theirs = CrossEncoder(str(model_dir), device="cpu").predict(pairs, batch_size=64, show_progress_bar=False)
+    theirs = CrossEncoder(str(exported), device="cpu").predict(pairs, batch_size=64, show_progress_bar=False)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     assert ours.std() > 0.05  # a trained model, not a constant
 
@@ -168,10 +179,11 @@ print(json.dumps({"st": st.tolist(), "hf": hf.tolist(), "label": model.config.id
 """
 
 
-def test_export_returns_the_runs_calibrated_probabilities_in_a_fresh_process(smoke, tmp_path):
-    """Loaded from another directory, with nothing of the repository on the path, the exported model
-    gives the probabilities the run computed from its raw checkpoint and Platt parameters."""
-    model_dir = smoke / "runs" / "cross_encoder" / "sapbert" / "model"
+def test_export_returns_the_evaluated_calibrated_probabilities_in_a_fresh_process(smoke, exported, tmp_path):
+    """Copied to another directory and loaded there, with nothing of the repository on the path, the
+    exported model gives the probabilities the evaluation computed from the raw checkpoint and the
+    Platt parameters it fitted."""
+    model_dir = shutil.copytree(exported, tmp_path / "copied")
     evaluation = results(smoke) / "evaluation_results.json"
     env = {k: v for k, v in process_env().items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-c", EXPORT_CHECK, str(model_dir), str(evaluation)], cwd=tmp_path,
@@ -185,16 +197,19 @@ def test_export_returns_the_runs_calibrated_probabilities_in_a_fresh_process(smo
         assert path.stat().st_mode & 0o044 == 0o044, path  # readable by group and others
     calibration = json.loads((model_dir / "calibration.json").read_text())
     assert calibration["platt"]["a"] > 0 and calibration["folded_into_weights"] == "platt"
+    # The same calibration as the evaluation's: one checkpoint, fitted once in each step.
+    assert calibration == json.loads((results(smoke) / "calibration.json").read_text())
     card = (model_dir / "README.md").read_text()
     assert "CrossEncoder(" in card and "re-ranked acc@1" in card and "## Limits" in card
 
 
-def test_link_ranks_candidates_with_calibrated_confidence(smoke, tmp_path):
+def test_link_ranks_candidates_with_calibrated_confidence(smoke, exported, tmp_path):
     corpus = smoke / "data" / "cross_encoder" / "prepared" / "synthetic" / "medmentions" / "corpus_pubtator.txt"
     first_doc = corpus.read_text().split("\n\n")[0] + "\n\n"
     (tmp_path / "doc.txt").write_text(first_doc)
     out = tmp_path / "linked.jsonl"
-    medrepro(["cross_encoder", "link", "--input", str(tmp_path / "doc.txt"), "--out", str(out), "--top", "3"], smoke)
+    medrepro(["cross_encoder", "link", "--input", str(tmp_path / "doc.txt"), "--out", str(out), "--top", "3",
+              "--model", str(exported)], smoke)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == len(first_doc.strip().splitlines()) - 2
     for line in lines:
@@ -204,6 +219,17 @@ def test_link_ranks_candidates_with_calibrated_confidence(smoke, tmp_path):
         assert len(scores) == 3 and scores == sorted(scores, reverse=True)
         assert all(0 <= c["confidence"] <= 1 for c in line["candidates"])
         assert line["candidates"][0]["cui"].startswith("C")
+
+
+def test_export_and_link_before_their_inputs_are_one_line(smoke, tmp_path):
+    proc = medrepro(["cross_encoder", "export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "model")],
+                    smoke, check=False)
+    assert proc.returncode == 2 and "holds no finished run" in proc.stderr and "--checkpoint PATH" in proc.stderr
+    (tmp_path / "doc.jsonl").write_text('{"id": "d", "text": "renal failure", "spans": [[0, 13]]}\n')
+    proc = medrepro(["cross_encoder", "link", "--input", str(tmp_path / "doc.jsonl"), "--out",
+                     str(tmp_path / "linked.jsonl"), "--model", str(tmp_path / "model")], smoke, check=False)
+    assert proc.returncode == 2 and "run `medrepro cross_encoder export --out" in proc.stderr
+    assert not (tmp_path / "model").exists() and not (tmp_path / "linked.jsonl").exists()
 
 
 def test_prepare_index_mine_are_identical_across_processes(tmp_path):
@@ -251,7 +277,9 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(smoke):
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
-    assert (killed / "model" / "config.json").is_file()
+    # Training only trains: the run is complete, and calibration and export (once `model/` in the run)
+    # are steps of their own.
+    assert RunDir(killed).is_complete() and not (killed / "model").exists()
 
 
 def test_bench_reports_ratios_and_equal_scores(smoke, tmp_path):

@@ -4,14 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cross_encoder.medmentions import (
-    SPLIT_FILES,
-    Document,
-    Mention,
-    read_pubtator,
-    read_split_pmids,
-    split_documents,
-)
+from experiments.cross_encoder.layout import SPLIT_FILES
+from experiments.cross_encoder.medmentions import read_pubtator, read_split_pmids, split_documents
+from experiments.cross_encoder.records import Document, Mention
 from medrepro.errors import DataError
 
 TITLE = "DCTN4 as a modifier of chronic Pseudomonas aeruginosa infection in cystic fibrosis"

@@ -8,6 +8,7 @@ import pytest
 from experiments.cross_encoder.config import IndexConfig, MiningConfig
 from experiments.cross_encoder.link import read_spans
 from experiments.cross_encoder.mining import TypePools, draw_negatives, hard_candidates
+from experiments.cross_encoder.records import Concept
 from experiments.cross_encoder.retrieval import (
     NameIndex,
     build_index,
@@ -17,7 +18,6 @@ from experiments.cross_encoder.retrieval import (
     name_rows,
     recall_at,
 )
-from experiments.cross_encoder.umls import Concept
 from medrepro.errors import DataError
 
 

@@ -1,7 +1,7 @@
 """What the cross-encoder reads: the mention marked in its context, the name with its semantic types."""
 
-from experiments.cross_encoder.mining import Pair
-from experiments.cross_encoder.pair_text import candidate_input, context, mention_input
+from experiments.cross_encoder.pair_text import candidate_input, context, mention_input, segments
+from experiments.cross_encoder.records import Pair
 
 DOC = "Risk of RI after surgery. RI was performed in 40 patients under general anaesthesia."
 
@@ -25,7 +25,7 @@ def test_the_two_segments():
 def test_one_ambiguous_name_gives_different_inputs_per_concept_and_context():
     """The same string under two concepts of different types, in two sentences: four distinct inputs,
     where the mention and the name alone would give one."""
-    shown = {Pair(0, "RI", "RI", cui, 0, "hard", left, "", [tui]).inputs
+    shown = {segments(Pair(0, "RI", "RI", cui, 0, "hard", left, "", [tui]))
              for cui, tui in (("C1", "Disease or Syndrome"), ("C2", "Therapeutic or Preventive Procedure"))
              for left in ("patients with", "Patients who underwent")}
     assert len(shown) == 4

@@ -10,6 +10,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from experiments.cross_encoder.config import MiningConfig
 from experiments.cross_encoder.export import fold_platt
 from experiments.cross_encoder.mining import TypePools, draw_negatives
+from experiments.cross_encoder.records import Concept, MentionRecord
 from experiments.cross_encoder.scoring import (
     Candidates,
     f1_by_document,
@@ -17,7 +18,6 @@ from experiments.cross_encoder.scoring import (
     linking_accuracy,
     pair_baselines,
 )
-from experiments.cross_encoder.umls import Concept
 from medrepro.calibration import Scaler, sigmoid
 from medrepro.errors import DataError
 
@@ -154,7 +154,7 @@ def test_folding_platt_into_the_head_gives_calibrated_probabilities(caplog):
 
 
 def test_prepare_stops_without_linkable_train_mentions_and_warns_about_empty_splits(caplog):
-    from experiments.cross_encoder.prepare import MentionRecord, _check_linkable
+    from experiments.cross_encoder.prepare import _check_linkable
 
     def record(split: str, gold: str | None) -> MentionRecord:
         return MentionRecord(split, "1", 0, 3, "ARF", ("T047",), "C0000001", gold, "", "was seen")
@@ -171,7 +171,6 @@ def test_prepare_stops_without_linkable_train_mentions_and_warns_about_empty_spl
 
 def test_ambiguous_mentions_are_names_of_concepts_with_different_types():
     from experiments.cross_encoder.scoring import ambiguous
-    from experiments.cross_encoder.umls import Concept
 
     concepts = [Concept("C1", "Renal insufficiency", ("Renal insufficiency", "RI"), ("T047",)),
                 Concept("C2", "Renal imaging", ("Renal imaging", "RI"), ("T061",)),

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cross_encoder.medmentions import SPLIT_FILES, read_pubtator, read_split_pmids, split_documents
+from experiments.cross_encoder.layout import SPLIT_FILES
+from experiments.cross_encoder.medmentions import read_pubtator, read_split_pmids, split_documents
 from experiments.cross_encoder.synthetic import SEMANTIC_TYPES, write_synthetic_medmentions, write_synthetic_umls
 from experiments.cross_encoder.umls import MRCONSO_FIELDS, Umls, load_umls, resolve_cui
 

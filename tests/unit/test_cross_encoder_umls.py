@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cross_encoder.medmentions import Mention
+from experiments.cross_encoder.records import Mention
 from experiments.cross_encoder.umls import (
     MRCONSO_FIELDS,
     load_umls,
