@@ -1,8 +1,8 @@
 """Reading and checking BIOMEDICA-style shard archives: sources, the archive's own sample filters, and
-the `verify` stage.
+the `audit` stage.
 
 A training source is open_clip's `--train-data` string: brace-expanded shard paths, several sources
-joined with `::`, each with an upsampling factor (`--train-data-upsampling-factors 1::4`). `verify`
+joined with `::`, each with an upsampling factor (`--train-data-upsampling-factors 1::4`). `audit`
 reads every shard of every source (and the held-out shards): each sample needs an image that decodes,
 larger than 20 px a side, and a caption that is not empty nor the archive's "No caption found"
 placeholder, and a json with the archive's article id and label field (metadata.py). The first bad
@@ -13,7 +13,7 @@ shards are checked against it instead.
 
 The held-out shards must be other files than the training ones, and hold other articles: an article's
 figures are not independent, so one with figures on both sides would let evaluation score what training
-saw. `verify` is the stage that reads every sample, so it checks the articles and records in its report
+saw. `audit` is the stage that reads every sample, so it checks the articles and records in its report
 the sources it checked and how often each training label occurs (the majority baseline); `train` and
 `evaluate` refuse to run on sources that report does not describe.
 """
@@ -98,7 +98,7 @@ def heldout_sources(cfg: BiomedicaClipConfig) -> list[Source]:
 
 @dataclass
 class Contents:
-    """What `verify` reads from one side's metadata: each article with the first sample key seen from it
+    """What `audit` reads from one side's metadata: each article with the first sample key seen from it
     (the held-out check), and how many samples carry each single label (the majority baseline)."""
 
     articles: dict[str, str] = field(default_factory=dict)
@@ -142,7 +142,7 @@ def sample_checker(data: DataConfig, contents: Contents | None = None) -> shards
     return check
 
 
-def verify_source(source: Source, data: DataConfig, contents: Contents) -> dict:
+def audit_source(source: Source, data: DataConfig, contents: Contents) -> dict:
     """Check every sample of a source, recording articles and labels into `contents`; write sizes.json and
     manifest.json beside its shards where missing."""
     missing = [p for p in source.paths if not p.is_file()]
@@ -157,7 +157,7 @@ def verify_source(source: Source, data: DataConfig, contents: Contents) -> dict:
         if absent:
             raise DataError(f"{manifest_path} does not list shard {absent[0]}: remove the manifest to write a "
                             "new one, or fix the shard range")
-        total = shards.verify_shards(manifest_path, check)
+        total = shards.check_shards(manifest_path, check)
         written = []
     else:
         for path in source.paths:
@@ -176,7 +176,7 @@ def verify_source(source: Source, data: DataConfig, contents: Contents) -> dict:
         wrong = [p.name for p in source.paths if sizes.get(p.name) != counts[p.name]]
         if wrong:
             raise DataError(f"{sizes_path} says {sizes.get(wrong[0])} samples for {wrong[0]}, the shard holds "
-                            f"{counts[wrong[0]]}: delete {SIZES} and run verify again to rewrite it")
+                            f"{counts[wrong[0]]}: delete {SIZES} and run audit again to rewrite it")
     else:
         atomic.write_json(sizes_path, counts)
         written.append(SIZES)
@@ -202,41 +202,41 @@ def check_disjoint_articles(train: Contents, heldout: Contents) -> None:
                         f"{train.articles[shared[0]]}): hold out whole articles, in shards of their own")
 
 
-def verify(cfg: BiomedicaClipConfig, args: object = None) -> dict:
-    """The `verify` stage: every source checked, the held-out side disjoint from training; report.json into
-    <paths.verified>."""
+def audit(cfg: BiomedicaClipConfig, args: object = None) -> dict:
+    """The `audit` stage: every source checked, the held-out side disjoint from training; report.json into
+    <paths.audited>."""
     t0 = time.perf_counter()
     train, heldout = train_sources(cfg), heldout_sources(cfg)
     check_disjoint_shards(train, heldout)
     seen = {"train": Contents(), "heldout": Contents()}
-    report = {"train": [verify_source(s, cfg.data, seen["train"]) for s in train],
-              "heldout": [verify_source(s, cfg.data, seen["heldout"]) for s in heldout]}
+    report = {"train": [audit_source(s, cfg.data, seen["train"]) for s in train],
+              "heldout": [audit_source(s, cfg.data, seen["heldout"]) for s in heldout]}
     check_disjoint_articles(seen["train"], seen["heldout"])
     seconds = time.perf_counter() - t0
     for part in ("train", "heldout"):
         for entry in report[part]:
-            print(f"verify {part}: {entry['source']}: {entry['shards']} shards, {entry['samples']} samples, "
+            print(f"audit {part}: {entry['source']}: {entry['shards']} shards, {entry['samples']} samples, "
                   f"upsampling {entry['factor']:g}" + (f"; wrote {', '.join(entry['written'])}"
                                                        if entry["written"] else ""))
     total = sum(e["samples"] for part in ("train", "heldout") for e in report[part])
-    print(f"verify: {total} samples in {seconds:.1f}s, all with a decodable image, a caption and an article; "
+    print(f"audit: {total} samples in {seconds:.1f}s, all with a decodable image, a caption and an article; "
           f"{len(seen['heldout'].articles)} held-out articles, none with figures among the "
           f"{len(seen['train'].articles)} training articles")
     report["articles"] = {"train": len(seen["train"].articles), "heldout": len(seen["heldout"].articles),
                           "shared": 0}
     report["train_labels"] = {"field": cfg.data.label_field, "counts": dict(sorted(seen["train"].labels.items()))}
-    atomic.write_json(Path(cfg.paths.verified) / REPORT, report)
+    atomic.write_json(Path(cfg.paths.audited) / REPORT, report)
     return report
 
 
-def verified_report(cfg: BiomedicaClipConfig) -> dict:
-    """verify's report, which `train` and `evaluate` rely on: it must describe this config's sources (its
+def audit_report(cfg: BiomedicaClipConfig) -> dict:
+    """audit's report, which `train` and `evaluate` rely on: it must describe this config's sources (its
     held-out check then holds for them) and label field (its training label counts)."""
     train, heldout = train_sources(cfg), heldout_sources(cfg)
     check_disjoint_shards(train, heldout)
-    path = Path(cfg.paths.verified) / REPORT
+    path = Path(cfg.paths.audited) / REPORT
     if not path.is_file():
-        raise DataError(f"{path} not found: run `medrepro biomedica_clip verify` first (it checks the shards and "
+        raise DataError(f"{path} not found: run `medrepro biomedica_clip audit` first (it checks the shards and "
                         "that no held-out article has figures in training)")
     report = json.loads(path.read_text())
     wanted = {"train": [s.pattern for s in train], "heldout": [s.pattern for s in heldout],
@@ -245,5 +245,5 @@ def verified_report(cfg: BiomedicaClipConfig) -> dict:
     found["field"] = report.get("train_labels", {}).get("field")
     if found != wanted:
         raise DataError(f"{path} describes other shards or another data.label_field than this config: run "
-                        "`medrepro biomedica_clip verify` again")
+                        "`medrepro biomedica_clip audit` again")
     return report

@@ -3,20 +3,20 @@ configs/bmca_clip.yaml (BMCA-CLIP's continual-pretraining setting) for `--config
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from experiments.biomedica_clip.metadata import OLD_NAMES
-from medrepro.config_sections import RuntimeConfig, check_not_negative, check_positive, check_range
+from medrepro.config_sections import OutputPaths, RuntimeConfig, check_not_negative, check_positive, check_range
+from medrepro.rundir import RunDir
 
 
 @dataclass
-class PathsConfig:
+class PathsConfig(OutputPaths):
     # Synthetic shards (train/, heldout/), their CSV twin (csv/) and, in smoke, the tiny model (model/).
     prepared: str = "data/biomedica_clip/prepared"
-    # What `verify` found: report.json (counts per shard, bad samples) and the SHA-256 manifest.
-    verified: str = "data/biomedica_clip/verified"
-    runs: str = "runs/biomedica_clip"
-    results: str = "results/biomedica_clip"
+    # What `audit` found: report.json (counts per shard, bad samples) and the SHA-256 manifest.
+    audited: str = "data/biomedica_clip/audited"
 
 
 @dataclass
@@ -47,7 +47,7 @@ class DataConfig:
     # The metadata field whose value is a held-out sample's class for zero-shot. BIOMEDICA's labels are
     # lists of strings; a sample counts only when its list holds exactly one (see metadata.single_label).
     label_field: str = "image_primary_label"
-    # The archive's own filters, applied by `verify`: images of this many pixels or fewer per side,
+    # The archive's own filters, applied by `audit`: images of this many pixels or fewer per side,
     # and captions equal to one of these (after stripping) are bad samples.
     min_image_side: int = 21
     bad_captions: list[str] = field(default_factory=lambda: ["", "No caption found"])
@@ -180,3 +180,18 @@ class BiomedicaClipConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# open_clip_train's own layout inside our run directory (its `--logs ./logs --name open_clip`):
+# out.log, params.txt, checkpoints/epoch_N.pt, checkpoints/results.jsonl, tensorboard/.
+OPEN_CLIP_NAME = "open_clip"
+# The run's identity (what a resume must match): open_clip's checkpoints cannot carry it.
+IDENTITY_FILE = "identity.json"
+
+
+def logs_dir(run: RunDir) -> Path:
+    return run / "logs" / OPEN_CLIP_NAME
+
+
+def checkpoint_path(run: RunDir, epoch: int) -> Path:
+    return logs_dir(run) / "checkpoints" / f"epoch_{epoch}.pt"

@@ -3,7 +3,7 @@
 - zero-shot classification over the held-out classes: one prompt per class from its label
   (`eval.template`), the class with the most similar prompt wins; only samples with exactly one label
   count (metadata.single_label). Beside it, chance (1 / classes) and the majority-class baseline: the
-  most frequent single label of the training shards (counted by `verify`), predicted for every sample;
+  most frequent single label of the training shards (counted by `audit`), predicted for every sample;
 - image→text and text→image retrieval recall@1/5/10 over every held-out sample. A caption can occur
   more than once (the synthetic captions name the class, size and panel type), so any item whose
   caption equals the query's counts as a hit, and the chance level is computed with the same ties.
@@ -23,14 +23,14 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from experiments.biomedica_clip import archive, metadata
-from experiments.biomedica_clip.config import BiomedicaClipConfig
+from experiments.biomedica_clip.config import BiomedicaClipConfig, checkpoint_path
 from experiments.biomedica_clip.model import load
 from experiments.biomedica_clip.synthetic import HELDOUT_CLASSES
-from experiments.biomedica_clip.train import checkpoint_path
 from medrepro import plots
 from medrepro.bootstrap import bootstrap_clusters, mean_stat
 from medrepro.errors import DataError
 from medrepro.results import Evaluation
+from medrepro.rundir import RunDir
 from medrepro.shards import iter_samples
 
 KS = (1, 5, 10)
@@ -53,7 +53,7 @@ def read_heldout(cfg: BiomedicaClipConfig) -> Heldout:
             for key, sample in iter_samples(path):
                 image_field = next((f for f in archive.IMAGE_FIELDS if f in sample), None)
                 if image_field is None or "txt" not in sample:
-                    raise DataError(f"shard {path}, sample {key}: no image or caption; run verify")
+                    raise DataError(f"shard {path}, sample {key}: no image or caption; run audit")
                 try:
                     article, label = metadata.article_and_label(sample, cfg.data.label_field)
                 except DataError as e:
@@ -158,9 +158,10 @@ def zero_shot_classes(cfg: BiomedicaClipConfig, data: Heldout) -> list[str]:
     return sorted({label for label in data.labels if label})
 
 
-def evaluate(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, out_dir: Path, which: str = "best") -> Evaluation:
-    ckpt = checkpoint_path(run_dir, cfg.train.epochs) if which == "best" else Path(which)
-    report = archive.verified_report(cfg)  # held-out shards and articles disjoint from training; label counts
+def evaluate(cfg: BiomedicaClipConfig, variant: str, run: RunDir, out_dir: Path, which: str = "best") -> Evaluation:
+    """`which`: "best" or "final" (both the last epoch's weights: open_clip_train keeps no best), or a path."""
+    ckpt = checkpoint_path(run, cfg.train.epochs) if which in ("best", "final") else Path(which)
+    report = archive.audit_report(cfg)  # held-out shards and articles disjoint from training; label counts
     data = read_heldout(cfg)
     classes = zero_shot_classes(cfg, data)
     labels = np.array(data.labels)

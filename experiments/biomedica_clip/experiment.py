@@ -11,8 +11,8 @@ EXPERIMENT = Experiment(
     stages=(
         Stage("prepare", "synthetic BIOMEDICA-style shards, their CSV twin and (smoke) the tiny open_clip model",
               "experiments.biomedica_clip.prepare:prepare", outs=("paths.prepared",)),
-        Stage("verify", "check every shard (decodable image, caption, archive filters); sizes.json, manifest",
-              "experiments.biomedica_clip.archive:verify", outs=("paths.verified",), deps=("paths.prepared",)),
+        Stage("audit", "check every shard (decodable image, caption, archive filters); sizes.json, manifest",
+              "experiments.biomedica_clip.archive:audit", outs=("paths.audited",), deps=("paths.prepared",)),
     ),
     train="experiments.biomedica_clip.train:train",
     evaluate="experiments.biomedica_clip.evaluate:evaluate",

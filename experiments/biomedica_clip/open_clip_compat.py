@@ -6,7 +6,7 @@ a resumed run finishes with the uninterrupted run's weights; nothing else change
    `tar_file_expander` yields an end-of-shard marker `{}` after each shard (`eof_value`), and
    open_clip_train 3.3.0's own `group_by_keys_nothrow` reads `["fname"]` of every item. The expander
    open_clip_train calls is given `eof_value=None`, webdataset's way of leaving the marker out; samples
-   are then grouped as before the marker existed (keys never span two shards here: `verify` checks them).
+   are then grouped as before the marker existed (keys never span two shards here: `audit` checks them).
 2. Several processes on CPU stop before the first step: open_clip_train wraps the model as
    `DistributedDataParallel(model, device_ids=[device])`, and torch refuses `device_ids` for a CPU
    module. `device_ids` is dropped for CPU modules only; GPUs keep it.

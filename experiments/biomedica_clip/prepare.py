@@ -5,7 +5,7 @@
     <paths.prepared>/csv/                   train.csv, heldout.csv and images/ for --dataset-type csv
     <paths.prepared>/model/                 the tiny open_clip model and its "pretrained" weights (smoke)
 
-Real shards are read where they lie (`verify` checks them); for them prepare only writes the tiny
+Real shards are read where they lie (`audit` checks them); for them prepare only writes the tiny
 model when the config asks for one.
 """
 

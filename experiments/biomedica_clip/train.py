@@ -2,12 +2,11 @@
 with arguments built from our config, and its outputs gathered into our run layout.
 
     <run>/open_clip_args.json     the launcher command and open_clip_train's arguments, as run
-    <run>/config.yaml             our resolved config;  <run>/manifest.json  environment + data checksums
     <run>/identity.json           the run's identity (what a resume must match)
     <run>/logs/open_clip/         open_clip_train's own layout: out.log, params.txt, checkpoints/epoch_N.pt,
                                   tensorboard/
-    <run>/train_log.jsonl         open_clip_train's progress lines as JSON (the suite's training curves)
-    <run>/complete.json           written last, once the final epoch's checkpoint exists
+and the suite's own files (`medrepro.rundir`): config and manifest, the training log made of
+open_clip_train's progress lines, and the completion mark once the final epoch's checkpoint exists.
 
 open_clip_train runs with the run directory as its working directory and its default `--logs ./logs`:
 torchrun's own parser takes `--logs` for an abbreviation of its `--logs-specs` and stops, so the flag
@@ -30,23 +29,21 @@ import zipfile
 from pathlib import Path
 
 from experiments.biomedica_clip import archive, open_clip_compat
-from experiments.biomedica_clip.config import BiomedicaClipConfig
+from experiments.biomedica_clip.config import (
+    IDENTITY_FILE,
+    OPEN_CLIP_NAME,
+    BiomedicaClipConfig,
+    checkpoint_path,
+    logs_dir,
+)
 from experiments.biomedica_clip.model import trainer_model_args
-from medrepro import atomic, config, repro, run_guard, shards
+from medrepro import atomic, repro, run_guard, shards
 from medrepro.errors import ConfigError, DataError, RunError, TrainingError
+from medrepro.rundir import RunDir
 
-NAME = "open_clip"
 _PROGRESS = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) .*?LR: ([0-9.e+-]+) Logit Scale: ([0-9.]+) "
                        r".*?Loss: ([0-9.e+-]+) \(")
 _RATE = re.compile(r"Batch \(t\): [0-9.]+, ([0-9.e+-]+)/s")
-
-
-def logs_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "logs" / NAME
-
-
-def checkpoint_path(run_dir: Path, epoch: int) -> Path:
-    return logs_dir(run_dir) / "checkpoints" / f"epoch_{epoch}.pt"
 
 
 def data_args(cfg: BiomedicaClipConfig, run_dir: Path) -> list[str]:
@@ -109,12 +106,12 @@ def source_samples(sources: list[archive.Source]) -> int:
     for source in sources:
         sizes_path = source.directory / archive.SIZES
         if not sizes_path.is_file():
-            raise DataError(f"{sizes_path} not found: run `medrepro biomedica_clip verify` (it writes it), or set "
+            raise DataError(f"{sizes_path} not found: run `medrepro biomedica_clip audit` (it writes it), or set "
                             "train.train_num_samples")
         sizes = json.loads(sizes_path.read_text())
         missing = [p.name for p in source.paths if p.name not in sizes]
         if missing:
-            raise DataError(f"{sizes_path} has no entry for {missing[0]}: delete it and run verify again")
+            raise DataError(f"{sizes_path} has no entry for {missing[0]}: delete it and run audit again")
         total += sum(int(sizes[p.name]) for p in source.paths)
     return total
 
@@ -123,7 +120,7 @@ def open_clip_args(cfg: BiomedicaClipConfig, run_dir: Path, resume: str | None) 
     """open_clip_train.main's argument list for this config (see `python -m open_clip_train.main --help`)."""
     t = cfg.train
     args = [*trainer_model_args(cfg, lambda p: from_run(p, run_dir)), *data_args(cfg, run_dir),
-            "--name", NAME, "--seed", str(cfg.seed), "--device", t.device, "--precision", t.precision,
+            "--name", OPEN_CLIP_NAME, "--seed", str(cfg.seed), "--device", t.device, "--precision", t.precision,
             "--batch-size", str(t.batch_size), "--epochs", str(t.epochs), "--lr", repr(t.lr), "--wd", repr(t.wd),
             "--warmup", str(t.warmup), "--accum-freq", str(t.accum_freq), "--workers", str(t.workers),
             "--save-frequency", str(t.save_frequency), "--log-every-n-steps", str(t.log_every_n_steps)]
@@ -164,45 +161,43 @@ def launcher(cfg: BiomedicaClipConfig) -> list[str]:
             "-m", ENTRY]
 
 
-def train(cfg: BiomedicaClipConfig, variant: str, run_dir: Path, resume: str | None = None) -> None:
-    run_dir = Path(run_dir)
-    with run_guard.exclusive(run_dir):
+def train(cfg: BiomedicaClipConfig, variant: str, run: RunDir, resume: str | None = None) -> None:
+    run_dir = run.path  # open_clip_train's working directory; its arguments are relative to it
+    with run.locked():
         # open_clip_train itself refuses an existing log without --resume latest, but exits 0 doing so.
-        existing = sorted(logs_dir(run_dir).glob("checkpoints/*.pt"))
-        if logs_dir(run_dir).exists() and not resume:
+        existing = sorted(logs_dir(run).glob("checkpoints/*.pt"))
+        if logs_dir(run).exists() and not resume:
             held = f"checkpoints ({existing[-1].name})" if existing else "an unfinished run without checkpoints"
             raise RunError(f"{run_dir} already holds {held}: continue it with --resume latest, or train into "
                            "another --out")
-        archive.verified_report(cfg)  # held-out shards and articles disjoint from the training ones
+        archive.audit_report(cfg)  # held-out shards and articles disjoint from the training ones
         data = data_files(cfg)
         ident = run_guard.identity(cfg, variant, {str(p): repro.sha256_file(p) for p in data})
         if resume:
-            saved = json.loads((run_dir / "identity.json").read_text()) if (run_dir / "identity.json").is_file() \
-                else None
-            run_guard.check_resume(saved, ident, run_dir / "identity.json", allow_change=False, allow_key=None)
+            saved = json.loads((run / IDENTITY_FILE).read_text()) if (run / IDENTITY_FILE).is_file() else None
+            run_guard.check_resume(saved, ident, run / IDENTITY_FILE, allow_change=False, allow_key=None)
         if resume == "latest":
-            set_aside_incomplete(logs_dir(run_dir) / "checkpoints")
+            set_aside_incomplete(logs_dir(run) / "checkpoints")
         command = [*launcher(cfg), *open_clip_args(cfg, run_dir, resume)]
         print("train: " + " ".join(command), flush=True)
         # Run in the run directory; the interpreter is named, not its path (manifest.json records it).
-        atomic.write_json(run_dir / "open_clip_args.json", {"command": ["python", *command[1:]]})
-        atomic.write_json(run_dir / "identity.json", ident)
-        config.save_config(cfg, run_dir / "config.yaml")
-        repro.write_manifest(run_dir / "manifest.json", checksums=ident_checksums(ident))
+        atomic.write_json(run / "open_clip_args.json", {"command": ["python", *command[1:]]})
+        atomic.write_json(run / IDENTITY_FILE, ident)
+        run.begin(cfg, variant=variant, checksums=ident_checksums(ident))
         code = subprocess.run(command, cwd=run_dir, env=trainer_env()).returncode
-        final = checkpoint_path(run_dir, cfg.train.epochs)
+        final = checkpoint_path(run, cfg.train.epochs)
         if code != 0 or not final.is_file():
             raise TrainingError(f"open_clip_train exited with status {code}"
                                 + ("" if final.is_file() else f" without writing {final.name}")
-                                + f": see {logs_dir(run_dir) / 'out.log'} and the output above")
-        progress = progress_records(logs_dir(run_dir) / "out.log", cfg)
-        records = sorted([*progress, *validation_records(logs_dir(run_dir) / "checkpoints" / "results.jsonl",
+                                + f": see {logs_dir(run) / 'out.log'} and the output above")
+        progress = progress_records(logs_dir(run) / "out.log", cfg)
+        records = sorted([*progress, *validation_records(logs_dir(run) / "checkpoints" / "results.jsonl",
                                                          progress, cfg.train.epochs)], key=lambda r: r["step"])
         # Rates depend on the machine's load: they stay out of the log, whose bytes DVC hashes.
-        atomic.write_text(run_dir / "train_log.jsonl", "".join(
+        atomic.write_text(run.train_log, "".join(
             json.dumps({k: v for k, v in r.items() if k != "train/samples_per_s"}) + "\n" for r in records))
         step = max((r["step"] for r in records), default=0)
-        run_guard.mark_complete(run_dir, variant, ident["hash"], step, step)
+        run.mark_complete(variant, ident["hash"], step, step)
         print(f"train: finished; final checkpoint {final}")
 
 
@@ -237,7 +232,7 @@ def data_files(cfg: BiomedicaClipConfig) -> list[Path]:
         files = []
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise DataError(f"{missing[0]} not found: run `medrepro biomedica_clip prepare` and `verify` first")
+        raise DataError(f"{missing[0]} not found: run `medrepro biomedica_clip prepare` and `audit` first")
     return files
 
 

@@ -35,8 +35,8 @@ from experiments.ct_clip.experiment import EXPERIMENT
 from experiments.ct_clip.model import CTClip, build_model, tokenize
 from experiments.ct_clip.prepare import RECORDS, _process
 from experiments.ct_clip.prompts import prompts
-from experiments.ct_clip.train import encoder_path
 from medrepro.benchmark import interleaved_ratio
+from medrepro.config_sections import encoder_path
 from medrepro.errors import DataError
 from medrepro.shards import write_manifest
 
@@ -104,7 +104,7 @@ def per_label_reference(model: CTClip, tokenizer, dataset: ShardDataset, batch_s
 
 
 def zeroshot_ratio(cfg: CtClipConfig, dataset: ShardDataset, repeats: int) -> dict[str, float]:
-    model, tokenizer = build_model(cfg.model, tuple(cfg.data.shape), encoder_path(cfg, EXPERIMENT.variants[0]))
+    model, tokenizer = build_model(cfg.model, tuple(cfg.data.shape), encoder_path(cfg.encoders, EXPERIMENT.variants[0]))
     args = (model, tokenizer, dataset, cfg.eval.batch_size, cfg.model.context_length)
     pred = zeroshot.predict(*args)
     reference, reference_passes = per_label_reference(*args)
@@ -116,7 +116,7 @@ def zeroshot_ratio(cfg: CtClipConfig, dataset: ShardDataset, repeats: int) -> di
 
 
 def preprocess_ratio(cfg: CtClipConfig, n: int, repeats: int) -> dict[str, float]:
-    saved = json.loads((Path(cfg.paths.raw) / RECORDS).read_text())
+    saved = json.loads((Path(cfg.paths.prepared) / RECORDS).read_text())
     records = saved["records"]["valid"][:n]
     tasks = [(r, tuple(cfg.data.spacing), tuple(cfg.data.shape), tuple(cfg.data.report_fields)) for r in records]
 

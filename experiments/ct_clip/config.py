@@ -3,19 +3,29 @@
 from dataclasses import dataclass, field
 from typing import Literal
 
-from medrepro.config_sections import EncoderConfig, RuntimeConfig, TrainConfig, check_positive, check_range, check_span
+from medrepro.config_sections import (
+    EncoderConfig,
+    OutputPaths,
+    RuntimeConfig,
+    TrainConfig,
+    check_positive,
+    check_range,
+    check_span,
+)
 
 # Scans of a synthetic patient are lettered a to h.
 MAX_SCANS = 8
 
+# The training patients that chose the best checkpoint, in the run directory (the evaluation checks
+# that none of them is evaluated).
+SELECTION_FILE = "selection.json"
+
 
 @dataclass
-class PathsConfig:
+class PathsConfig(OutputPaths):
     # The CT-RATE tree (synthetic in smoke) and the tiny text encoder built beside it.
-    raw: str = "data/ct_clip/raw"
+    prepared: str = "data/ct_clip/prepared"
     shards: str = "data/ct_clip/shards"
-    runs: str = "runs/ct_clip"
-    results: str = "results/ct_clip"
 
 
 @dataclass

@@ -95,7 +95,7 @@ def _member_index(shard: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
                     samples.append((key, {}))
                 samples[-1][1][field] = (member.offset_data, member.size)
     except (tarfile.TarError, OSError) as e:
-        raise DataError(f"shard {shard} cannot be indexed ({e}): run `medrepro ct_clip verify` and rewrite "
+        raise DataError(f"shard {shard} cannot be indexed ({e}): run `medrepro ct_clip check-shards` and rewrite "
                         "the shards") from None
     return samples
 

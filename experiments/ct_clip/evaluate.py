@@ -9,15 +9,16 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from experiments.ct_clip import zeroshot
-from experiments.ct_clip.config import CtClipConfig
+from experiments.ct_clip.config import SELECTION_FILE, CtClipConfig
 from experiments.ct_clip.ctrate import LABELS, patient_of
 from experiments.ct_clip.data import ShardDataset
 from experiments.ct_clip.model import build_model
-from experiments.ct_clip.train import SELECTION_FILE, encoder_path
-from medrepro import atomic, checkpoint, plots
+from medrepro import atomic, plots
+from medrepro.config_sections import encoder_path
 from medrepro.device import default_device
 from medrepro.errors import DataError
 from medrepro.results import Evaluation
+from medrepro.rundir import RunDir
 
 # metrics.json under the suite's short names: the paper's mean AUROC, F1 and accuracy.
 HEADLINE = {"auc": "auroc_macro", "f1": "f1_macro", "acc": "accuracy_macro"}
@@ -71,28 +72,25 @@ def roc_grid_png(pred: zeroshot.Predictions, result: dict[str, float], path: Pat
     plots.save_figure(fig, path)
 
 
-def selection_of(run_dir: Path, volumes: list[str]) -> dict:
+def selection_of(run: RunDir, volumes: list[str]) -> dict:
     """The run's selection record, after checking that none of `volumes`' patients chose its checkpoint."""
-    path = run_dir / SELECTION_FILE
+    path = run / SELECTION_FILE
     if not path.is_file():
         raise DataError(f"{path} is missing: the run does not say which patients chose its best checkpoint; "
                         "train it again with this version")
     selection = json.loads(path.read_text())
     shared = sorted(set(selection["patients"]) & {patient_of(v) for v in volumes})
     if shared:
-        raise DataError(f"{len(shared)} evaluated patients (e.g. {shared[0]}) chose the checkpoint of {run_dir}: "
+        raise DataError(f"{len(shared)} evaluated patients (e.g. {shared[0]}) chose the checkpoint of {run}: "
                         "evaluate on patients the run neither trained on nor selected with")
     return selection
 
 
-def evaluate(cfg: CtClipConfig, variant: str, run_dir: Path, out_dir: Path, which: str = "best") -> Evaluation:
+def evaluate(cfg: CtClipConfig, variant: str, run: RunDir, out_dir: Path, which: str = "best") -> Evaluation:
     dataset = ShardDataset(Path(cfg.paths.shards) / "valid" / "manifest.json")
-    selection = selection_of(run_dir, [key for _, key, _ in dataset.items])
-    model, tokenizer = build_model(cfg.model, tuple(cfg.data.shape), encoder_path(cfg, variant))
-    ckpt = run_dir / "checkpoints" / "best.pt" if which == "best" else Path(which)
-    saved = checkpoint.load(ckpt)
-    checkpoint.check_variant(saved, variant, ckpt)
-    model.load_state_dict(saved["model"])
+    selection = selection_of(run, [key for _, key, _ in dataset.items])
+    model, tokenizer = build_model(cfg.model, tuple(cfg.data.shape), encoder_path(cfg.encoders, variant))
+    saved = run.load_into(model, which, variant)
     model.to(default_device())
     pred = zeroshot.predict(model, tokenizer, dataset, cfg.eval.batch_size, cfg.model.context_length)
     result = zeroshot.summarize(pred, cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
@@ -103,8 +101,8 @@ def evaluate(cfg: CtClipConfig, variant: str, run_dir: Path, out_dir: Path, whic
         "labels": list(LABELS), "volumes": pred.volumes,
         "y_true": pred.y_true.tolist(), "y_score": np.round(pred.y_score, 6).tolist(),
     })
-    info = {"data": cfg.data.source, "release": cfg.data.release, "encoder": encoder_path(cfg, variant),
-            "checkpoint": str(ckpt), "step": saved["train_state"]["step"],
+    info = {"data": cfg.data.source, "release": cfg.data.release, "encoder": encoder_path(cfg.encoders, variant),
+            "checkpoint": str(run.checkpoint_path(which)), "step": saved["train_state"]["step"],
             "protocol": "zero-shot, 18 labels, prompt pair softmax, upstream's threshold, bootstrap over patients",
             "bootstrap": cfg.eval.bootstrap, "report_fields": list(cfg.data.report_fields),
             "selection": f"{len(selection['patients'])} training patients ({len(selection['volumes'])} volumes) "

@@ -18,10 +18,10 @@ EXPERIMENT = Experiment(
     variants=("cxr_bert",),
     stages=(
         Stage("prepare", "CT-RATE (or its synthetic twin, v1 and v2 trees) → checked records, tiny encoder in smoke",
-              "experiments.ct_clip.prepare:prepare", outs=("paths.raw",)),
+              "experiments.ct_clip.prepare:prepare", outs=("paths.prepared",)),
         Stage("shards", "records → preprocessed volumes in WebDataset shards with a SHA-256 manifest",
               "experiments.ct_clip.prepare:write_shards", arguments=_workers, outs=("paths.shards",),
-              deps=("paths.raw",)),
+              deps=("paths.prepared",)),
     ),
     train="experiments.ct_clip.train:train",
     evaluate="experiments.ct_clip.evaluate:evaluate",
@@ -30,7 +30,7 @@ EXPERIMENT = Experiment(
     val_metric="auroc_macro",
     evaluate_outs=("predictions.json",),
     commands=(
-        Command("verify", "re-check the shards against their manifests (exit 2 naming the shard and sample)",
-                "experiments.ct_clip.prepare:verify"),
+        Command("check-shards", "re-check the shards against their manifests (exit 2 naming the shard and sample)",
+                "experiments.ct_clip.prepare:check_shards"),
     ),
 )

@@ -1,10 +1,10 @@
-"""`prepare`, `shards` and `verify`: CT-RATE (or its synthetic twin) → checked record lists → shards.
+"""`prepare`, `shards` and `check-shards`: CT-RATE (or its synthetic twin) → checked record lists → shards.
 
 `prepare` reads the release's CSVs and checks every volume named there is on disk (the synthetic
 profile first writes the synthetic release and builds the tiny text encoder). `shards` preprocesses
 the volumes in parallel processes, each holding one volume at a time, into WebDataset shards written
 by webdataset's ShardWriter; a shard is renamed into place only once complete, so a killed `shards`
-run continues at the first missing shard. `verify` re-reads the shards against their manifests.
+run continues at the first missing shard. `check-shards` re-reads the shards against their manifests.
 """
 
 import argparse
@@ -40,7 +40,7 @@ def report_text(record: dict, fields: tuple[str, ...]) -> str:
 
 
 def prepare(cfg: CtClipConfig, args: argparse.Namespace | None = None) -> Path:
-    out = Path(cfg.paths.raw)
+    out = Path(cfg.paths.prepared)
     if cfg.data.source == "synthetic":
         root = write_synthetic_ctrate(out / "ctrate", cfg.data.synthetic, cfg.seed)
     else:
@@ -136,7 +136,7 @@ def _write_shards(tasks: list[tuple], pattern: Path, out: Path, first: int, per:
 
 
 def write_shards(cfg: CtClipConfig, args: argparse.Namespace | None = None) -> Path:
-    saved = json.loads((Path(cfg.paths.raw) / RECORDS).read_text())
+    saved = json.loads((Path(cfg.paths.prepared) / RECORDS).read_text())
     out = Path(cfg.paths.shards)
     fingerprint = _fingerprint(cfg)
     params = out / "params.json"
@@ -155,7 +155,7 @@ def write_shards(cfg: CtClipConfig, args: argparse.Namespace | None = None) -> P
     return out
 
 
-def verify(cfg: CtClipConfig, args: argparse.Namespace | None = None) -> int:
+def check_shards(cfg: CtClipConfig, args: argparse.Namespace | None = None) -> int:
     total = 0
     for split in ctrate.SPLITS:
         manifest_path = Path(cfg.paths.shards) / split / "manifest.json"
@@ -166,8 +166,8 @@ def verify(cfg: CtClipConfig, args: argparse.Namespace | None = None) -> int:
             if not (np.isfinite(sample.volume).all() and np.abs(sample.volume).max() <= 1.0):
                 raise ValueError("volume values outside [-1, 1]")
 
-        n = shards.verify_shards(manifest_path, check)
-        print(f"{manifest_path}: {n} samples verified")
+        n = shards.check_shards(manifest_path, check)
+        print(f"{manifest_path}: {n} samples checked")
         total += n
     if total == 0:
         raise DataError(f"no samples under {cfg.paths.shards}")

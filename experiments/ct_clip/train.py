@@ -8,22 +8,15 @@ import numpy as np
 import torch
 
 from experiments.ct_clip import zeroshot
-from experiments.ct_clip.config import CtClipConfig
+from experiments.ct_clip.config import SELECTION_FILE, CtClipConfig
 from experiments.ct_clip.ctrate import patient_of
 from experiments.ct_clip.data import ShardDataset
 from experiments.ct_clip.model import CTClip, build_model, tokenize
 from medrepro import atomic, repro
+from medrepro.config_sections import encoder_path
 from medrepro.errors import ConfigError
-from medrepro.trainer import FitResult, fit, launched_as_main
-
-
-def encoder_path(cfg: CtClipConfig, variant: str) -> str:
-    if variant not in cfg.encoders:
-        raise ConfigError(f"the config has no encoders.{variant}; it defines {', '.join(sorted(cfg.encoders))}")
-    return cfg.encoders[variant].path
-
-
-SELECTION_FILE = "selection.json"
+from medrepro.rundir import RunDir
+from medrepro.trainer import fit, launched_as_main
 
 
 def selection_patients(keys: list[str], n: int, seed: int) -> list[str]:
@@ -36,10 +29,10 @@ def selection_patients(keys: list[str], n: int, seed: int) -> list[str]:
     return sorted(np.random.default_rng(seed).choice(patients, size=n, replace=False).tolist())
 
 
-def train(cfg: CtClipConfig, variant: str, run_dir: Path, resume: str | None = None) -> FitResult:
+def train(cfg: CtClipConfig, variant: str, run: RunDir, resume: str | None = None) -> None:
     shards = Path(cfg.paths.shards)
     repro.seed_everything(cfg.seed, cfg.train.deterministic)  # before the towers are initialised
-    model, tokenizer = build_model(cfg.model, tuple(cfg.data.shape), encoder_path(cfg, variant))
+    model, tokenizer = build_model(cfg.model, tuple(cfg.data.shape), encoder_path(cfg.encoders, variant))
     every = ShardDataset(shards / "train" / "manifest.json")
     held_out = set(selection_patients([key for _, key, _ in every.items], cfg.eval.selection_patients, cfg.seed))
     train_set = every.subset(lambda key: patient_of(key) not in held_out)
@@ -61,11 +54,10 @@ def train(cfg: CtClipConfig, variant: str, run_dir: Path, resume: str | None = N
 
     # The manifests carry every shard's SHA-256: hashing them identifies the data without reading the
     # terabytes of the full release at every start.
-    result = fit(model, train_set, cfg.train, run_dir, loss_fn=loss_fn, seed=cfg.seed, collate_fn=collate,
-                 evaluate=evaluate, after_step=CTClip.clamp_temperature, resume=resume,
-                 run_name=f"ct_clip-{variant}", run_config=cfg, data=[every.manifest_path], variant=variant)
+    fit(model, train_set, cfg.train, run, loss_fn=loss_fn, seed=cfg.seed, collate_fn=collate,
+        evaluate=evaluate, after_step=CTClip.clamp_temperature, resume=resume,
+        run_name=f"ct_clip-{variant}", run_config=cfg, data=[every.manifest_path], variant=variant)
     if launched_as_main():
-        atomic.write_json(Path(run_dir) / SELECTION_FILE, {
+        atomic.write_json(run / SELECTION_FILE, {
             "patients": sorted(held_out), "volumes": [key for _, key, _ in val_set.items],
             "train_volumes": len(train_set)})
-    return result

@@ -58,8 +58,8 @@ def pretraining_ratio(cfg: ExMedBertConfig, workdir: Path, repeats: int) -> dict
                                                                                  tensorboard=False, mlflow=False),
                              log_every_steps=10**9)
     cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, train=tc))
-    vocab = dataset.read_vocab(cfg.paths.dataset)
-    records = dataset.read_split(cfg.paths.dataset, "train")
+    vocab = dataset.read_vocab(cfg.paths.prepared)
+    records = dataset.read_split(cfg.paths.prepared, "train")
     fit_s, bare_s = [], []
     for r in range(repeats):
         train_set = pretrain.MaskedPatients(records, len(vocab.tokens), cfg.pretrain.mask_probability, cfg.seed)
@@ -76,7 +76,7 @@ def pretraining_ratio(cfg: ExMedBertConfig, workdir: Path, repeats: int) -> dict
 
 
 def conversion_ratio(cfg: ExMedBertConfig, workdir: Path, repeats: int) -> dict[str, float]:
-    source = Path(json.loads((Path(cfg.paths.dataset) / "summary.json").read_text())["source"])
+    source = Path(json.loads((Path(cfg.paths.prepared) / "summary.json").read_text())["source"])
     convert_s, parse_s = [], []
     for r in range(repeats):
         out = workdir / f"convert-{r}"

@@ -201,12 +201,12 @@ def resize(vectors: np.ndarray, hidden: int, method: str, seed: int) -> np.ndarr
 
 
 def source_directory(cfg: ExMedBertConfig) -> Path:
-    return Path(cfg.clinvec.directory or Path(cfg.paths.dataset) / "source" / "clinvec")
+    return Path(cfg.clinvec.directory or Path(cfg.paths.prepared) / "source" / "clinvec")
 
 
 def clinvec_stage(cfg: ExMedBertConfig, args: argparse.Namespace | None = None) -> Path:
     """vectors.npz (`vectors`, `source`, `level`) and coverage.json into paths.clinvec."""
-    vocab = dataset.read_vocab(cfg.paths.dataset)
+    vocab = dataset.read_vocab(cfg.paths.prepared)
     found = lookup(vocab.tokens, source_directory(cfg), cfg.clinvec.vocabularies, cfg.clinvec.hierarchical)
     report = coverage(vocab.tokens, found)
     check_coverage(report, cfg.clinvec.min_coverage)

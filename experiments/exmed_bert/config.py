@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from medrepro.config_sections import (
+    OutputPaths,
     RuntimeConfig,
     TrainConfig,
     check_not_negative,
@@ -15,12 +16,10 @@ from medrepro.config_sections import (
 
 
 @dataclass
-class PathsConfig:
-    dataset: str = "data/exmed_bert/dataset"
+class PathsConfig(OutputPaths):
+    prepared: str = "data/exmed_bert/prepared"
     clinvec: str = "data/exmed_bert/clinvec"
     pretrained: str = "data/exmed_bert/pretrained"
-    runs: str = "runs/exmed_bert"
-    results: str = "results/exmed_bert"
 
 
 @dataclass

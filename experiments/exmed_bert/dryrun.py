@@ -41,7 +41,7 @@ def model_overrides(cfg: ExMedBertConfig, models: Path) -> tuple[list[str], dict
 def _prepared(cfg: ExMedBertConfig, workdir: Path) -> ExMedBertConfig:
     """The dry run's data converted into `workdir`/probe (the stages write their own under `workdir`)."""
     root = workdir / "probe"
-    paths = dataclasses.replace(cfg.paths, dataset=str(root / "dataset"), clinvec=str(root / "clinvec"),
+    paths = dataclasses.replace(cfg.paths, prepared=str(root / "prepared"), clinvec=str(root / "clinvec"),
                                 pretrained=str(root / "pretrained"), runs=str(root / "runs"),
                                 results=str(root / "results"))
     cfg = dataclasses.replace(cfg, paths=paths)
@@ -52,8 +52,8 @@ def _prepared(cfg: ExMedBertConfig, workdir: Path) -> ExMedBertConfig:
 
 def probes(cfg: ExMedBertConfig, full: ExMedBertConfig, workdir: Path) -> list[Probe]:
     cfg = _prepared(cfg, workdir)
-    vocab = dataset.read_vocab(cfg.paths.dataset)
-    records = dataset.read_split(cfg.paths.dataset, "train")
+    vocab = dataset.read_vocab(cfg.paths.prepared)
+    records = dataset.read_split(cfg.paths.prepared, "train")
     longest = [r for r in records if len(r["tokens"]) == cfg.data.max_length]
     if not longest:
         raise ValueError(f"no synthetic patient reaches data.max_length {cfg.data.max_length}: raise "

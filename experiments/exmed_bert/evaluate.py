@@ -20,30 +20,28 @@ from experiments.exmed_bert import baselines, dataset
 from experiments.exmed_bert.config import ExMedBertConfig
 from experiments.exmed_bert.endpoint import endpoint_model, scores
 from experiments.exmed_bert.experiment import BASELINES, EXPERIMENT
-from medrepro import atomic, bootstrap, checkpoint, plots, run_guard
+from medrepro import atomic, bootstrap, plots
 from medrepro.device import default_device
 from medrepro.errors import DataError
 from medrepro.results import Evaluation
+from medrepro.rundir import RunDir
 
 HEADLINE = {"f1": "f1", "auc": "roc_auc", "pr_auc": "pr_auc"}
 DIFFERENCES = ("f1", "roc_auc", "pr_auc")
 
 
-def test_scores(cfg: ExMedBertConfig, variant: str, run_dir: Path, which: str, records: list[dict]) -> np.ndarray:
+def test_scores(cfg: ExMedBertConfig, variant: str, run: RunDir, which: str, records: list[dict]) -> np.ndarray:
     """Positive-class probabilities of `variant` for the test patients, in the order of test.jsonl."""
     if variant in BASELINES:
-        path = run_dir / baselines.SCORES
+        path = run / baselines.SCORES
         if not path.is_file():
             raise DataError(f"{path} not found: run `medrepro exmed_bert train --variant {variant}` first")
         saved = json.loads(path.read_text())["test"]
         if saved["patient_id"] != [r["patient_id"] for r in records]:
-            raise DataError(f"{path} scores other test patients than {cfg.paths.dataset}: train {variant} again")
+            raise DataError(f"{path} scores other test patients than {cfg.paths.prepared}: train {variant} again")
         return np.array(saved["score"])
-    path = run_dir / "checkpoints" / "best.pt" if which == "best" else Path(which)
-    state = checkpoint.load(path)
-    checkpoint.check_variant(state, variant, path)
-    weights = state["model"]
-    vocab = dataset.read_vocab(cfg.paths.dataset)
+    weights = run.load(which, variant)["model"]
+    vocab = dataset.read_vocab(cfg.paths.prepared)
     model = endpoint_model(cfg, vocab, {k.removeprefix("encoder."): v for k, v in weights.items()
                                         if k.startswith("encoder.")})
     model.load_state_dict(weights)
@@ -99,12 +97,12 @@ def roc_compared_png(y: np.ndarray, scores_by_variant: dict[str, np.ndarray], pa
     plots.save_figure(fig, path)
 
 
-def evaluate(cfg: ExMedBertConfig, variant: str, run: Path, out: Path, which: str = "best") -> Evaluation:
-    records = dataset.read_split(cfg.paths.dataset, "test")
+def evaluate(cfg: ExMedBertConfig, variant: str, run: RunDir, out: Path, which: str = "best") -> Evaluation:
+    records = dataset.read_split(cfg.paths.prepared, "test")
     y = np.array([r["endpoint"] for r in records])
     if y.min() == y.max():
-        raise DataError(f"{cfg.paths.dataset}/test.jsonl holds one class only: the endpoint metrics need both")
-    p = test_scores(cfg, variant, Path(run), which, records)
+        raise DataError(f"{cfg.paths.prepared}/test.jsonl holds one class only: the endpoint metrics need both")
+    p = test_scores(cfg, variant, run, which, records)
     rows = metric_rows(y, p, cfg.eval.threshold, cfg.eval.max_fpr)
     n, boot = len(y), dict(n_boot=cfg.eval.bootstrap, alpha=cfg.eval.alpha, seed=cfg.seed)
     details: dict[str, float] = {}
@@ -112,17 +110,17 @@ def evaluate(cfg: ExMedBertConfig, variant: str, run: Path, out: Path, which: st
         interval = bootstrap.bootstrap(stat, n, **boot)
         details.update({name: interval.estimate, f"{name}_ci_low": interval.low, f"{name}_ci_high": interval.high})
     # The trivial baseline: always the training split's majority class, a constant score.
-    majority = int(np.mean([r["endpoint"] for r in dataset.read_split(cfg.paths.dataset, "train")]) >= 0.5)
+    majority = int(np.mean([r["endpoint"] for r in dataset.read_split(cfg.paths.prepared, "train")]) >= 0.5)
     # Predicting every patient positive: F1 = 2 positives / (patients + positives); all negative: 0.
     details.update({"majority/f1": float(2 * y.sum() / (n + y.sum())) if majority else 0.0, "majority/roc_auc": 0.5,
                     "majority/pr_auc": float(y.mean()), "test_patients": float(n), "test_positives": float(y.sum())})
 
     compared = {variant: p}
     for other in EXPERIMENT.variants:
-        other_run = Path(cfg.paths.runs) / other
+        other_run = RunDir(Path(cfg.paths.runs) / other)
         if other == variant:
             continue
-        if not (other_run / run_guard.COMPLETE_FILE).is_file():
+        if not other_run.is_complete():
             continue  # not trained (a smoke run of a subset of variants): no difference to report
         q = test_scores(cfg, other, other_run, "best", records)
         compared[other] = q

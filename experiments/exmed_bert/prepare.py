@@ -108,7 +108,7 @@ def convert(source: Path, out: Path, data: DataConfig, seed: int) -> dict:
 
 
 def prepare(cfg: ExMedBertConfig, args: argparse.Namespace | None = None) -> Path:
-    out = Path(cfg.paths.dataset)
+    out = Path(cfg.paths.prepared)
     if abs(sum(cfg.data.split) - 1.0) > 1e-9:
         raise ConfigError(f"data.split {list(cfg.data.split)} must sum to 1", "data.split")
     with atomic.atomic_dir(out) as tmp:

@@ -19,7 +19,8 @@ from torch.nn import functional as F
 from experiments.exmed_bert import clinvec, dataset
 from experiments.exmed_bert.config import ExMedBertConfig, ModelConfig
 from experiments.exmed_bert.model import PRESETS, Encoder, PretrainModel, count_parameters, initialise, load_clinvec
-from medrepro import checkpoint, repro, run_guard
+from medrepro import repro
+from medrepro.rundir import RunDir
 from medrepro.trainer import fit
 
 INITS = ("random_init", "clinvec_init")
@@ -145,12 +146,12 @@ def build(cfg: ExMedBertConfig, init: str, vocab: dataset.Vocab) -> PretrainMode
     return model
 
 
-def pretrain_one(cfg: ExMedBertConfig, init: str, run_dir: Path, resume: str | None = None) -> Path:
-    vocab = dataset.read_vocab(cfg.paths.dataset)
-    train_set = MaskedPatients(dataset.read_split(cfg.paths.dataset, "train"), len(vocab.tokens),
+def pretrain_one(cfg: ExMedBertConfig, init: str, run: RunDir, resume: str | None = None) -> None:
+    vocab = dataset.read_vocab(cfg.paths.prepared)
+    train_set = MaskedPatients(dataset.read_split(cfg.paths.prepared, "train"), len(vocab.tokens),
                                cfg.pretrain.mask_probability, cfg.seed)
     # Validation masks are fixed: epoch 0 of another seed stream.
-    val = MaskedPatients(dataset.read_split(cfg.paths.dataset, "val"), len(vocab.tokens),
+    val = MaskedPatients(dataset.read_split(cfg.paths.prepared, "val"), len(vocab.tokens),
                          cfg.pretrain.mask_probability, cfg.seed + 1)
     val_items = [val[i] for i in range(len(val))]
     model = build(cfg, init, vocab)
@@ -160,29 +161,32 @@ def pretrain_one(cfg: ExMedBertConfig, init: str, run_dir: Path, resume: str | N
         return validation_metrics(model, val_items, cfg.eval.batch_size, cfg.pretrain.plos_days,
                                   cfg.pretrain.plos_class_weights)
 
-    fit(model, train_set, cfg.pretrain.train, run_dir, loss_fn=pretrain_loss(cfg.pretrain.plos_class_weights),
+    fit(model, train_set, cfg.pretrain.train, run, loss_fn=pretrain_loss(cfg.pretrain.plos_class_weights),
         seed=cfg.seed,
         collate_fn=collate(cfg.pretrain.plos_days), evaluate=evaluate, resume=resume,
         run_name=f"exmed_bert-pretrain-{init}", run_config=cfg,
-        data=[Path(cfg.paths.dataset) / "train.jsonl", Path(cfg.paths.clinvec) / "vectors.npz"], variant=init)
-    return run_dir
+        data=[Path(cfg.paths.prepared) / "train.jsonl", Path(cfg.paths.clinvec) / "vectors.npz"], variant=init)
 
 
 def pretrain(cfg: ExMedBertConfig, args: argparse.Namespace | None = None) -> Path:
     """Both runs; with `--resume latest` a run that left checkpoints continues, one that left none starts."""
-    out = Path(cfg.paths.pretrained)
     resume = getattr(args, "resume", None)
     for init in INITS:
-        started = resume is not None and checkpoint.step_checkpoints(out / init / "checkpoints")
-        pretrain_one(cfg, init, out / init, resume if started else None)
-    return out
+        run = pretrained_run(cfg, init)
+        pretrain_one(cfg, init, run, resume if resume is not None and run.step_checkpoints() else None)
+    return Path(cfg.paths.pretrained)
+
+
+def pretrained_run(cfg: ExMedBertConfig, init: str) -> RunDir:
+    """The pretraining run of one initialisation, `<paths.pretrained>/<init>`."""
+    return RunDir(Path(cfg.paths.pretrained) / init)
 
 
 def pretrained_encoder(cfg: ExMedBertConfig, init: str) -> dict[str, torch.Tensor]:
     """The encoder weights of a finished pretraining run."""
-    run_dir = Path(cfg.paths.pretrained) / init
-    run_guard.completed(run_dir, init, "finish it with `medrepro exmed_bert pretrain --resume latest`")
-    state = checkpoint.load(run_dir / "final.pt")["model"]
+    run = pretrained_run(cfg, init)
+    run.completion(init, "finish it with `medrepro exmed_bert pretrain --resume latest`")
+    state = run.load("final", init)["model"]
     return {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
 
 

@@ -15,21 +15,21 @@ from experiments.exmed_bert.config import ExMedBertConfig
 from experiments.exmed_bert.endpoint import Records, endpoint_model, scores
 from experiments.exmed_bert.experiment import BASELINES
 from experiments.exmed_bert.model import count_parameters
-from experiments.exmed_bert.pretrain import pretrained_encoder
-from medrepro import atomic, config, repro, run_guard
+from experiments.exmed_bert.pretrain import pretrained_encoder, pretrained_run
+from medrepro import atomic, repro, run_guard
 from medrepro.metrics import binary_metrics
-from medrepro.results import TRAIN_LOG
+from medrepro.rundir import RunDir
 from medrepro.trainer import fit
 
 VAL_METRICS = ("f1", "precision", "recall", "roc_auc", "pr_auc")
 
 
-def train(cfg: ExMedBertConfig, variant: str, out: Path, resume: str | None = None) -> None:
+def train(cfg: ExMedBertConfig, variant: str, run: RunDir, resume: str | None = None) -> None:
     if variant in BASELINES:
-        return train_baseline(cfg, variant, out)
-    vocab = dataset.read_vocab(cfg.paths.dataset)
-    train_records = dataset.read_split(cfg.paths.dataset, "train")
-    val_records = dataset.read_split(cfg.paths.dataset, "val")
+        return train_baseline(cfg, variant, run)
+    vocab = dataset.read_vocab(cfg.paths.prepared)
+    train_records = dataset.read_split(cfg.paths.prepared, "train")
+    val_records = dataset.read_split(cfg.paths.prepared, "val")
     val_labels = np.array([r["endpoint"] for r in val_records])
     repro.seed_everything(cfg.seed, cfg.train.deterministic)  # before the classifier is initialised
     model = endpoint_model(cfg, vocab, pretrained_encoder(cfg, variant))
@@ -44,10 +44,10 @@ def train(cfg: ExMedBertConfig, variant: str, out: Path, resume: str | None = No
         m = binary_metrics(val_labels, p, cfg.eval.threshold)
         return {f"val/{k}": m[k] for k in VAL_METRICS}
 
-    fit(model, Records(train_records), cfg.train, out, loss_fn=loss_fn, seed=cfg.seed,
+    fit(model, Records(train_records), cfg.train, run, loss_fn=loss_fn, seed=cfg.seed,
         collate_fn=lambda rs: dataset.pad_batch(rs, cfg.pretrain.plos_days), evaluate=evaluate, resume=resume,
         run_name=f"exmed_bert-{variant}", run_config=cfg,
-        data=[Path(cfg.paths.dataset) / "train.jsonl", Path(cfg.paths.pretrained) / variant / "final.pt"],
+        data=[Path(cfg.paths.prepared) / "train.jsonl", pretrained_run(cfg, variant).final],
         variant=variant)
 
 
@@ -61,28 +61,25 @@ def endpoint_loss(positive_weight: torch.Tensor):
     return loss_fn
 
 
-def train_baseline(cfg: ExMedBertConfig, variant: str, out: Path) -> None:
+def train_baseline(cfg: ExMedBertConfig, variant: str, run: RunDir) -> None:
     """Fit on train, score val and test; scores.json, the validation point, the resolved config and
     manifest, then the completion mark."""
-    vocab = dataset.read_vocab(cfg.paths.dataset)
-    splits = {s: dataset.read_split(cfg.paths.dataset, s) for s in dataset.SPLITS}
+    vocab = dataset.read_vocab(cfg.paths.prepared)
+    splits = {s: dataset.read_split(cfg.paths.prepared, s) for s in dataset.SPLITS}
     x = {s: baselines.features(records, vocab) for s, records in splits.items()}
     y = np.array([r["endpoint"] for r in splits["train"]])
-    with run_guard.exclusive(out):
-        (out / run_guard.COMPLETE_FILE).unlink(missing_ok=True)
+    with run.locked():
+        run.begin(cfg, variant=variant, data=[Path(cfg.paths.prepared) / "train.jsonl"])
         predicted, _ = baselines.fit_predict(variant, cfg.baselines, cfg.seed, x["train"], y,
                                              {"val": x["val"], "test": x["test"]})
-        config.save_config(cfg, out / "config.yaml")
-        repro.write_manifest(out / "manifest.json", data=[Path(cfg.paths.dataset) / "train.jsonl"],
-                             extra={"variant": variant})
-        atomic.write_json(out / baselines.SCORES, {s: {"patient_id": [r["patient_id"] for r in splits[s]],
+        atomic.write_json(run / baselines.SCORES, {s: {"patient_id": [r["patient_id"] for r in splits[s]],
                                              "score": predicted[s].tolist()} for s in ("val", "test")})
         # A tree model has no training curve: its one validation point, under the names the fine-tuned
         # variants log, so every variant's curves/val.csv charts the same metrics.
         val_labels = np.array([r["endpoint"] for r in splits["val"]])
         m = binary_metrics(val_labels, predicted["val"], cfg.eval.threshold)
-        atomic.write_text(out / TRAIN_LOG, json.dumps({"step": 0, **{f"val/{k}": m[k] for k in VAL_METRICS}}) + "\n")
+        atomic.write_text(run.train_log, json.dumps({"step": 0, **{f"val/{k}": m[k] for k in VAL_METRICS}}) + "\n")
         identity = run_guard.identity(cfg, variant, {"train.jsonl": repro.sha256_file(
-            Path(cfg.paths.dataset) / "train.jsonl")})
-        run_guard.mark_complete(out, variant, identity["hash"], 0, 0)
-    print(f"{variant}: fitted on {len(y)} patients; scores in {out / baselines.SCORES}")
+            Path(cfg.paths.prepared) / "train.jsonl")})
+        run.mark_complete(variant, identity["hash"], 0, 0)
+    print(f"{variant}: fitted on {len(y)} patients; scores in {run / baselines.SCORES}")

@@ -61,10 +61,9 @@ from experiments.retclip.model import RetClip, build_model, quick_gelu
 from experiments.retclip.prepare import build
 from experiments.retclip.prompts import load_prompts
 from experiments.retclip.synthetic import write_synthetic_odir
-from experiments.retclip.train import encoder_path
 from medrepro import config, optim, repro, runtime
 from medrepro.benchmark import scaling_exponent
-from medrepro.config_sections import RuntimeConfig, TinyBertConfig
+from medrepro.config_sections import RuntimeConfig, TinyBertConfig, encoder_path
 from medrepro.errors import DataError
 from medrepro.lmdb_store import LmdbTable
 from medrepro.sampling import StepBatchSampler
@@ -104,7 +103,7 @@ def training_ratio(cfg: RetClipConfig, variant: str, workdir: Path, steps: int, 
     tc = cfg.train
     tc.tracking.tensorboard = False
     tc.log_every_steps = steps
-    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant))
+    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg.encoders, variant))
     train_set = PairDataset(lmdb / "train", transform, tokenizer)
     schedule = Schedule.from_config(tc, len(train_set))
     tc.epochs = steps / schedule.steps_per_epoch

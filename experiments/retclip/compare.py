@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from experiments.retclip import seedstats
-from experiments.retclip.evaluate import load_predictions
+from experiments.retclip.zeroshot import load_predictions
 
 # (level, metric, column label)
 DIFFERENCES = (("eye", "accuracy", "Δ accuracy (eyes), pts"), ("eye", "balanced_accuracy", "Δ balanced acc., pts"),
-               ("eye", "auc_macro", "Δ macro AUC"), ("patient", "accuracy", "Δ accuracy (patients), pts"))
+               ("eye", "auroc_macro", "Δ macro AUC"), ("patient", "accuracy", "Δ accuracy (patients), pts"))
 
 
 def comparison_section(results_dir: Path, variants: Sequence[str]) -> str:
@@ -37,7 +37,7 @@ def comparison_section(results_dir: Path, variants: Sequence[str]) -> str:
         for level, metric, _ in DIFFERENCES:
             d = seedstats.paired_difference(preds[(a, level)], preds[(b, level)], metric, settings["n_boot"],
                                             settings["alpha"], settings["seed"])
-            scale, digits = (1, 3) if metric == "auc_macro" else (100, 1)
+            scale, digits = (1, 3) if metric == "auroc_macro" else (100, 1)
             low, estimate, high = (f"{v * scale:+.{digits}f}" for v in (d.low, d.estimate, d.high))
             cells.append(f"{estimate} [{low}, {high}]")
         lines.append("| " + " | ".join([f"{a} − {b}", *cells]) + " |")

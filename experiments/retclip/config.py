@@ -4,15 +4,22 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from medrepro.config_sections import EncoderConfig, RuntimeConfig, TrainConfig, check_positive, check_range, check_split
+from medrepro.config_sections import (
+    EncoderConfig,
+    OutputPaths,
+    RuntimeConfig,
+    TrainConfig,
+    check_positive,
+    check_range,
+    check_split,
+)
+from medrepro.rundir import RunDir
 
 
 @dataclass
-class PathsConfig:
+class PathsConfig(OutputPaths):
     prepared: str = "data/retclip/prepared"
     lmdb: str = "data/retclip/lmdb"
-    runs: str = "runs/retclip"
-    results: str = "results/retclip"
 
 
 @dataclass
@@ -89,3 +96,8 @@ class RetClipConfig:
         # evaluate and export read seeds[0]; each seed trains into its own seed-<seed> directory.
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+
+
+def seed_run(run: RunDir, seed: int) -> RunDir:
+    """The part of a variant's run that trained with `seed` (`seeds` lists them)."""
+    return run.part(f"seed-{seed}")

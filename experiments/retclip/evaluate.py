@@ -6,48 +6,45 @@ the training seeds, with its spread over seeds (`_sd`), its per-seed values (`/s
 95 % interval that resamples patients (see seedstats.py), beside the baselines.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from experiments.retclip import seedstats, zeroshot
-from experiments.retclip.config import RetClipConfig
+from experiments.retclip.config import RetClipConfig, seed_run
 from experiments.retclip.data import EyeDataset, PatientDataset
 from experiments.retclip.model import build_model
 from experiments.retclip.odir import CLASSES
 from experiments.retclip.prompts import load_prompts
-from experiments.retclip.train import encoder_path, seed_dir
-from medrepro import atomic, checkpoint, metrics, plots
+from medrepro import atomic, metrics, plots
+from medrepro.config_sections import encoder_path
 from medrepro.device import default_device
 from medrepro.errors import DataError
 from medrepro.results import Evaluation
+from medrepro.rundir import RunDir
 
 # metrics.json: the headline under the suite's short names (intervals are in details.json).
-HEADLINE = {"acc": "accuracy", "bal_acc": "balanced_accuracy", "f1_macro": "f1_macro", "auc": "auc_macro"}
+HEADLINE = {"acc": "accuracy", "bal_acc": "balanced_accuracy", "f1_macro": "f1_macro", "auc": "auroc_macro"}
 LEVELS = ("eye", "patient")
 
 
-def evaluate(cfg: RetClipConfig, variant: str, run_dir: Path, out_dir: Path, which: str = "best") -> Evaluation:
-    """`which`: "best" (every seed's best.pt) or one checkpoint file (then it stands for the only seed)."""
-    checkpoints = ({seed: seed_dir(run_dir, seed) / "checkpoints" / "best.pt" for seed in cfg.seeds}
-                   if which == "best" else {cfg.seeds[0]: Path(which)})
+def evaluate(cfg: RetClipConfig, variant: str, run: RunDir, out_dir: Path, which: str = "best") -> Evaluation:
+    """`which`: "best" or "final" (every seed's), or one checkpoint file (then it stands for the only seed)."""
+    seeds = cfg.seeds if which in ("best", "final") else cfg.seeds[:1]
+    runs = {seed: seed_run(run, seed) for seed in seeds}
     prompts = load_prompts(Path(cfg.prompts) if cfg.prompts else None)
     lmdb = Path(cfg.paths.lmdb)
     preds: dict[str, list[zeroshot.Predictions]] = {level: [] for level in LEVELS}
     steps, scales = {}, {}
-    for seed, path in checkpoints.items():
-        model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant))
-        saved = checkpoint.load(path)
-        checkpoint.check_variant(saved, variant, path)
-        model.load_state_dict(saved["model"])
+    for seed, seed_part in runs.items():
+        model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg.encoders, variant))
+        saved = seed_part.load_into(model, which, variant)
         model.to(default_device())
         steps[seed] = saved["train_state"]["step"]
         scales.update({f"logit_scale/{h}/seed-{seed}": float(s.detach().exp()) for h, s in model.logit_scales.items()})
         args = (model, tokenizer, transform, prompts, lmdb / "test", cfg.eval.batch_size)
         preds["eye"].append(zeroshot.predict(*args))
         preds["patient"].append(zeroshot.predict_patients(*args))
-    seeds = list(checkpoints)
     majority = majority_classes(lmdb / "train")
     result: dict[str, float] = {}
     for level in LEVELS:
@@ -63,9 +60,9 @@ def evaluate(cfg: RetClipConfig, variant: str, run_dir: Path, out_dir: Path, whi
         result[f"logit_scale/{head}"] = float(np.mean([scales[f"logit_scale/{head}/seed-{s}"] for s in seeds]))
 
     write_plots(preds["eye"], result, variant, out_dir / "plots")
-    atomic.write_json(out_dir / "predictions.json", predictions_json(preds, seeds))
-    info = {"data": cfg.data.source, "encoder": encoder_path(cfg, variant),
-            "checkpoints": {str(s): str(p) for s, p in checkpoints.items()},
+    atomic.write_json(out_dir / "predictions.json", zeroshot.predictions_json(preds, seeds))
+    info = {"data": cfg.data.source, "encoder": encoder_path(cfg.encoders, variant),
+            "checkpoints": {str(s): str(r.checkpoint_path(which)) for s, r in runs.items()},
             "step": {str(s): step for s, step in steps.items()}, "seeds": seeds,
             "bootstrap": {"n_boot": cfg.eval.bootstrap, "alpha": cfg.eval.alpha, "seed": cfg.seed},
             "majority_class": {level: CLASSES[c] for level, c in majority.items()},
@@ -98,19 +95,3 @@ def write_plots(preds: list[zeroshot.Predictions], result: dict[str, float], var
                         f"retclip {variant}: per-class zero-shot (test eyes, mean of {n_seeds} seeds)")
 
 
-def predictions_json(preds: dict[str, list[zeroshot.Predictions]], seeds: list[int]) -> dict:
-    return {"classes": list(CLASSES), "seeds": seeds, **{
-        level: {"y_true": p[0].y_true.tolist(), "patients": p[0].patients.tolist(), "n_left_out": p[0].n_left_out,
-                "y_score": {str(s): np.round(q.y_score, 6).tolist() for s, q in zip(seeds, p, strict=True)}}
-        for level, p in preds.items()}}
-
-
-def load_predictions(path: Path, level: str) -> list[zeroshot.Predictions]:
-    """The per-seed predictions of one level back from predictions.json."""
-    try:
-        saved = json.loads(path.read_text())[level]
-    except (OSError, json.JSONDecodeError, KeyError) as e:
-        raise DataError(f"cannot read {level} predictions from {path}: {e}; re-run evaluate") from None
-    y_true, patients = np.asarray(saved["y_true"], dtype=int), np.asarray(saved["patients"], dtype=int)
-    return [zeroshot.Predictions(y_true, np.asarray(scores, dtype=float).reshape(len(y_true), len(CLASSES)),
-                                 saved["n_left_out"], patients) for scores in saved["y_score"].values()]

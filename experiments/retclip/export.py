@@ -19,11 +19,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.retclip.config import RetClipConfig
+from experiments.retclip.config import RetClipConfig, seed_run
 from experiments.retclip.prompts import DEFAULT_PATH, Prompts, load_prompts
-from experiments.retclip.train import encoder_path, seed_dir
-from medrepro import atomic, checkpoint
+from medrepro import atomic
+from medrepro.config_sections import encoder_path
 from medrepro.errors import DataError
+from medrepro.rundir import RunDir
 
 FORMAT = "retclip-export"
 VERSION = 1
@@ -35,6 +36,7 @@ Exported by `medrepro retclip export` from {checkpoint} (step {step}).
 ```python
 from experiments.retclip.export import load_exported
 from experiments.retclip import zeroshot
+from medrepro.config_sections import encoder_path
 
 exported = load_exported("{name}")           # RetClip in eval mode, tokenizer, transform, prompts
 model, tokenizer, transform = exported.model, exported.tokenizer, exported.transform
@@ -60,19 +62,19 @@ class Exported:
     config: dict
 
 
-def export(cfg: RetClipConfig, variant: str, ckpt: Path, out: Path, seed: int) -> Path:
-    """Write the model of checkpoint `ckpt` (a run of `variant`) as a self-contained directory `out`."""
+def export(cfg: RetClipConfig, variant: str, run: RunDir, which: str, out: Path, seed: int) -> Path:
+    """Write the model of checkpoint `which` (`best`, `final` or a path) of `run`, a run of `variant` with
+    `seed`, as a self-contained directory `out`."""
     from safetensors.torch import save_file
 
     from experiments.retclip.model import build_model, quick_gelu, vision_config
 
-    saved = checkpoint.load(ckpt)
-    checkpoint.check_variant(saved, variant, ckpt)
-    model, tokenizer, _ = build_model(cfg.model, encoder_path(cfg, variant))
-    model.load_state_dict(saved["model"])
+    model, tokenizer, _ = build_model(cfg.model, encoder_path(cfg.encoders, variant))
+    saved = run.load_into(model, which, variant)
+    ckpt = run.checkpoint_path(which)
     config = {
         "format": FORMAT, "version": VERSION, "variant": variant, "seed": seed,
-        "step": saved["train_state"]["step"], "encoder": encoder_path(cfg, variant),
+        "step": saved["train_state"]["step"], "encoder": encoder_path(cfg.encoders, variant),
         "vision_cfg": vision_config(cfg.model), "quick_gelu": quick_gelu(cfg.model), "embed_dim": cfg.model.embed_dim,
         "context_length": cfg.model.context_length, "init_logit_scale": cfg.model.init_logit_scale,
         "max_logit_scale": cfg.model.max_logit_scale,
@@ -120,12 +122,11 @@ def load_exported(path: str | Path) -> Exported:
 
 def export_command(cfg: RetClipConfig, args: argparse.Namespace) -> Path:
     seed = cfg.seeds[0] if args.seed is None else args.seed
-    run = seed_dir(args.run or Path(cfg.paths.runs) / args.variant, seed)
-    ckpt = {"best": run / "checkpoints" / "best.pt", "final": run / "final.pt"}.get(args.checkpoint,
-                                                                                 Path(args.checkpoint))
+    run = seed_run(RunDir(args.run or Path(cfg.paths.runs) / args.variant), seed)
+    ckpt = run.checkpoint_path(args.checkpoint)
     if not ckpt.is_file():
         raise DataError(f"checkpoint {ckpt} not found: train the variant first, or name another --seed/--checkpoint")
-    out = export(cfg, args.variant, ckpt, args.out, seed)
+    out = export(cfg, args.variant, run, args.checkpoint, args.out, seed)
     print(f"exported {args.variant} (seed {seed}, {ckpt}) to {out}/; load it with "
           "experiments.retclip.export.load_exported")
     return out

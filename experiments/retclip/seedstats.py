@@ -18,7 +18,7 @@ from medrepro import bootstrap
 
 K = len(CLASSES)
 # The statistics that get an interval and a spread over seeds.
-INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auc_macro")
+INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro")
 
 
 def _stat(name: str, pred: Predictions) -> bootstrap.StatRows:
@@ -29,15 +29,15 @@ def _stat(name: str, pred: Predictions) -> bootstrap.StatRows:
         return bootstrap.balanced_accuracy_stat(y_true, y_pred, K)
     if name == "f1_macro":
         return bootstrap.f1_macro_stat(y_true, y_pred, K)
-    if name == "auc_macro":
-        # The mean over the classes with positives and negatives in the resample, as auc_macro.
+    if name == "auroc_macro":
+        # The mean over the classes with positives and negatives in the resample, as auroc_macro.
         per_class = [bootstrap.auc_stat(y_true == c, pred.y_score[:, c]) for c in range(K) if (y_true == c).any()]
         return lambda idx: np.nanmean(np.stack([stat(idx) for stat in per_class]), axis=0)
     if name.startswith("f1/"):
         c = CLASSES.index(name.removeprefix("f1/"))
         return bootstrap.f1_binary_stat(y_true == c, y_pred == c)
-    if name.startswith("auc/"):
-        c = CLASSES.index(name.removeprefix("auc/"))
+    if name.startswith("auroc/"):
+        c = CLASSES.index(name.removeprefix("auroc/"))
         return bootstrap.auc_stat(y_true == c, pred.y_score[:, c])
     raise KeyError(name)
 
@@ -72,7 +72,7 @@ def encoder_summary(preds: Sequence[Predictions], seeds: Sequence[int], majority
     out.update(baselines(y_true, majority_class))
     if n_boot <= 0 or len(y_true) == 0:
         return out
-    names = [n for n in (*INTERVAL_METRICS, *(f"f1/{c}" for c in CLASSES), *(f"auc/{c}" for c in CLASSES))
+    names = [n for n in (*INTERVAL_METRICS, *(f"f1/{c}" for c in CLASSES), *(f"auroc/{c}" for c in CLASSES))
              if n in keys]
     stats: dict[str, Callable] = {name: seed_mean_stat(name, preds) for name in names}
     majority_hits = (y_true == majority_class).astype(float)

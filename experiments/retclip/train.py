@@ -1,70 +1,55 @@
 """`train`: RET-CLIP with one text encoder, once per training seed, on the shared training loop.
 
-A variant's run directory holds one complete run of the shared loop per seed of `seeds`:
-
-    <run dir>/seed-<s>/     checkpoints/, best.pt, final.pt, train_log.jsonl, config.yaml (seeds: [s]), ...
-    <run dir>/train_log.jsonl   the mean over seeds of every logged number, step by step (the curves)
-    <run dir>/config.yaml       the resolved config with every seed
-    <run dir>/complete.json     written last, once every seed has finished
+A variant's run directory holds one complete run of the shared loop per seed of `seeds`, each a part
+`seed-<s>` of the run (see `medrepro.rundir`: its config has `seeds: [s]`); the variant's own directory
+holds the resolved config with every seed, the mean over seeds of every logged number step by step
+(the curves), and the completion mark, written last, that lists the seeds' parts.
 """
 
 import dataclasses
+import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
 
 from experiments.retclip import zeroshot
-from experiments.retclip.config import RetClipConfig
+from experiments.retclip.config import RetClipConfig, seed_run
 from experiments.retclip.data import PairDataset, open_split, single_label_eyes
 from experiments.retclip.model import RetClip, build_model
 from experiments.retclip.prompts import load_prompts
-from medrepro import atomic, checkpoint, config, repro, run_guard
+from medrepro import atomic, config, repro
+from medrepro.config_sections import encoder_path
 from medrepro.errors import ConfigError, DataError
-from medrepro.results import TRAIN_LOG
+from medrepro.rundir import RunDir
 from medrepro.trainer import FitResult, fit, launched_as_main
 
 
-def encoder_path(cfg: RetClipConfig, variant: str) -> str:
-    """The text encoder of a variant: `encoders.<variant>.path`."""
-    if variant not in cfg.encoders:
-        raise ConfigError(f"the config has no encoders.{variant}; it defines {', '.join(sorted(cfg.encoders))}")
-    return cfg.encoders[variant].path
-
-
-def seed_dir(run_dir: Path, seed: int) -> Path:
-    return Path(run_dir) / f"seed-{seed}"
-
-
-def train(cfg: RetClipConfig, variant: str, run_dir: Path, resume: str | None = None) -> list[FitResult]:
+def train(cfg: RetClipConfig, variant: str, run: RunDir, resume: str | None = None) -> None:
     """Train `variant` once per seed of `cfg.seeds`; `resume` applies to each seed run that has checkpoints."""
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {cfg.seeds}", "seeds")
     check_validation_split(cfg)
-    run_dir = Path(run_dir)
     main = launched_as_main()
     if main:
-        (run_dir / run_guard.COMPLETE_FILE).unlink(missing_ok=True)  # complete again only when every seed is
+        run.complete_file.unlink(missing_ok=True)  # complete again only when every seed is
     results = []
     for seed in cfg.seeds:
-        directory = seed_dir(run_dir, seed)
-        has_checkpoints = bool(checkpoint.step_checkpoints(directory / "checkpoints"))
-        results.append(train_seed(cfg, variant, seed, directory, resume if has_checkpoints else None))
+        part = seed_run(run, seed)
+        results.append(train_seed(cfg, variant, seed, part, resume if part.step_checkpoints() else None))
     if main:
-        config.save_config(cfg, run_dir / "config.yaml")
-        atomic.write_text(run_dir / TRAIN_LOG, mean_log([seed_dir(run_dir, s) / TRAIN_LOG for s in cfg.seeds]))
-        marks = {s: json.loads((seed_dir(run_dir, s) / run_guard.COMPLETE_FILE).read_text()) for s in cfg.seeds}
-        atomic.write_json(run_dir / run_guard.COMPLETE_FILE, {
-            "variant": variant, "identity": "+".join(m["identity"] for m in marks.values()),
-            "step": results[0].state.step, "best_step": {str(s): m["best_step"] for s, m in marks.items()},
-            "seeds": list(cfg.seeds)})
-    return results
+        parts = [seed_run(run, s) for s in cfg.seeds]
+        config.save_config(cfg, run.config_file)
+        atomic.write_text(run.train_log, mean_log([p.train_log for p in parts]))
+        identities = "+".join(p.completion(variant, "train it again")["identity"] for p in parts)
+        run.mark_complete(variant, hashlib.sha256(identities.encode()).hexdigest(),
+                          max(r.state.step for r in results), -1, parts)
 
 
 def check_validation_split(cfg: RetClipConfig) -> None:
     """Refuse, before any training, a validation split on which the best metric cannot be computed:
     an AUC needs single-label eyes of at least two classes (otherwise the metric is left out, and the
     run stopped with a KeyError at its first validation, an epoch in)."""
-    if not cfg.train.best_metric.startswith("val/auc"):
+    if not cfg.train.best_metric.startswith("val/auroc"):
         return
     valid = Path(cfg.paths.lmdb) / "valid"
     classes = {eye.label for eye in single_label_eyes(open_split(valid)[2])}
@@ -74,11 +59,11 @@ def check_validation_split(cfg: RetClipConfig) -> None:
                         "larger validation fraction (data.split), or another best_metric")
 
 
-def train_seed(cfg: RetClipConfig, variant: str, seed: int, run_dir: Path, resume: str | None) -> FitResult:
+def train_seed(cfg: RetClipConfig, variant: str, seed: int, run: RunDir, resume: str | None) -> FitResult:
     cfg = dataclasses.replace(cfg, seeds=[seed])
     lmdb = Path(cfg.paths.lmdb)
     repro.seed_everything(seed, cfg.train.deterministic)  # before the towers are initialised
-    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg, variant))
+    model, tokenizer, transform = build_model(cfg.model, encoder_path(cfg.encoders, variant))
     train_set = PairDataset(lmdb / "train", transform, tokenizer)
     prompts = load_prompts(Path(cfg.prompts) if cfg.prompts else None)
 
@@ -88,10 +73,10 @@ def train_seed(cfg: RetClipConfig, variant: str, seed: int, run_dir: Path, resum
     def evaluate(model: RetClip) -> dict[str, float]:
         pred = zeroshot.predict(model, tokenizer, transform, prompts, lmdb / "valid", cfg.eval.batch_size)
         summary = zeroshot.summarize(pred)
-        return {f"val/{k}": summary[k] for k in ("accuracy", "balanced_accuracy", "f1_macro", "auc_macro")
+        return {f"val/{k}": summary[k] for k in ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro")
                 if k in summary}
 
-    return fit(model, train_set, cfg.train, run_dir, loss_fn=loss_fn, seed=seed, evaluate=evaluate,
+    return fit(model, train_set, cfg.train, run, loss_fn=loss_fn, seed=seed, evaluate=evaluate,
                after_step=RetClip.clamp_logit_scales, resume=resume, run_name=f"retclip-{variant}-seed{seed}",
                run_config=cfg, data=[lmdb / "train", lmdb / "valid"], variant=variant)
 

@@ -11,6 +11,7 @@ The prediction is the arg-max of the scaled cosine similarities; their softmax i
 one-vs-rest AUC.
 """
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from experiments.retclip.model import RetClip
 from experiments.retclip.odir import CLASSES
 from experiments.retclip.prompts import Prompts, class_prompts, patient_prompts
 from medrepro import metrics
+from medrepro.errors import DataError
 
 
 @dataclass
@@ -101,3 +103,22 @@ def summarize(pred: Predictions) -> dict[str, float]:
     out["n"] = float(len(pred.y_true))
     out["n_left_out"] = float(pred.n_left_out)
     return out
+
+
+def predictions_json(preds: dict[str, list[Predictions]], seeds: list[int]) -> dict:
+    """predictions.json: the labels of each level once, every seed's scores (6 decimals)."""
+    return {"classes": list(CLASSES), "seeds": seeds, **{
+        level: {"y_true": p[0].y_true.tolist(), "patients": p[0].patients.tolist(), "n_left_out": p[0].n_left_out,
+                "y_score": {str(s): np.round(q.y_score, 6).tolist() for s, q in zip(seeds, p, strict=True)}}
+        for level, p in preds.items()}}
+
+
+def load_predictions(path: Path, level: str) -> list[Predictions]:
+    """The per-seed predictions of one level back from predictions.json."""
+    try:
+        saved = json.loads(path.read_text())[level]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise DataError(f"cannot read {level} predictions from {path}: {e}; re-run evaluate") from None
+    y_true, patients = np.asarray(saved["y_true"], dtype=int), np.asarray(saved["patients"], dtype=int)
+    return [Predictions(y_true, np.asarray(scores, dtype=float).reshape(len(y_true), len(CLASSES)),
+                        saved["n_left_out"], patients) for scores in saved["y_score"].values()]

@@ -197,9 +197,9 @@ class CheckpointManager:
                 old.unlink(missing_ok=True)
                 digest_path(old).unlink(missing_ok=True)
 
-    def save_best(self, step_file: Path) -> Path:
-        """Copy `step_file` to best.pt, with its digest: a bad copy is caught when best.pt is loaded."""
-        best = self.directory / "best.pt"
+    def save_best(self, step_file: Path, best: Path) -> Path:
+        """Copy `step_file` to `best` (the run's best.pt), with its digest: a bad copy is caught when it is
+        loaded."""
         with atomic.atomic_path(best) as tmp:
             shutil.copyfile(step_file, tmp)
             _write_digest(best, _read_digest(step_file))

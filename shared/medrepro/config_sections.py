@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from medrepro.errors import ConfigError
+
 
 # Range checks for the sections' __post_init__: the loader turns their ValueError into one line naming
 # the file (or the override) and the section, so each message names the key within its section.
@@ -203,6 +205,22 @@ class TinyBertConfig:
 
 
 @dataclass
+class OutputPaths:
+    """The paths every experiment's `paths` section has, derived from the experiment's name (the package
+    its config is declared in, experiments/<name>/): `runs/<name>` and `results/<name>` unless set,
+    as a container pointing them at a mounted volume does."""
+
+    runs: str = ""
+    results: str = ""
+
+    def __post_init__(self) -> None:
+        package = type(self).__module__.split(".")
+        if package[0] == "experiments" and len(package) > 2:
+            self.runs = self.runs or f"runs/{package[1]}"
+            self.results = self.results or f"results/{package[1]}"
+
+
+@dataclass
 class EncoderConfig:
     """Where an experiment's pretrained encoder comes from."""
 
@@ -210,3 +228,10 @@ class EncoderConfig:
     path: str
     # When set, the experiment's `prepare` builds a tiny BERT at `path` from its synthetic text (smoke profiles).
     tiny: TinyBertConfig | None = None
+
+
+def encoder_path(encoders: Mapping[str, EncoderConfig], variant: str) -> str:
+    """The encoder a variant starts from, `encoders.<variant>.path`; one line for a variant the config lacks."""
+    if variant not in encoders:
+        raise ConfigError(f"the config has no encoders.{variant}; it defines {', '.join(sorted(encoders))}")
+    return encoders[variant].path

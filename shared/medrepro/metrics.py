@@ -50,8 +50,8 @@ def classification_metrics(
 ) -> dict[str, float]:
     """Overall and per-class metrics; one-vs-rest AUCs when `y_score` (n × K) is given.
 
-    `auc/<name>` is reported only for classes with both positives and negatives in `y_true`, and
-    `auc_macro` averages those; with no such class neither appears, so the dict never holds NaN.
+    `auroc/<name>` is reported only for classes with both positives and negatives in `y_true`, and
+    `auroc_macro` averages those; with no such class neither appears, so the dict never holds NaN.
     """
     n_classes = len(class_names)
     if len(set(class_names)) != n_classes:
@@ -96,9 +96,9 @@ def _auc_metrics(y_true: np.ndarray, y_score: np.ndarray, class_names: Sequence[
     for k, name in enumerate(class_names):
         positives = y_true == k
         if positives.any() and not positives.all():
-            aucs[f"auc/{name}"] = float(roc_auc_score(positives, y_score[:, k]))
+            aucs[f"auroc/{name}"] = float(roc_auc_score(positives, y_score[:, k]))
     if aucs:
-        aucs["auc_macro"] = float(np.mean(list(aucs.values())))
+        aucs["auroc_macro"] = float(np.mean(list(aucs.values())))
     return aucs
 
 

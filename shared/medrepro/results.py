@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medrepro import atomic
-
-TRAIN_LOG = "train_log.jsonl"
-FIT_FILE = "fit.json"
+from medrepro.rundir import FIT_FILE, RunDir
 
 
 @dataclass
@@ -31,25 +29,25 @@ class Evaluation:
     info: dict[str, Any]
 
 
-def write_evaluation(out_dir: Path, evaluation: Evaluation, run_dir: Path) -> None:
+def write_evaluation(out_dir: Path, evaluation: Evaluation, run: RunDir) -> None:
     for name, value in evaluation.headline.items():
         if not isinstance(value, int | float) or math.isnan(value):
             raise ValueError(f"headline metric {name!r} is {value!r}: headline numbers must be defined")
     atomic.write_json(out_dir / "details.json", evaluation.details)
-    atomic.write_json(out_dir / "info.json", {**evaluation.info, "training_health": training_health(run_dir)})
-    for name, text in training_curves(run_dir / TRAIN_LOG).items():
+    atomic.write_json(out_dir / "info.json", {**evaluation.info, "training_health": training_health(run)})
+    for name, text in training_curves(run.train_log).items():
         atomic.write_text(out_dir / "curves" / f"{name}.csv", text)
     atomic.write_json(out_dir / "metrics.json", evaluation.headline)
 
 
-def training_health(run_dir: Path) -> list[dict[str, Any]] | None:
+def training_health(run: RunDir) -> list[dict[str, Any]] | None:
     """The health signs that fired while the run trained: its fit.json, and those of the runs one level
     down (a variant trained once per seed keeps one run of the loop per subdirectory), each sign with
     the run it came from ("." for the run directory itself). None when no fit.json is there."""
-    fit_files = sorted([*run_dir.glob(FIT_FILE), *run_dir.glob(f"*/{FIT_FILE}")])
+    fit_files = sorted([*run.path.glob(FIT_FILE), *run.path.glob(f"*/{FIT_FILE}")])
     if not fit_files:
         return None
-    return [{"run": fit_file.parent.relative_to(run_dir).as_posix(), **warning}
+    return [{"run": fit_file.parent.relative_to(run.path).as_posix(), **warning}
             for fit_file in fit_files for warning in json.loads(fit_file.read_text()).get("health", [])]
 
 

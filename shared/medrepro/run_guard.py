@@ -1,8 +1,7 @@
-"""What a run directory guarantees: one writer at a time, checkpoints that belong to its config, and a
-mark written last when the run completed.
+"""What a run directory guarantees: one writer at a time, and checkpoints that belong to its config
+(its layout and completion mark are `medrepro.rundir`'s).
 
     .lock           held (flock) by the process writing the directory; the pid is inside, for messages
-    complete.json   written last by a finished run: variant, identity hash, final and best step
 
 Outputs that a command replaces as a whole (a data stage's directory, a results directory) are locked
 through a file in the machine's temporary directory instead, so nothing is left in the project.
@@ -27,12 +26,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medrepro import atomic
 from medrepro.config import flatten, to_plain
 from medrepro.errors import CheckpointError, ConfigError, RunError
 
 LOCK_FILE = ".lock"
-COMPLETE_FILE = "complete.json"
 # Settings that change how a run is executed or recorded, not what it learns: whole sections, fields of
 # the training section wherever it sits, and a few keys of experiments' own sections.
 NOT_IDENTITY_SECTIONS = {"paths", "runtime", "tracking", "health"}
@@ -135,22 +132,3 @@ def check_resume(saved: Mapping[str, Any] | None, current: Mapping[str, Any], ch
         raise CheckpointError(f"{checkpoint} belongs to another config ({shown}): resume with the config it was "
                               f"trained with, or start a new run in another directory{deliberate}")
     return changed
-
-
-def mark_complete(run_dir: Path, variant: str, identity_hash: str, step: int, best_step: int) -> None:
-    atomic.write_json(run_dir / COMPLETE_FILE, {"variant": variant, "identity": identity_hash, "step": step,
-                                                 "best_step": best_step})
-
-
-def completed(run_dir: str | Path, variant: str, hint: str) -> dict[str, Any]:
-    """The completion mark of a finished run of `variant`; one line if it is missing or for another variant.
-    `hint` says what to do about an unfinished run, with the command that finishes it."""
-    path = Path(run_dir) / COMPLETE_FILE
-    if not path.is_file():
-        raise RunError(f"{run_dir} holds no finished run ({COMPLETE_FILE} missing): {hint}")
-    mark = json.loads(path.read_text())
-    if mark.get("variant") != variant:
-        raise RunError(f"{run_dir} is a run of variant {mark.get('variant')!r}, not {variant!r}: pass the "
-                       "matching --variant, or --run with that variant's run directory")
-    return mark
-

@@ -3,7 +3,7 @@
 A shard is a tar file in which consecutive members sharing a key (the member name up to the first dot
 of its basename, as webdataset groups them) form one sample. The manifest is one JSON file beside the
 shards: per shard its name (relative to the manifest), sample count, byte size and SHA-256, plus
-whatever the writer adds (`extra`: shape, dtype, preprocessing, source). `verify_shards` re-reads every
+whatever the writer adds (`extra`: shape, dtype, preprocessing, source). `check_shards` re-reads every
 shard and fails with one line naming the shard and, where it can, the sample: a missing file, a size
 or digest that differs, a tar that ends early, or a sample that the caller's check rejects.
 
@@ -99,7 +99,7 @@ def write_manifest(shard_paths: Sequence[str | Path], out_path: str | Path, extr
 
 
 def read_manifest(path: str | Path) -> dict:
-    """The manifest at `path`, checked for the fields `verify_shards` and readers rely on."""
+    """The manifest at `path`, checked for the fields `check_shards` and readers rely on."""
     path = Path(path)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -117,7 +117,7 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def verify_shards(manifest_path: str | Path, check_sample: SampleCheck | None = None) -> int:
+def check_shards(manifest_path: str | Path, check_sample: SampleCheck | None = None) -> int:
     """Check every shard of a manifest; return the number of samples checked.
 
     Per shard: it exists, its samples decode from the tar and pass `check_sample(key, sample)` (which

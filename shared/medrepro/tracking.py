@@ -25,8 +25,8 @@ import torch
 
 from medrepro import atomic, config
 from medrepro.config_sections import TrackingConfig
+from medrepro.rundir import TRAIN_LOG
 
-LOG_FILE = "train_log.jsonl"
 TRACKING_FILE = "tracking.json"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -131,7 +131,7 @@ class RunTrackers:
         self.accelerator = accelerator
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = self.run_dir / LOG_FILE
+        log = self.run_dir / TRAIN_LOG
         kept = ""
         if resumed_at is not None and log.is_file():
             kept = "".join(line + "\n" for line in log.read_text().splitlines()

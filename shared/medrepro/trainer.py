@@ -23,7 +23,6 @@ already counts processes and accumulation, so the schedule is the same on 1 or 8
 """
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -43,6 +42,7 @@ from medrepro import atomic, checkpoint, config, optim, repro, run_guard, tracki
 from medrepro.config_sections import TrainConfig
 from medrepro.errors import CheckpointError, ConfigError, TrainingError
 from medrepro.health import EpochStats, HealthMonitor
+from medrepro.rundir import RunDir
 from medrepro.sampling import StepBatchSampler, steps_per_epoch
 from medrepro.tracking import Progress, RunTrackers, format_duration
 
@@ -122,7 +122,7 @@ def fit(
     model: nn.Module,
     train_set: Dataset,
     cfg: TrainConfig,
-    run_dir: str | Path,
+    run: RunDir | str | Path,
     *,
     loss_fn: LossFn,
     seed: int,
@@ -137,17 +137,20 @@ def fit(
 ) -> FitResult:
     """Train; `run_config` (the experiment's resolved config) and the checksums of `data` are written
     beside the run as config.yaml and manifest.json once the run is known to be valid (a refused
-    resume changes nothing). The main process holds the run directory's lock throughout, and writes
-    complete.json last."""
-    run_dir = Path(run_dir)
-    accelerator = make_accelerator(cfg.precision, tracking.build_trackers(cfg.tracking, run_dir, run_name), run_dir)
+    resume changes nothing). The main process holds the run directory's lock throughout, and marks
+    the run complete last."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    accelerator = make_accelerator(cfg.precision, tracking.build_trackers(cfg.tracking, run.path, run_name), run.path)
     with ExitStack() as held:
         if accelerator.is_main_process:
-            held.enter_context(run_guard.exclusive(run_dir))
+            held.enter_context(run.locked())
         try:
-            return _fit(model, train_set, cfg, run_dir, accelerator, loss_fn=loss_fn, seed=seed,
-                        collate_fn=collate_fn, evaluate=evaluate, after_step=after_step, resume=resume,
-                        run_name=run_name, run_config=run_config, data=data, variant=variant)
+            session = _setup(model, train_set, cfg, run, accelerator, seed=seed, resume=resume, run_name=run_name,
+                             run_config=run_config, data=data, variant=variant)
+            result = _loop(session, loss_fn=loss_fn, collate_fn=collate_fn, evaluate=evaluate,
+                           after_step=after_step)
+            _finish(session, result, run_name, variant)
+            return result
         except BaseException:
             # A stopped run closes its trackers too: an MLflow run would otherwise stay "running" forever.
             for tracker in accelerator.trackers:
@@ -155,18 +158,38 @@ def fit(
             raise
 
 
-def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, accelerator: Accelerator, *,
-         loss_fn: LossFn, seed: int, collate_fn: Callable | None, evaluate: Callable | None,
-         after_step: Callable | None, resume: str | None, run_name: str, run_config: Any,
-         data: Sequence[str | Path], variant: str) -> FitResult:
-    ckpt_dir = run_dir / "checkpoints"
+@dataclass
+class _Session:
+    """What the loop works with, built by `_setup`."""
+
+    cfg: TrainConfig
+    run: RunDir
+    accelerator: Accelerator
+    model: nn.Module  # prepared (DDP-wrapped where distributed)
+    raw_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    manager: checkpoint.CheckpointManager
+    schedule: Schedule
+    state: TrainState
+    identity: dict[str, Any]
+    train_set: Dataset
+    seed: int
+    tracker: RunTrackers | None  # the main process's
+    last_checkpoint: Path | None  # the newest checkpoint known good: where a diverged run can go back to
+
+
+def _setup(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run: RunDir, accelerator: Accelerator, *,
+           seed: int, resume: str | None, run_name: str, run_config: Any, data: Sequence[str | Path],
+           variant: str) -> _Session:
+    """Checks, optimizer and schedule, the resumed state, the run's config and manifest, trackers, banner."""
     repro.seed_everything(seed, cfg.deterministic)
     if accelerator.is_main_process:
         # Temporaries of a run killed mid-write; only the main process writes here, so none is in use.
-        atomic.clean_orphans(run_dir)
-        atomic.clean_orphans(ckpt_dir)
-    if resume is None and checkpoint.step_checkpoints(ckpt_dir):
-        raise CheckpointError(f"{ckpt_dir} already holds checkpoints: pass --resume latest to continue "
+        atomic.clean_orphans(run.path)
+        atomic.clean_orphans(run.checkpoints)
+    if resume is None and run.step_checkpoints():
+        raise CheckpointError(f"{run.checkpoints} already holds checkpoints: pass --resume latest to continue "
                               "that run, or choose another output directory")
     if cfg.batch_size % (cfg.grad_accum * accelerator.num_processes):
         raise ConfigError(f"train.batch_size {cfg.batch_size} must be a multiple of train.grad_accum "
@@ -175,49 +198,52 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
     # makes the same decision about a resume.
     checksums = [{str(p): repro.sha256_tree(p) for p in data} if accelerator.is_main_process else None]
     checksums = broadcast_object_list(checksums)[0]
-    current = run_guard.identity(run_config if run_config is not None else {"train": dataclasses.asdict(cfg)},
-                                variant, checksums)
+    # A loop without an experiment's config around it (tests) stands for its training section alone.
+    params = config.to_dict(run_config) if run_config is not None else {"train": dataclasses.asdict(cfg)}
+    current = run_guard.identity(run_config if run_config is not None else params, variant, checksums)
     schedule = Schedule.from_config(cfg, len(train_set))
     optimizer = optim.build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
     scheduler = optim.build_scheduler(optimizer, schedule.warmup_steps, schedule.total_steps, cfg.schedule,
                                       cfg.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
-    manager = checkpoint.CheckpointManager(ckpt_dir, cfg.keep_last, cfg.best_metric, cfg.best_mode)
 
-    state, changes = TrainState(), []
-    last_checkpoint = None
+    state, changes, last_checkpoint = TrainState(), [], None
     if resume is not None:
-        last_checkpoint = checkpoint.resolve_resume(resume, ckpt_dir)
+        last_checkpoint = checkpoint.resolve_resume(resume, run.checkpoints)
         # The key as this command spells it (train.…, or pretrain.train.… for a second training section).
         section = config.key_of(run_config, cfg) if run_config is not None else None
         state, changes = _restore(last_checkpoint, raw_model, optimizer, scheduler, accelerator, current,
                                   cfg.allow_config_change, f"{section or 'train'}.allow_config_change")
 
-    n_params = sum(p.numel() for p in raw_model.parameters())
-    n_trainable = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
     tracker = None
     if accelerator.is_main_process:
-        (run_dir / run_guard.COMPLETE_FILE).unlink(missing_ok=True)  # complete again only when this run ends
-        config.save_config(run_config if run_config is not None else cfg, run_dir / "config.yaml",
-                           comment=f"variant: {variant}" if variant else "")
-        repro.write_manifest(run_dir / "manifest.json", checksums=checksums,
-                             extra={"processes": accelerator.num_processes, "variant": variant,
-                                    "distributed": str(accelerator.distributed_type), "identity": current["hash"],
-                                    "resumed_from_step": state.step if resume is not None else None,
-                                    "config_changes_allowed": changes})
-        params = config.to_dict(run_config) if run_config is not None else {"train": dataclasses.asdict(cfg)}
-        tracker = RunTrackers(accelerator, run_dir, cfg.tracking, run_name, params,
+        run.begin(run_config if run_config is not None else cfg, variant=variant, checksums=checksums,
+                  extra={"processes": accelerator.num_processes, "distributed": str(accelerator.distributed_type),
+                         "identity": current["hash"], "resumed_from_step": state.step if resume is not None else None,
+                         "config_changes_allowed": changes})
+        tracker = RunTrackers(accelerator, run.path, cfg.tracking, run_name, params,
                               state.step if resume is not None else None)
+        n_params = sum(p.numel() for p in raw_model.parameters())
+        n_trainable = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
         Progress.emit(
-            f"train {run_name}: run dir {run_dir.resolve()} | device {accelerator.device} | "
+            f"train {run_name}: run dir {run.path.resolve()} | device {accelerator.device} | "
             f"{accelerator.num_processes} process(es) | parameters {n_params:,} ({n_trainable:,} trainable) | "
             f"{len(train_set):,} training samples | {schedule.total_steps:,} optimizer steps "
             f"({schedule.steps_per_epoch:,} an epoch; batch {cfg.batch_size} = "
             f"{cfg.batch_size // cfg.grad_accum // accelerator.num_processes} × {cfg.grad_accum} "
             f"accumulation × {accelerator.num_processes} process(es))"
             + (f" | resuming at step {state.step}" if resume is not None else ""))
-    progress = Progress(schedule.total_steps, state.step, cfg.batch_size, schedule.steps_per_epoch)
+    manager = checkpoint.CheckpointManager(run.checkpoints, cfg.keep_last, cfg.best_metric, cfg.best_mode)
+    return _Session(cfg, run, accelerator, model, raw_model, optimizer, scheduler, manager, schedule, state,
+                    current, train_set, seed, tracker, last_checkpoint)
+
+
+def _loop(s: _Session, *, loss_fn: LossFn, collate_fn: Callable | None, evaluate: Callable | None,
+          after_step: Callable | None) -> FitResult:
+    """The training loop (see the module's docstring)."""
+    cfg, state, accelerator, model = s.cfg, s.state, s.accelerator, s.model
+    progress = Progress(s.schedule.total_steps, state.step, cfg.batch_size, s.schedule.steps_per_epoch)
     running_loss = torch.zeros((), device=accelerator.device)
     running_steps = 0
     divergence = _Divergence(cfg.nonfinite_patience, accelerator.device)
@@ -226,10 +252,10 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
     start_step, t_start = state.step, time.perf_counter()
 
     model.train()
-    while state.step < schedule.total_steps and not state.stopped_early:
-        loader = _epoch_loader(train_set, cfg, accelerator, seed, state.epoch, state.step_in_epoch, collate_fn)
+    while state.step < s.schedule.total_steps and not state.stopped_early:
+        loader = _epoch_loader(s.train_set, cfg, accelerator, s.seed, state.epoch, state.step_in_epoch, collate_fn)
         micro_batches = iter(loader)
-        for _ in range(schedule.steps_per_epoch - state.step_in_epoch):
+        for _ in range(s.schedule.steps_per_epoch - state.step_in_epoch):
             extras: dict[str, torch.Tensor] = {}
             step_loss = torch.zeros((), device=accelerator.device)
             for micro in range(cfg.grad_accum):
@@ -243,44 +269,38 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
             epoch_stats.add(step_loss / cfg.grad_accum, extras)
             if cfg.clip_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-            optimizer.step()
+            s.optimizer.step()
             if not accelerator.optimizer_step_was_skipped:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                s.scheduler.step()
+            s.optimizer.zero_grad(set_to_none=True)
             if after_step is not None:
-                after_step(raw_model)
+                after_step(s.raw_model)
             state.step += 1
             state.step_in_epoch += 1
             running_steps += 1
             divergence.update(state.step, step_loss)
 
-            last = state.step == schedule.total_steps
-            if cfg.health.enabled and (state.step_in_epoch == schedule.steps_per_epoch or last):
+            last = state.step == s.schedule.total_steps
+            if cfg.health.enabled and (state.step_in_epoch == s.schedule.steps_per_epoch or last):
                 _check_health(monitor, epoch_stats, state, accelerator)
             logging = state.step % cfg.log_every_steps == 0 or last
-            evaluating = evaluate is not None and (state.step % schedule.eval_every == 0 or last)
+            evaluating = evaluate is not None and (state.step % s.schedule.eval_every == 0 or last)
             saving = evaluating or bool(cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or last
             if logging or saving:
-                divergence.check(accelerator, last_checkpoint)
+                divergence.check(accelerator, s.last_checkpoint)
             if saving:  # before evaluating too: metrics of non-finite weights fail in confusing ways
-                _require_finite_weights(raw_model, state.step, last_checkpoint)
+                _require_finite_weights(s.raw_model, state.step, s.last_checkpoint)
             if logging:
                 mean_loss = accelerator.reduce(running_loss, "mean").item() / running_steps
                 running_loss.zero_()
                 running_steps = 0
-                if tracker is not None:
-                    lr = scheduler.get_last_lr()[0]
-                    shown = {k: float(v.detach().float().mean()) for k, v in extras.items()}
-                    Progress.emit(progress.line(state.step, mean_loss, lr, shown))
-                    tracker.log(state.step, {"train/loss": mean_loss, "train/lr": lr,
-                                             **{f"train/{k}": v for k, v in shown.items()}})
+                _log(s, progress, mean_loss, extras)
 
             t_pause = time.perf_counter()
             if evaluating:
-                _evaluate_and_track(model, raw_model, evaluate, state, manager, cfg, accelerator, tracker)
+                _evaluate_and_track(s, evaluate)
             if saving:
-                _save(manager, state, raw_model, optimizer, scheduler, accelerator, current, track_best=evaluating)
-                last_checkpoint = manager.step_path(state.step)
+                _save(s, track_best=evaluating)
             if evaluating or saving:
                 progress.pause(time.perf_counter() - t_pause)
             if last or state.stopped_early:
@@ -289,41 +309,48 @@ def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run_dir: Path, 
             state.epoch += 1
             state.step_in_epoch = 0
 
-    loop_seconds = time.perf_counter() - t_start
-    result = FitResult(state, loop_seconds,
-                       (state.step - start_step) * cfg.batch_size / max(progress.training_seconds(), 1e-9),
-                       progress.paused, monitor.report())
-    if accelerator.is_main_process:
+    return FitResult(state, time.perf_counter() - t_start,
+                     (state.step - start_step) * cfg.batch_size / max(progress.training_seconds(), 1e-9),
+                     progress.paused, monitor.report())
+
+
+def _finish(s: _Session, result: FitResult, run_name: str, variant: str) -> None:
+    """Final weights, fit.json, health into the manifest, the completion mark; then every process ends."""
+    if s.accelerator.is_main_process:
+        state = s.state
         # The weights of the last step checkpoint (or of the one resumed from), already checked finite.
-        checkpoint.save(run_dir / "final.pt", {"model": raw_model.state_dict(), "identity": current,
-                                               "train_state": dataclasses.asdict(state)})
-        atomic.write_json(run_dir / "fit.json", dataclasses.asdict(result))
-        _add_to_manifest(run_dir / "manifest.json", {"health": result.health})
-        run_guard.mark_complete(run_dir, variant, current["hash"], state.step, state.best_step)
-        Progress.emit(_summary(run_name, result, cfg, run_dir))
-    if tracker is not None:
-        tracker.close()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return result
+        s.run.save_final({"model": s.raw_model.state_dict(), "identity": s.identity,
+                          "train_state": dataclasses.asdict(state)})
+        atomic.write_json(s.run.fit_file, dataclasses.asdict(result))
+        s.run.add_to_manifest({"health": result.health})
+        s.run.mark_complete(variant, s.identity["hash"], state.step, state.best_step)
+        Progress.emit(_summary(run_name, result, s.cfg, s.run))
+    if s.tracker is not None:
+        s.tracker.close()
+    s.accelerator.wait_for_everyone()
+    s.accelerator.end_training()
 
 
-def _summary(run_name: str, result: FitResult, cfg: TrainConfig, run_dir: Path) -> str:
-    state, run_dir = result.state, run_dir.resolve()
+def _log(s: _Session, progress: Progress, mean_loss: float, extras: dict[str, torch.Tensor]) -> None:
+    if s.tracker is None:
+        return
+    lr = s.scheduler.get_last_lr()[0]
+    shown = {k: float(v.detach().float().mean()) for k, v in extras.items()}
+    Progress.emit(progress.line(s.state.step, mean_loss, lr, shown))
+    s.tracker.log(s.state.step, {"train/loss": mean_loss, "train/lr": lr,
+                                 **{f"train/{k}": v for k, v in shown.items()}})
+
+
+def _summary(run_name: str, result: FitResult, cfg: TrainConfig, run: RunDir) -> str:
+    state = result.state
     best = (f"best {cfg.best_metric} {state.best_value:.4g} at step {state.best_step} "
-            f"({run_dir / 'checkpoints' / 'best.pt'})" if state.best_step >= 0 else "no evaluation, no best checkpoint")
+            f"({run.best.resolve()})" if state.best_step >= 0 else "no evaluation, no best checkpoint")
     health = (f"{len(result.health)} health warning(s): {', '.join(w['sign'] for w in result.health)}"
               if result.health else "no health warnings")
     return (f"done {run_name}: step {state.step}" + (" (stopped early)" if state.stopped_early else "")
-            + f" | {best} | final weights {run_dir / 'final.pt'} | wall {format_duration(result.loop_seconds)} "
+            + f" | {best} | final weights {run.final.resolve()} | wall {format_duration(result.loop_seconds)} "
             f"(evaluation and checkpoints {format_duration(result.eval_checkpoint_seconds)}) | "
             f"{result.samples_per_s:.1f} training samples/s | {health}")
-
-
-def _add_to_manifest(path: Path, values: dict[str, Any]) -> None:
-    manifest = json.loads(path.read_text())
-    manifest.update(values)
-    atomic.write_json(path, manifest)
 
 
 def _check_health(monitor: HealthMonitor, stats: EpochStats, state: TrainState, accelerator: Accelerator) -> None:
@@ -353,29 +380,28 @@ def _epoch_loader(train_set: Dataset, cfg: TrainConfig, accelerator: Accelerator
                       generator=generator, pin_memory=accelerator.device.type == "cuda")
 
 
-def _evaluate_and_track(model: nn.Module, raw_model: nn.Module, evaluate: Callable, state: TrainState,
-                        manager: checkpoint.CheckpointManager, cfg: TrainConfig, accelerator: Accelerator,
-                        tracker: RunTrackers | None) -> None:
+def _evaluate_and_track(s: _Session, evaluate: Callable) -> None:
     """Evaluate on the main process; every process learns whether to stop."""
+    state, cfg = s.state, s.cfg
     decision = [None]
-    if accelerator.is_main_process:
-        model.eval()
+    if s.accelerator.is_main_process:
+        s.model.eval()
         with torch.no_grad():
-            metrics = evaluate(raw_model)
-        model.train()
+            metrics = evaluate(s.raw_model)
+        s.model.train()
         if cfg.best_metric not in metrics:
             raise KeyError(f"best_metric {cfg.best_metric!r} is not among the evaluation metrics "
                            f"{sorted(metrics)}")
         value = float(metrics[cfg.best_metric])
-        improved = manager.is_better(value, state.best_value)
+        improved = s.manager.is_better(value, state.best_value)
         if improved:
             state.best_value, state.best_step, state.evals_without_improvement = value, state.step, 0
         else:
             state.evals_without_improvement += 1
         patience = cfg.early_stopping_patience
         state.stopped_early = bool(patience and state.evals_without_improvement >= patience)
-        if tracker is not None:
-            tracker.log(state.step, metrics)
+        if s.tracker is not None:
+            s.tracker.log(state.step, metrics)
             Progress.emit(f"eval step {state.step}: " + " | ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
         decision = [dataclasses.asdict(state)]
     decision = broadcast_object_list(decision)
@@ -427,24 +453,24 @@ def _require_finite_weights(raw_model: nn.Module, step: int, last_checkpoint: Pa
                             f"{_last_good(last_checkpoint)}")
 
 
-def _save(manager: checkpoint.CheckpointManager, state: TrainState, raw_model: nn.Module,
-          optimizer: torch.optim.Optimizer, scheduler: Any, accelerator: Accelerator, identity: dict[str, Any],
-          track_best: bool) -> None:
+def _save(s: _Session, track_best: bool) -> None:
+    accelerator, state = s.accelerator, s.state
     rng_states = gather_object([repro.rng_state()]) if accelerator.num_processes > 1 else [repro.rng_state()]
     if accelerator.is_main_process:
         payload = {
-            "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "model": s.raw_model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "rng": rng_states,
             "train_state": dataclasses.asdict(state),
-            "identity": identity,
+            "identity": s.identity,
         }
-        path = manager.save_step(state.step, payload)
+        path = s.manager.save_step(state.step, payload)
         if track_best and state.best_step == state.step:
-            manager.save_best(path)
+            s.manager.save_best(path, s.run.best)
     accelerator.wait_for_everyone()
+    s.last_checkpoint = s.manager.step_path(state.step)
 
 
 def _restore(path: Path, raw_model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,

@@ -62,7 +62,7 @@ def kill_group_when(args: list[str], cwd: Path, marker: Path, timeout_s: float =
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("biomedica_clip")
     medrepro(["biomedica_clip", "prepare", *DATA], root)
-    medrepro(["biomedica_clip", "verify", *DATA], root)
+    medrepro(["biomedica_clip", "audit", *DATA], root)
     return root
 
 
@@ -187,15 +187,15 @@ def test_a_training_shard_as_the_held_out_set_is_one_line_before_anything_runs(w
     assert not (run / "logs").exists() and not (run / "open_clip_args.json").exists()
 
 
-def test_verify_stops_at_a_corrupt_sample_with_one_line_and_writes_nothing(workdir, tmp_path):
+def test_audit_stops_at_a_corrupt_sample_with_one_line_and_writes_nothing(workdir, tmp_path):
     shutil.copytree(workdir / "data", tmp_path / "data")
-    shutil.rmtree(tmp_path / "data" / "biomedica_clip" / "verified")
+    shutil.rmtree(tmp_path / "data" / "biomedica_clip" / "audited")
     shard = tmp_path / "data" / "biomedica_clip" / "prepared" / "train" / "000002.tar"
     data = bytearray(shard.read_bytes())
     start = data.index(b"\xff\xd8\xff")  # the first JPEG's bytes
     data[start + 20:start + 200] = bytes(180)
     shard.write_bytes(bytes(data))
-    proc = medrepro(["biomedica_clip", "verify", *DATA], tmp_path, check=False)
+    proc = medrepro(["biomedica_clip", "audit", *DATA], tmp_path, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "000002.tar" in proc.stderr and "sample filelist_" in proc.stderr
-    assert not (tmp_path / "data" / "biomedica_clip" / "verified").exists()
+    assert not (tmp_path / "data" / "biomedica_clip" / "audited").exists()

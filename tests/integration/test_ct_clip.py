@@ -1,6 +1,6 @@
 """ct_clip end to end: the smoke run learns (the `reproduced` run), its intervals over patients are wider
 than over volumes and no evaluated patient chose its checkpoint, a killed training resumes to the same
-bits, two processes agree with one on a single training shard (fewer shards than ranks), and `verify`
+bits, two processes agree with one on a single training shard (fewer shards than ranks), and `check-shards`
 turns a damaged shard into exit 2 naming shard and sample."""
 
 import json
@@ -121,14 +121,14 @@ def test_two_processes_on_one_shard_agree_with_one(workdir, reference_run):
     assert worst < 1e-3, f"largest weight difference {worst}"
 
 
-def test_verify_names_the_damaged_shard_and_sample(workdir, tmp_path):
+def test_check_shards_names_the_damaged_shard_and_sample(workdir, tmp_path):
     import shutil
     copy = tmp_path / "work"
     shutil.copytree(workdir / "data", copy / "data")
-    assert medrepro(["ct_clip", "verify", *DATA], copy).returncode == 0
+    assert medrepro(["ct_clip", "check-shards", *DATA], copy).returncode == 0
     shard = copy / "data" / "ct_clip" / "shards" / "valid" / "valid-000000.tar"
     shard.write_bytes(shard.read_bytes()[:-20000])
-    proc = medrepro(["ct_clip", "verify", *DATA], copy, check=False)
+    proc = medrepro(["ct_clip", "check-shards", *DATA], copy, check=False)
     assert proc.returncode == 2
     assert "valid-000000.tar is truncated or corrupt after sample valid_" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -16,6 +16,7 @@ import torch
 from accelerate.utils import send_to_device
 
 from medrepro import config, trainer
+from medrepro.rundir import RunDir
 from medrepro.suite import registry
 from medrepro.suite.spec import resolve
 from tests.integration.device_check import META, default_device_is_meta, run_path
@@ -73,7 +74,7 @@ def test_training_and_validation_keep_to_the_model_device(name, reproduced, monk
     monkeypatch.chdir(reproduced.workdir)  # the smoke configs' relative paths, as DVC runs the stages
     experiment, cfg = _smoke_config(name)
     train = resolve(experiment.train)
-    hooks = _hooks_of(lambda: train(cfg, TRAINED[name], tmp_path / "run", None), monkeypatch)
+    hooks = _hooks_of(lambda: train(cfg, TRAINED[name], RunDir(tmp_path / "run"), None), monkeypatch)
     _check_training_and_validation(hooks)
 
 
@@ -82,7 +83,7 @@ def test_exmed_bert_pretraining_keeps_to_the_model_device(reproduced, monkeypatc
     from experiments.exmed_bert import pretrain
 
     _, cfg = _smoke_config("exmed_bert")
-    hooks = _hooks_of(lambda: pretrain.pretrain_one(cfg, "random_init", tmp_path / "run"), monkeypatch)
+    hooks = _hooks_of(lambda: pretrain.pretrain_one(cfg, "random_init", RunDir(tmp_path / "run")), monkeypatch)
     _check_training_and_validation(hooks)
 
 
@@ -91,7 +92,7 @@ def test_evaluation_keeps_to_the_model_device(name, reproduced, monkeypatch, tmp
     monkeypatch.chdir(reproduced.workdir)
     experiment, cfg = _smoke_config(name)
     evaluate = resolve(experiment.evaluate)
-    run_dir = Path(cfg.paths.runs) / EVALUATED[name]
+    run = RunDir(Path(cfg.paths.runs) / EVALUATED[name])
     with default_device_is_meta():
-        outcome = run_path(lambda: evaluate(cfg, EVALUATED[name], run_dir, tmp_path / "results", "best"))
+        outcome = run_path(lambda: evaluate(cfg, EVALUATED[name], run, tmp_path / "results", "best"))
     assert outcome == "reached", f"{name}'s evaluation never ran its model on the default device"

@@ -37,14 +37,12 @@ EXPERIMENT = Experiment(
     "config.py": '''
 from dataclasses import dataclass, field
 
-from medrepro.config_sections import RuntimeConfig
+from medrepro.config_sections import OutputPaths, RuntimeConfig
 
 
 @dataclass
-class PathsConfig:
+class PathsConfig(OutputPaths):
     prepared: str = "data/toy/prepared"
-    runs: str = "runs/toy"
-    results: str = "results/toy"
 
 
 @dataclass
@@ -58,7 +56,7 @@ class ToyConfig:
 import json
 from pathlib import Path
 
-from medrepro import atomic, run_guard
+from medrepro import atomic
 from medrepro.results import Evaluation
 
 
@@ -66,14 +64,14 @@ def prepare(cfg, args):
     atomic.write_json(Path(cfg.paths.prepared) / "numbers.json", list(range(cfg.count)))
 
 
-def train(cfg, variant, run_dir, resume):
+def train(cfg, variant, run, resume):
     numbers = json.loads((Path(cfg.paths.prepared) / "numbers.json").read_text())
     rows = [{"step": n + 1, "train/loss": 1.0 / (n + 1)} for n in numbers] + [{"step": 3, "val/acc": 1.0}]
-    atomic.write_text(Path(run_dir) / "train_log.jsonl", "".join(json.dumps(r) + "\\n" for r in rows))
-    run_guard.mark_complete(Path(run_dir), variant, "toy", 3, 3)  # what medrepro.trainer.fit writes last
+    atomic.write_text(run.train_log, "".join(json.dumps(r) + "\\n" for r in rows))
+    run.mark_complete(variant, "toy", 3, 3)  # what medrepro.trainer.fit writes last
 
 
-def evaluate(cfg, variant, run_dir, out_dir, which):
+def evaluate(cfg, variant, run, out_dir, which):
     return Evaluation({"acc": 1.0}, {"accuracy": 1.0}, {"data": "synthetic"})
 
 
@@ -84,7 +82,6 @@ def bench(cfg, workdir):
     "configs/full.yaml": "seed: 0\ncount: 1000\n",
     "reference.yaml": "title: counting\ncolumns:\n  - {metric: accuracy, label: Accuracy}\nreference: {}\nnotes: ''\n",
     "README.md": "# toy\n",
-    "Dockerfile": "ARG BASE=medrepro/base:0.1.0\nFROM ${BASE}\n",
 }
 
 
@@ -107,8 +104,10 @@ def test_a_new_experiment_directory_is_picked_up_everywhere(tmp_path):
     assert "--variant {small,large}" in run(*medrepro, "toy", "train", "--help")
     sessions = run("nox", "-l")
     assert "smoke(exp='toy')" in sessions and "build(exp='toy')" in sessions and "bench(exp='toy')" in sessions
-    assert "toy" in run(sys.executable, "-c", "from medrepro.suite import images; "
-                                              "print(images.experiments_with_images())")
+    # No Dockerfile of its own: the image is built from the one experiment Dockerfile with its name.
+    build = run(sys.executable, "-c", "from medrepro.suite import images; "
+                                      "print(' '.join(images.build_command('toy', 'os', 'rev')))")
+    assert "--file images/experiment/Dockerfile" in build and "EXPERIMENT=toy" in build
     run(*medrepro, "pipeline")
     dvc_yaml = (repo / "dvc.yaml").read_text()
     for stage in ("toy_image:", "toy_prepare:", "toy_train:", "toy_evaluate:", "results/toy/small/details.json"):

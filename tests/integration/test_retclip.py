@@ -18,15 +18,15 @@ def test_smoke_learns_far_above_the_majority_baseline(reproduced, variant):
     assert m["majority_accuracy"] == m["prior/N"] > 0.3 > m["chance_accuracy"]
     assert m["accuracy_ci_low"] <= m["accuracy"] <= m["accuracy_ci_high"]
     assert m["accuracy_minus_majority_ci_low"] > 0, "the whole interval must clear the majority baseline"
-    assert m["balanced_accuracy"] > 0.25 and m["auc_macro"] > 0.85, m
+    assert m["balanced_accuracy"] > 0.25 and m["auroc_macro"] > 0.85, m
     # Patients: 40 test patients, so only the point estimate is required to clear the baseline.
-    assert m["patient/accuracy"] > m["patient/majority_accuracy"] and m["patient/auc_macro"] > 0.85
+    assert m["patient/accuracy"] > m["patient/majority_accuracy"] and m["patient/auroc_macro"] > 0.85
     assert m["n"] > 50 and 20 < m["patient/n"] < m["n"]
     for scale in ("patient", "left", "right"):
         assert 1.0 < m[f"logit_scale/{scale}"] <= 1000.0 + 1e-3
     headline = json.loads((results / "metrics.json").read_text())
     assert headline == {"acc": m["accuracy"], "bal_acc": m["balanced_accuracy"], "f1_macro": m["f1_macro"],
-                        "auc": m["auc_macro"]}
+                        "auc": m["auroc_macro"]}
     for png in ("confusion_matrix.png", "per_class.png"):
         with Image.open(results / "plots" / png) as image:
             assert image.format == "PNG" and image.width > 100

@@ -1,5 +1,5 @@
 """biomedica_clip data: synthetic shards in BIOMEDICA's layout (the archive's field names, list labels,
-figure-name keys), the archive's filters and metadata in `verify`, held-out shards and articles kept out
+figure-name keys), the archive's filters and metadata in `audit`, held-out shards and articles kept out
 of training, sources joined with `::`, and bad shards refused with one line naming the shard and the key.
 
 The layout the fixtures are checked against is the BIOMEDICA ETL's: minwoosun/biomedica-etl at commit
@@ -95,17 +95,17 @@ def test_sources_joined_with_colons_expand_with_their_factors(tmp_path):
         archive.parse_sources(f"{tmp_path}/a.tar::")
 
 
-def verified(tmp_path: Path, contents: archive.Contents | None = None, **data) -> dict:
-    return archive.verify_source(archive.parse_sources(f"{tmp_path}/s/{{000000..000001}}.tar")[0],
+def audited(tmp_path: Path, contents: archive.Contents | None = None, **data) -> dict:
+    return archive.audit_source(archive.parse_sources(f"{tmp_path}/s/{{000000..000001}}.tar")[0],
                                  DataConfig(**data), contents or archive.Contents())
 
 
-def test_verify_writes_sizes_and_manifest_where_missing_then_checks_against_them(tmp_path):
+def test_audit_writes_sizes_and_manifest_where_missing_then_checks_against_them(tmp_path):
     write(tmp_path / "s")
     (tmp_path / "s" / "sizes.json").unlink()
-    report = verified(tmp_path)
+    report = audited(tmp_path)
     assert report["samples"] == 24 and set(report["written"]) == {"manifest.json", "sizes.json"}
-    assert verified(tmp_path)["written"] == []
+    assert audited(tmp_path)["written"] == []
     manifest = shards.read_manifest(tmp_path / "s" / "manifest.json")
     assert [e["samples"] for e in manifest["shards"]] == [12, 12]
 
@@ -144,34 +144,34 @@ def jpeg(side: int) -> bytes:
     ({"json": None}, "no json metadata"),
     ({"json": b"{not json"}, "does not parse"),
 ])
-def test_verify_names_the_shard_and_key_of_a_bad_sample(tmp_path, fields, message):
+def test_audit_names_the_shard_and_key_of_a_bad_sample(tmp_path, fields, message):
     write(tmp_path / "s")
     (tmp_path / "s" / "sizes.json").unlink()
     key = rewrite_sample(tmp_path / "s" / "000001.tar", 5, **fields)
     with pytest.raises(DataError, match=message) as info:
-        verified(tmp_path)
+        audited(tmp_path)
     assert "000001.tar" in str(info.value) and key in str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "s" / "manifest.json").exists() and not (tmp_path / "s" / "sizes.json").exists()
 
 
-def test_verify_refuses_a_truncated_shard_and_a_changed_one(tmp_path):
+def test_audit_refuses_a_truncated_shard_and_a_changed_one(tmp_path):
     write(tmp_path / "s")
-    verified(tmp_path)
+    audited(tmp_path)
     shard = tmp_path / "s" / "000000.tar"
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"000000\.tar"):
-        verified(tmp_path)
+        audited(tmp_path)
     shard.write_bytes(data[:-1] + b"\x01")
     with pytest.raises(DataError, match=r"000000\.tar"):
-        verified(tmp_path)
+        audited(tmp_path)
 
 
-def test_verify_refuses_sizes_that_disagree_with_the_shards(tmp_path):
+def test_audit_refuses_sizes_that_disagree_with_the_shards(tmp_path):
     write(tmp_path / "s")
     (tmp_path / "s" / "sizes.json").write_text(json.dumps({"000000.tar": 12, "000001.tar": 99}))
     with pytest.raises(DataError, match=r"sizes\.json says 99 samples for 000001\.tar"):
-        verified(tmp_path)
+        audited(tmp_path)
 
 
 def test_synthetic_sources_need_prepared_shards(tmp_path):
@@ -196,14 +196,14 @@ def old_name(old: str, new: str):
     (old_name("primary_label", "image_primary_label"), "has `primary_label` but no `image_primary_label`"),
     (lambda meta: meta.update(image_primary_label=[3]), "not a string or a list of strings"),
 ])
-def test_verify_refuses_metadata_without_the_archive_fields_naming_shard_and_key(tmp_path, change, message):
+def test_audit_refuses_metadata_without_the_archive_fields_naming_shard_and_key(tmp_path, change, message):
     write(tmp_path / "s")
     shard = tmp_path / "s" / "000001.tar"
     meta = meta_of(shard, 5)
     change(meta)
     key = rewrite_sample(shard, 5, json=json.dumps(meta).encode())
     with pytest.raises(DataError, match=re.escape(message)) as info:
-        verified(tmp_path)
+        audited(tmp_path)
     assert "000001.tar" in str(info.value) and key in str(info.value) and "\n" not in str(info.value)
 
 
@@ -219,7 +219,7 @@ def test_a_list_label_gives_a_class_only_with_exactly_one_entry(tmp_path):
     meta[field] = ["Microscopy", "Plots and Charts"]  # a multi-panel figure
     rewrite_sample(shard, 0, json=json.dumps(meta).encode())
     contents = archive.Contents()
-    verified(tmp_path, contents)
+    audited(tmp_path, contents)
     assert sum(contents.labels.values()) == 23 and "Microscopy" not in contents.labels
     assert len(contents.articles) == 6  # 24 figures, 4 per article
 
@@ -237,31 +237,31 @@ def shard_config(tmp_path: Path, heldout: str) -> BiomedicaClipConfig:
     cfg.data.source = "shards"
     cfg.data.train = f"{tmp_path}/train/{{000000..000001}}.tar"
     cfg.data.heldout = heldout
-    cfg.paths.verified = str(tmp_path / "verified")
+    cfg.paths.audited = str(tmp_path / "audited")
     return cfg
 
 
-def test_verify_records_disjoint_sides_and_label_counts_that_train_and_evaluate_rely_on(tmp_path):
+def test_audit_records_disjoint_sides_and_label_counts_that_train_and_evaluate_rely_on(tmp_path):
     cfg = shard_config(tmp_path, f"{tmp_path}/heldout/000000.tar")
-    with pytest.raises(DataError, match="run `medrepro biomedica_clip verify` first"):
-        archive.verified_report(cfg)
-    report = archive.verify(cfg)
+    with pytest.raises(DataError, match="run `medrepro biomedica_clip audit` first"):
+        archive.audit_report(cfg)
+    report = archive.audit(cfg)
     assert report["articles"] == {"train": 6, "heldout": 2, "shared": 0}
     counts = report["train_labels"]["counts"]
     assert sum(counts.values()) == 24 and set(counts) <= set(synthetic.TRAIN_CLASSES) and list(counts) == sorted(counts)
-    assert archive.verified_report(cfg) == report
+    assert archive.audit_report(cfg) == report
     cfg.data.label_field = "image_secondary_label"
-    with pytest.raises(DataError, match="verify` again"):
-        archive.verified_report(cfg)
+    with pytest.raises(DataError, match="audit` again"):
+        archive.audit_report(cfg)
 
 
 def test_a_training_shard_given_as_held_out_is_refused_before_anything_is_read(tmp_path):
     cfg = shard_config(tmp_path, f"{tmp_path}/train/../train/000001.tar")
-    for stage in (archive.verify, archive.verified_report):
+    for stage in (archive.audit, archive.audit_report):
         with pytest.raises(ConfigError, match=r"held-out shard .*000001\.tar is also a training shard") as info:
             stage(cfg)
         assert "\n" not in str(info.value)
-    assert not (tmp_path / "verified").exists() and not (tmp_path / "train" / "manifest.json").exists()
+    assert not (tmp_path / "audited").exists() and not (tmp_path / "train" / "manifest.json").exists()
 
 
 def test_held_out_articles_with_figures_in_training_are_refused(tmp_path):
@@ -274,15 +274,15 @@ def test_held_out_articles_with_figures_in_training_are_refused(tmp_path):
     key = rewrite_sample(held, 3, json=json.dumps(meta).encode())
     with pytest.raises(DataError, match=f"1 held-out article\\(s\\) also have figures in the training shards, "
                                         f"e.g. {article}") as info:
-        archive.verify(cfg)
+        archive.audit(cfg)
     assert key in str(info.value) and train_key in str(info.value) and "\n" not in str(info.value)
-    assert not (tmp_path / "verified").exists()
+    assert not (tmp_path / "audited").exists()
     # The same articles under other file names (a copied shard) are refused too.
     shutil.copy(tmp_path / "train" / "000001.tar", held)
     (tmp_path / "heldout" / "sizes.json").unlink()
     (tmp_path / "heldout" / "manifest.json").unlink()
     with pytest.raises(DataError, match="3 held-out article"):
-        archive.verify(cfg)
+        archive.audit(cfg)
 
 
 def test_evaluate_groups_by_article_and_names_a_held_out_sample_without_one(tmp_path):

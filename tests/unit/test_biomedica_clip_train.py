@@ -95,7 +95,7 @@ def test_upsampling_needs_resampling_and_sizes_are_needed_to_size_an_epoch(tmp_p
         open_clip_args(cfg, tmp_path / "run", None)
     cfg.data.upsampling = ""
     (tmp_path / "b" / "sizes.json").unlink()
-    with pytest.raises(DataError, match="run `medrepro biomedica_clip verify`"):
+    with pytest.raises(DataError, match="run `medrepro biomedica_clip audit`"):
         open_clip_args(cfg, tmp_path / "run", None)
     cfg.train.train_num_samples = 100
     assert parse_args(open_clip_args(cfg, tmp_path / "run", None)).train_num_samples == 100

@@ -151,7 +151,7 @@ def test_manager_keeps_last_k_and_best_survives(tmp_path):
         path = manager.save_step(step, payload(step))
         assert path == tmp_path / f"step-{step:08d}.pt"
         if step == 2:
-            manager.save_best(path)
+            manager.save_best(path, tmp_path / "best.pt")
     assert names(tmp_path) == with_digests("best.pt", "step-00000004.pt", "step-00000005.pt")
     assert torch.equal(checkpoint.load(tmp_path / "best.pt")["model"]["w"], torch.full((2, 3), 2.0))
     assert torch.equal(checkpoint.load(tmp_path / "step-00000005.pt")["model"]["w"], torch.full((2, 3), 5.0))
@@ -159,7 +159,7 @@ def test_manager_keeps_last_k_and_best_survives(tmp_path):
 
 def test_best_copies_the_digest_and_is_verified(tmp_path):
     manager = CheckpointManager(tmp_path, keep_last=2, metric="val/loss", mode="min")
-    best = manager.save_best(manager.save_step(3, payload(3)))
+    best = manager.save_best(manager.save_step(3, payload(3)), tmp_path / "best.pt")
     digest = hashlib.sha256(best.read_bytes()).hexdigest()
     assert (tmp_path / "best.pt.sha256").read_text() == f"{digest}  best.pt\n"
     assert (tmp_path / "step-00000003.pt.sha256").read_text().split()[0] == digest

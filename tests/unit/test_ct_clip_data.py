@@ -1,6 +1,6 @@
 """ct_clip data: the CT-RATE reader (v1 against v2, the spacing string, bad input), the synthetic
 patients' scans and reconstructions, the selection patients, preprocessing against hand-computed
-values, and the shards (round trip, verify, resume of a killed `shards`)."""
+values, and the shards (round trip, check, resume of a killed `shards`)."""
 
 import csv
 import gzip
@@ -14,7 +14,7 @@ import pytest
 from experiments.ct_clip import ctrate
 from experiments.ct_clip.config import CtClipConfig, SyntheticConfig
 from experiments.ct_clip.data import ShardDataset
-from experiments.ct_clip.prepare import prepare, verify, write_shards
+from experiments.ct_clip.prepare import check_shards, prepare, write_shards
 from experiments.ct_clip.preprocess import crop_or_pad, preprocess, resample
 from experiments.ct_clip.synthetic import scans, write_synthetic_ctrate
 from experiments.ct_clip.train import selection_patients
@@ -33,7 +33,7 @@ def release(tmp_path_factory) -> Path:
 
 def _config(tmp_path: Path, *extra: str) -> CtClipConfig:
     return load_config(CtClipConfig, SMOKE, [
-        f"paths.raw={tmp_path / 'raw'}", f"paths.shards={tmp_path / 'shards'}",
+        f"paths.prepared={tmp_path / 'raw'}", f"paths.shards={tmp_path / 'shards'}",
         f"encoders.cxr_bert.path={tmp_path / 'raw' / 'encoder'}", "data.synthetic.train=5", "data.synthetic.valid=3",
         "data.synthetic.size_xy=32", "data.synthetic.slices=[8,12]", "data.shape=[8,16,16]", "data.shard_samples=2",
         "data.workers=1", "data.synthetic.scans=1", "data.synthetic.reconstructions=1", *extra])
@@ -162,14 +162,14 @@ def test_truncated_and_four_dimensional_nifti(release, tmp_path):
         ctrate.load_volume(four)
 
 
-def test_shards_round_trip_verify_and_resume(tmp_path):
+def test_shards_round_trip_check_and_resume(tmp_path):
     cfg = _config(tmp_path)
     prepare(cfg)
     out = write_shards(cfg)
     manifest = json.loads((out / "train" / "manifest.json").read_text())
     assert manifest["samples"] == 5 and [s["samples"] for s in manifest["shards"]] == [2, 2, 1]
     assert manifest["shape"] == [8, 16, 16] and manifest["dtype"] == "float16" and manifest["release"] == "v2"
-    assert verify(cfg) == 8
+    assert check_shards(cfg) == 8
 
     # Item 1 is exactly the preprocessed source volume, its report and its labels.
     records = ctrate.read_split(tmp_path / "raw" / "ctrate", "train", "v2")
@@ -190,19 +190,19 @@ def test_shards_round_trip_verify_and_resume(tmp_path):
     assert after[shards[0].name][1] == before[shards[0].name][1], "a finished shard was written again"
     assert not (out / "train" / ".partial").exists()
 
-    # A flipped byte inside a volume: verify names the shard. A label out of {0, 1}: it names the sample too.
+    # A flipped byte inside a volume: the check names the shard. A label out of {0, 1}: it names the sample too.
     data = bytearray(shards[1].read_bytes())
     data[-3000] ^= 0xFF
     shards[1].write_bytes(bytes(data))
     with pytest.raises(DataError, match=r"train-000001.tar: SHA-256 differs"):
-        verify(cfg)
+        check_shards(cfg)
     data = bytearray(before[shards[1].name][0])
     header = data.index(b"train_4_a_1.labels.json")
     assert data[header + 512] == ord("[")
     data[header + 513] = ord("7")
     shards[1].write_bytes(bytes(data))
     with pytest.raises(DataError, match=r"train-000001.tar, sample train_4_a_1: labels must be 18 values of 0 or 1"):
-        verify(cfg)
+        check_shards(cfg)
 
 
 def _write_bench_like_shards(out: Path, volumes: list[np.ndarray]) -> Path:

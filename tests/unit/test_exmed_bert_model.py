@@ -14,9 +14,9 @@ from experiments.exmed_bert import clinvec, dataset, pretrain
 from experiments.exmed_bert.config import ExMedBertConfig, ModelConfig, PathsConfig
 from experiments.exmed_bert.model import PRESETS, Encoder, PretrainModel, count_parameters, initialise, load_clinvec
 from experiments.exmed_bert.prepare import prepare
-from medrepro import run_guard
 from medrepro.config_sections import TrackingConfig, TrainConfig
 from medrepro.errors import CheckpointError, DataError, RunError
+from medrepro.rundir import RunDir
 
 
 def test_presets_grow_and_are_counted_from_the_model():
@@ -85,18 +85,19 @@ def prepared(tmp_path_factory) -> ExMedBertConfig:
 
 def test_pretraining_resumes_exactly(prepared, tmp_path):
     cfg = prepared
-    full = pretrain.pretrain_one(cfg, "clinvec_init", tmp_path / "full")
-    steps = sorted((full / "checkpoints").glob("step-*.pt"))
+    full = RunDir(tmp_path / "full")
+    pretrain.pretrain_one(cfg, "clinvec_init", full)
+    steps = full.step_checkpoints()
     assert len(steps) >= 3
     # An interrupted run: only a mid-run checkpoint (in the middle of an epoch) is left.
     middle = steps[1]
-    resumed = tmp_path / "resumed" / "checkpoints"
-    resumed.mkdir(parents=True)
+    resumed = RunDir(tmp_path / "resumed")
+    resumed.checkpoints.mkdir(parents=True)
     for path in (middle, middle.with_name(middle.name + ".sha256")):
-        shutil.copy(path, resumed / path.name)
-    pretrain.pretrain_one(cfg, "clinvec_init", resumed.parent, resume="latest")
-    a = torch.load(full / "final.pt", weights_only=True)["model"]
-    b = torch.load(resumed.parent / "final.pt", weights_only=True)["model"]
+        shutil.copy(path, resumed.checkpoints / path.name)
+    pretrain.pretrain_one(cfg, "clinvec_init", resumed, resume="latest")
+    a = torch.load(full.final, weights_only=True)["model"]
+    b = torch.load(resumed.final, weights_only=True)["model"]
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -105,15 +106,17 @@ def test_pretraining_resumes_exactly(prepared, tmp_path):
 def test_pretraining_hints_name_what_pretrain_accepts(prepared, tmp_path):
     """A resume under another config names the key `pretrain` reads (pretrain.train.…, no --out, which it
     does not have); an unfinished pretraining run points at `pretrain --resume latest`."""
-    run = pretrain.pretrain_one(prepared, "random_init", tmp_path / "runs" / "random_init")
+    run = RunDir(tmp_path / "runs" / "random_init")
+    pretrain.pretrain_one(prepared, "random_init", run)
     changed = dataclasses.replace(prepared, pretrain=dataclasses.replace(
         prepared.pretrain, train=dataclasses.replace(prepared.pretrain.train, lr=1e-2)))
     with pytest.raises(CheckpointError) as e:
         pretrain.pretrain_one(changed, "random_init", run, resume="latest")
     assert "lr: 0.003 → 0.01" in str(e.value) and "pass pretrain.train.allow_config_change=true" in str(e.value)
     assert "--out" not in str(e.value)
-    (run / run_guard.COMPLETE_FILE).unlink()
-    unfinished = dataclasses.replace(prepared, paths=dataclasses.replace(prepared.paths, pretrained=str(run.parent)))
+    run.complete_file.unlink()
+    unfinished = dataclasses.replace(prepared, paths=dataclasses.replace(prepared.paths,
+                                                                         pretrained=str(run.path.parent)))
     with pytest.raises(RunError, match=r"finish it with `medrepro exmed_bert pretrain --resume latest`$"):
         pretrain.pretrained_encoder(unfinished, "random_init")
 
@@ -122,11 +125,11 @@ def test_learned_projection_keeps_128_d_vectors_for_the_model(prepared):
     cfg = dataclasses.replace(prepared, clinvec=dataclasses.replace(prepared.clinvec, resize="learned_projection"),
                               paths=dataclasses.replace(prepared.paths, clinvec=prepared.paths.clinvec + "-lp"))
     clinvec.clinvec_stage(cfg)
-    vocab = dataset.read_vocab(cfg.paths.dataset)
+    vocab = dataset.read_vocab(cfg.paths.prepared)
     model = pretrain.build(cfg, "clinvec_init", vocab)
     assert model.encoder.code_vectors.shape == (len(vocab.tokens), clinvec.DIM)
     assert model.encoder.projection.weight.shape == (32, clinvec.DIM)
-    batch = dataset.pad_batch(dataset.read_split(cfg.paths.dataset, "val")[:4], 7)
+    batch = dataset.pad_batch(dataset.read_split(cfg.paths.prepared, "val")[:4], 7)
     logits, plos = model(batch)
     assert logits.shape[-1] == len(vocab.tokens) and plos.shape == (4, 2)
 

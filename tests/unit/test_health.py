@@ -11,6 +11,7 @@ from medrepro.config_sections import HealthConfig, TrainConfig
 from medrepro.errors import ConfigError
 from medrepro.health import EpochHealth, EpochStats, HealthMonitor
 from medrepro.results import Evaluation, write_evaluation
+from medrepro.rundir import RunDir
 from medrepro.trainer import fit
 from tests.unit.test_trainer import config, data, make_model, mse
 
@@ -118,7 +119,7 @@ def test_signs_forced_through_fit_reach_fit_json_manifest_and_results(tmp_path, 
     fit_json = json.loads((tmp_path / "run" / "fit.json").read_text())
     assert {w["sign"] for w in fit_json["health"]} == signs
     assert {w["sign"] for w in json.loads((tmp_path / "run" / "manifest.json").read_text())["health"]} == signs
-    write_evaluation(tmp_path / "results", Evaluation({"acc": 0.5}, {}, {}), tmp_path / "run")
+    write_evaluation(tmp_path / "results", Evaluation({"acc": 0.5}, {}, {}), RunDir(tmp_path / "run"))
     info = json.loads((tmp_path / "results" / "info.json").read_text())
     assert {w["sign"] for w in info["training_health"]} == signs
 

@@ -57,23 +57,23 @@ def test_per_class_metrics_keep_absent_class_in_place(data):
         assert m[f"f1/{name}"] == pytest.approx(f[k])
         assert m[f"support/{name}"] == s[k]
     assert m["support/glaucoma"] == 0.0
-    assert not any(key.startswith("auc") for key in m)
+    assert not any(key.startswith("auroc") for key in m)
 
 
 def test_auc_only_for_classes_with_both_labels(data):
     y_true, y_pred, y_score = data
     m = classification_metrics(y_true, y_pred, NAMES, y_score=y_score)
-    auc_keys = sorted(key for key in m if key.startswith("auc/"))
-    assert auc_keys == ["auc/amd", "auc/dr", "auc/normal"]
+    auc_keys = sorted(key for key in m if key.startswith("auroc/"))
+    assert auc_keys == ["auroc/amd", "auroc/dr", "auroc/normal"]
     for k, name in enumerate(NAMES[:3]):
-        assert m[f"auc/{name}"] == pytest.approx(roc_auc_score(y_true == k, y_score[:, k]))
-    assert m["auc_macro"] == pytest.approx(np.mean([m[key] for key in auc_keys]))
+        assert m[f"auroc/{name}"] == pytest.approx(roc_auc_score(y_true == k, y_score[:, k]))
+    assert m["auroc_macro"] == pytest.approx(np.mean([m[key] for key in auc_keys]))
 
 
 def test_no_auc_macro_when_no_class_has_both_labels():
     y = np.zeros(5, dtype=int)
     m = classification_metrics(y, y, ["a", "b"], y_score=np.full((5, 2), 0.5))
-    assert not any(key.startswith("auc") for key in m)
+    assert not any(key.startswith("auroc") for key in m)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,9 @@ def test_code_dependencies_follow_the_imports_of_each_stage():
     # Evaluation code is not imported by training: editing it must not re-run training.
     assert "experiments/retclip/evaluate.py" not in train
     evaluate = pipeline.experiment_modules(["experiments.retclip.evaluate"], "retclip", ROOT)
-    assert "experiments/retclip/evaluate.py" in evaluate and "experiments/retclip/train.py" in evaluate
+    assert {"experiments/retclip/evaluate.py", "experiments/retclip/seedstats.py"} <= set(evaluate)
+    # ...and training code is not imported by evaluation: editing it re-runs evaluation through the run only.
+    assert "experiments/retclip/train.py" not in evaluate
     # Imports inside functions count too.
     mining = pipeline.experiment_modules(["experiments.cross_encoder.mining"], "cross_encoder", ROOT)
     assert "experiments/cross_encoder/retrieval.py" in mining
@@ -71,3 +73,13 @@ def test_an_experiment_whose_evaluation_reads_every_run_trains_all_variants_firs
     # Others keep one run per evaluation, interleaved.
     train = pipeline.experiment_stages(registry.get("retclip"), ROOT)["retclip_evaluate"]["do"]
     assert "runs/retclip/${item}" in train["deps"] and "runs/retclip/biobert" not in train["deps"]
+
+
+def test_the_report_stage_writes_the_readme_block_without_declaring_the_readme():
+    import yaml
+
+    stage = yaml.safe_load(pipeline.generate(ROOT))["stages"]["report"]
+    assert stage["cmd"] == "medrepro report --readme README.md"
+    # Declared, README.md would be deleted before the stage runs (cache: false) or put the hash of its
+    # prose into dvc.lock (persist: true); see pipeline.generate.
+    assert all("README.md" not in out for out in stage["outs"])

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from medrepro.results import Evaluation, training_curves, write_evaluation
+from medrepro.rundir import RunDir
 
 
 def test_curves_keep_the_last_value_of_a_step_logged_twice(tmp_path):
@@ -19,11 +20,12 @@ def test_curves_keep_the_last_value_of_a_step_logged_twice(tmp_path):
 
 def test_write_evaluation_writes_every_file_and_refuses_an_undefined_headline(tmp_path):
     out = tmp_path / "results"
-    write_evaluation(out, Evaluation({"acc": 0.5}, {"accuracy": 0.5, "n": 10.0}, {"data": "synthetic"}), tmp_path)
+    write_evaluation(out, Evaluation({"acc": 0.5}, {"accuracy": 0.5, "n": 10.0}, {"data": "synthetic"}),
+                     RunDir(tmp_path))
     assert json.loads((out / "metrics.json").read_text()) == {"acc": 0.5}
     assert json.loads((out / "details.json").read_text())["n"] == 10.0
     with pytest.raises(ValueError, match="acc"):
-        write_evaluation(tmp_path / "bad", Evaluation({"acc": float("nan")}, {}, {}), tmp_path)
+        write_evaluation(tmp_path / "bad", Evaluation({"acc": float("nan")}, {}, {}), RunDir(tmp_path))
     assert not (tmp_path / "bad" / "metrics.json").exists()
 
 
@@ -36,11 +38,12 @@ def test_training_health_reaches_info_json_and_the_report(tmp_path):
     (run / "fit.json").write_text(json.dumps({"state": {"step": 40}, "health": [warning]}))
     results = tmp_path / "results"
     write_evaluation(results / "a", Evaluation({"acc": 0.5}, {"accuracy": 0.5}, {"data": "synthetic",
-                                                                                 "run": {"complete": True}}), run)
+                                                                                 "run": {"complete": True}}),
+                     RunDir(run))
     assert json.loads((results / "a" / "info.json").read_text())["training_health"] == [{"run": ".", **warning}]
     write_evaluation(results / "b", Evaluation({"acc": 0.6}, {"accuracy": 0.6}, {"data": "synthetic",
                                                                                  "run": {"complete": True}}),
-                     tmp_path / "no-fit-json")
+                     RunDir(tmp_path / "no-fit-json"))
     assert json.loads((results / "b" / "info.json").read_text())["training_health"] is None
     # A variant trained once per seed: one run of the loop per subdirectory.
     seeds = tmp_path / "seeds"
@@ -48,7 +51,8 @@ def test_training_health_reaches_info_json_and_the_report(tmp_path):
         (seeds / f"seed-{seed}").mkdir(parents=True)
         (seeds / f"seed-{seed}" / "fit.json").write_text(json.dumps({"health": health}))
     write_evaluation(results / "c", Evaluation({"acc": 0.7}, {"accuracy": 0.7}, {"data": "synthetic",
-                                                                                 "run": {"complete": True}}), seeds)
+                                                                                 "run": {"complete": True}}),
+                     RunDir(seeds))
     assert json.loads((results / "c" / "info.json").read_text())["training_health"] == [{"run": "seed-1",
                                                                                          **warning}]
     reference = {"title": "t", "columns": [{"metric": "accuracy", "label": "Accuracy"}], "notes": ""}

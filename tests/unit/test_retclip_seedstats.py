@@ -7,9 +7,8 @@ import pytest
 
 from experiments.retclip import seedstats
 from experiments.retclip.compare import comparison_section
-from experiments.retclip.evaluate import load_predictions, predictions_json
 from experiments.retclip.odir import CLASSES
-from experiments.retclip.zeroshot import Predictions
+from experiments.retclip.zeroshot import Predictions, load_predictions, predictions_json
 from medrepro.suite.report import experiment_section
 
 K = len(CLASSES)
@@ -46,7 +45,7 @@ def test_mean_spread_and_baselines(eyes):
     assert out["accuracy_ci_low"] < out["accuracy"] < out["accuracy_ci_high"]
     assert out["accuracy_minus_majority"] == pytest.approx(out["accuracy"] - out["majority_accuracy"])
     assert out["accuracy_minus_majority_ci_low"] > 0
-    assert {"f1/N_ci_low", "auc/N_ci_high", "auc_macro_ci_low"} <= set(out)
+    assert {"f1/N_ci_low", "auroc/N_ci_high", "auroc_macro_ci_low"} <= set(out)
 
 
 def test_paired_difference_is_tighter_than_unpaired_and_signed(eyes):

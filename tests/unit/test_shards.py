@@ -6,7 +6,7 @@ import pytest
 import webdataset as wds
 
 from medrepro.errors import ConfigError, DataError
-from medrepro.shards import check_shard_count, iter_samples, read_manifest, verify_shards, write_manifest
+from medrepro.shards import check_shard_count, check_shards, iter_samples, read_manifest, write_manifest
 
 
 def _write(tmp_path, n_samples=5, per_shard=2):
@@ -30,7 +30,7 @@ def test_manifest_round_trip(tmp_path):
     assert manifest["samples"] == 5 and manifest["shape"] == [2, 3]
     assert manifest["bytes"] == sum(p.stat().st_size for p in shards)
     assert read_manifest(tmp_path / "manifest.json") == manifest
-    assert verify_shards(tmp_path / "manifest.json", _check) == 5
+    assert check_shards(tmp_path / "manifest.json", _check) == 5
     keys = [k for s in shards for k, _ in iter_samples(s)]
     assert keys == [f"s{i:03d}" for i in range(5)]
     assert next(iter_samples(shards[0]))[1]["txt"] == b"report 0"
@@ -39,7 +39,7 @@ def test_manifest_round_trip(tmp_path):
 def test_names_are_relative_so_the_directory_can_move(tmp_path):
     write_manifest(_write(tmp_path / "a"), tmp_path / "a" / "manifest.json", {})
     (tmp_path / "a").rename(tmp_path / "b")
-    assert verify_shards(tmp_path / "b" / "manifest.json") == 5
+    assert check_shards(tmp_path / "b" / "manifest.json") == 5
 
 
 def test_truncated_shard_names_shard_and_last_good_sample(tmp_path):
@@ -48,7 +48,7 @@ def test_truncated_shard_names_shard_and_last_good_sample(tmp_path):
     data = shards[1].read_bytes()
     shards[1].write_bytes(data[:1600])  # into the second sample's members
     with pytest.raises(DataError, match=r"shard-000001\.tar is truncated or corrupt after sample s002"):
-        verify_shards(tmp_path / "manifest.json")
+        check_shards(tmp_path / "manifest.json")
 
 
 def test_flipped_byte_is_caught_by_the_digest(tmp_path):
@@ -59,7 +59,7 @@ def test_flipped_byte_is_caught_by_the_digest(tmp_path):
     data[offset + 7] ^= 1
     shards[2].write_bytes(bytes(data))
     with pytest.raises(DataError, match=r"shard-000002\.tar: SHA-256 differs"):
-        verify_shards(tmp_path / "manifest.json")
+        check_shards(tmp_path / "manifest.json")
 
 
 def test_sample_check_failure_names_the_sample(tmp_path):
@@ -71,7 +71,7 @@ def test_sample_check_failure_names_the_sample(tmp_path):
             raise ValueError("bad volume")
 
     with pytest.raises(DataError, match=r"shard-000001\.tar, sample s003: bad volume"):
-        verify_shards(tmp_path / "manifest.json", reject_s003)
+        check_shards(tmp_path / "manifest.json", reject_s003)
 
 
 def test_missing_shard_and_count_mismatch(tmp_path):
@@ -80,10 +80,10 @@ def test_missing_shard_and_count_mismatch(tmp_path):
     manifest["shards"][0]["samples"] = 3
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match=r"shard-000000\.tar holds 2 samples, the manifest 3"):
-        verify_shards(tmp_path / "manifest.json")
+        check_shards(tmp_path / "manifest.json")
     shards[0].unlink()
     with pytest.raises(DataError, match=r"shard-000000\.tar listed in .* is missing"):
-        verify_shards(tmp_path / "manifest.json")
+        check_shards(tmp_path / "manifest.json")
 
 
 def test_bad_manifests(tmp_path):

@@ -85,7 +85,8 @@ def _commands(experiment: Experiment) -> dict[str, list[str]]:
 def _required(experiment: Experiment, name: str) -> list[str]:
     """The required options of an experiment's own command, filled with harmless values."""
     required = {("retclip", "export"): ["--variant", experiment.variants[0], "--out", "exported"],
-                ("cross_encoder", "link"): ["--input", "spans.txt", "--out", "linked.jsonl"]}
+                ("cross_encoder", "export"): ["--out", "exported"],
+                ("cross_encoder", "link"): ["--input", "spans.txt", "--out", "linked.jsonl", "--model", "exported"]}
     return required.get((experiment.name, name), [])
 
 
@@ -209,7 +210,7 @@ def test_exmed_patients_files_that_are_empty_cut_short_or_wrapped(tmp_path, monk
         (tmp_path / name).write_text(text)
         before = _snapshot(tmp_path)
         code = main(["exmed_bert", "prepare", "--profile", "full", f"data.patients={name}",
-                     f"paths.dataset={tmp_path / 'dataset'}"])
+                     f"paths.prepared={tmp_path / 'dataset'}"])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("medrepro: error: ") and err.count("\n") == 1, (name, err)
         assert name in err, err

@@ -11,6 +11,7 @@ import yaml
 
 from medrepro import atomic, config, preflight, run_guard, runtime
 from medrepro.config_sections import TrackingConfig
+from medrepro.rundir import RunDir
 from medrepro.suite import registry
 from medrepro.suite.spec import Command, Experiment, resolve
 
@@ -102,8 +103,8 @@ def run(experiment: Experiment, argv: Sequence[str]) -> int:
         variants = args.variants.split(",") if args.variants else list(experiment.variants)
         smoke.run(experiment, cfg, args.out, variants, args)
     elif args.command == "train":
-        run_dir = args.out or Path(cfg.paths.runs) / args.variant
-        resolve(experiment.train)(cfg, args.variant, run_dir, args.resume)
+        resolve(experiment.train)(cfg, args.variant, RunDir(args.out or Path(cfg.paths.runs) / args.variant),
+                                  args.resume)
     elif args.command == "evaluate":
         _evaluate(experiment, cfg, args)
     elif args.command == "bench":
@@ -139,9 +140,9 @@ def _preflight(experiment: Experiment, cfg: object, args: argparse.Namespace) ->
         preflight.output_dir(args.out or Path(cfg.paths.results) / args.variant,
                              "--out" if args.out else "paths.results")
         if args.checkpoint == "best":
-            run = args.run or Path(cfg.paths.runs) / args.variant
+            run = RunDir(args.run or Path(cfg.paths.runs) / args.variant)
             out = f" --out {args.run}" if args.run else ""
-            run_guard.completed(run, args.variant, f"finish it with `medrepro {experiment.name} train --variant "
+            run.completion(args.variant, f"finish it with `medrepro {experiment.name} train --variant "
                                 f"{args.variant}{out} --resume latest`, or evaluate one of its checkpoints with "
                                 "--checkpoint PATH")
         reads = tuple(producers)
@@ -165,7 +166,7 @@ def _preflight(experiment: Experiment, cfg: object, args: argparse.Namespace) ->
 def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> None:
     from medrepro import results
 
-    run = args.run or Path(cfg.paths.runs) / args.variant
+    run = RunDir(args.run or Path(cfg.paths.runs) / args.variant)
     out = args.out or Path(cfg.paths.results) / args.variant
     # The best checkpoint only of a finished run of this variant (checked by _preflight); a named
     # checkpoint is the user's call, and the results say so.
@@ -182,7 +183,7 @@ def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> 
               "`medrepro report` leaves these results out")
 
 
-def _log_test_metrics(experiment: Experiment, cfg: object, variant: str, run: Path, evaluation: object) -> None:
+def _log_test_metrics(experiment: Experiment, cfg: object, variant: str, run: RunDir, evaluation: object) -> None:
     """The headline as test/<name> into the trackers each run of the loop opened (the run directory, or
     one per seed below it), at that run's last step, when asked."""
     import json
@@ -193,8 +194,8 @@ def _log_test_metrics(experiment: Experiment, cfg: object, variant: str, run: Pa
     tracking_cfg = getattr(getattr(cfg, "train", None), "tracking", None)
     if not isinstance(tracking_cfg, TrackingConfig) or not tracking_cfg.test_metrics:
         return
-    for opened in sorted([*run.glob(tracking.TRACKING_FILE), *run.glob(f"*/{tracking.TRACKING_FILE}")]):
-        fit_file = opened.parent / "fit.json"
+    for opened in sorted([*run.path.glob(tracking.TRACKING_FILE), *run.path.glob(f"*/{tracking.TRACKING_FILE}")]):
+        fit_file = RunDir(opened.parent).fit_file
         step = json.loads(fit_file.read_text())["state"]["step"] if fit_file.is_file() else 0
         written = tracking.log_test_metrics(opened.parent, tracking_cfg, f"{experiment.name}-{variant}",
                                             evaluation.headline, step)

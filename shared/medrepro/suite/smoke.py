@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medrepro import checkpoint
 from medrepro.errors import MedreproError
+from medrepro.rundir import RunDir
 from medrepro.suite.pipeline import pipeline_commands
 from medrepro.suite.spec import Experiment
 
@@ -28,10 +28,9 @@ def run(experiment: Experiment, cfg: Any, out: Path, variants: list[str], args: 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for argv in pipeline_commands(experiment, variants):
-        run = out / cfg.paths.runs / argv[-1]
+        run = RunDir(out / cfg.paths.runs / argv[-1])
         # A run's checkpoints, or those of its sub-runs (one per training seed, e.g.).
-        if argv[0] == "train" and any(checkpoint.step_checkpoints(d) for d in (run / "checkpoints",
-                                                                              *run.glob("*/checkpoints"))):
+        if argv[0] == "train" and any(r.step_checkpoints() for r in (run, *map(RunDir, run.path.glob("*/")))):
             argv = [*argv, "--resume", "latest"]  # an interrupted smoke run continues where it stopped
         command = [experiment.name, *argv, *config_args, *args.overrides]
         _medrepro(command, out)

@@ -49,9 +49,11 @@ class Experiment:
     """One experiment of the suite.
 
     Conventions every experiment follows (see experiments/README.md):
-      train(cfg, variant, run_dir, resume)             → a run in runs/<name>/<variant>/
-      evaluate(cfg, variant, run_dir, out_dir, which)  → an `Evaluation` for results/<name>/<variant>/
-      bench(cfg, workdir)                              → a `Benchmark`
+      train(cfg, variant, run, resume) -> None               trains into `run`, a `medrepro.rundir.RunDir`
+                                                             (runs/<name>/<variant>/ unless --out says so)
+      evaluate(cfg, variant, run, out_dir, which) -> Evaluation   for results/<name>/<variant>/; `which`
+                                                             is best, final or a checkpoint path
+      bench(cfg, workdir) -> dict                            ratios against same-run references
     The config class has `seed`, `runtime`, `paths.runs` and `paths.results`.
     """
 
