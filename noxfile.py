@@ -47,10 +47,12 @@ def dryrun(session: nox.Session, exp: str) -> None:
 
 @nox.session
 def repro(session: nox.Session) -> None:
-    """`dvc repro` of the results table with the profile in params.yaml, then the metrics."""
+    """`dvc repro` of the results table with the profile in params.yaml, the README's results block from
+    the same files, then the metrics."""
     session.run("dvc", "repro", *session.posargs)
+    session.run("medrepro", "report", "--readme", "README.md")
     session.run("dvc", "metrics", "show")
-    session.log("results table: results/RESULTS.md")
+    session.log("results table: results/RESULTS.md (and README.md's results block)")
 
 
 @nox.session

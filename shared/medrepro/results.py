@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medrepro import atomic
-from medrepro.rundir import FIT_FILE, RunDir
+from medrepro.rundir import RunDir
 
 
 @dataclass
@@ -41,10 +41,10 @@ def write_evaluation(out_dir: Path, evaluation: Evaluation, run: RunDir) -> None
 
 
 def training_health(run: RunDir) -> list[dict[str, Any]] | None:
-    """The health signs that fired while the run trained: its fit.json, and those of the runs one level
-    down (a variant trained once per seed keeps one run of the loop per subdirectory), each sign with
-    the run it came from ("." for the run directory itself). None when no fit.json is there."""
-    fit_files = sorted([*run.path.glob(FIT_FILE), *run.path.glob(f"*/{FIT_FILE}")])
+    """The health signs that fired while the run trained: its fit.json, and those of its parts (a variant
+    trained once per seed keeps one run of the loop per part), each sign with the run it came from
+    ("." for the run directory itself). None when no fit.json is there."""
+    fit_files = [r.fit_file for r in (run, *run.parts()) if r.fit_file.is_file()]
     if not fit_files:
         return None
     return [{"run": fit_file.parent.relative_to(run.path).as_posix(), **warning}

@@ -7,6 +7,7 @@
     <run>/final.pt                  the weights at the end of training
     <run>/fit.json                  the shared loop's result (steps, rates, health signs)
     <run>/train_log.jsonl           the numbers logged per step (the training curves)
+    <run>/tensorboard/, mlruns/     the trackers' own stores; tracking.json names the runs they opened
     <run>/complete.json             written last: {variant, identity, step, best_step, parts}
 
 A variant trained several times (once per training seed) keeps one such directory per training run
@@ -42,6 +43,9 @@ BEST_FILE = "best.pt"
 FINAL_FILE = "final.pt"
 FIT_FILE = "fit.json"
 TRAIN_LOG = "train_log.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+MLFLOW_DIR = "mlruns"
+TRACKING_FILE = "tracking.json"
 COMPLETE_FILE = "complete.json"
 
 
@@ -86,6 +90,10 @@ class RunDir:
     @property
     def train_log(self) -> Path:
         return self.path / TRAIN_LOG
+
+    @property
+    def tracking_file(self) -> Path:
+        return self.path / TRACKING_FILE
 
     @property
     def complete_file(self) -> Path:

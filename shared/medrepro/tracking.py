@@ -25,10 +25,7 @@ import torch
 
 from medrepro import atomic, config
 from medrepro.config_sections import TrackingConfig
-from medrepro.rundir import TRAIN_LOG
-
-TRACKING_FILE = "tracking.json"
-TENSORBOARD_DIR = "tensorboard"
+from medrepro.rundir import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE, TRAIN_LOG
 
 
 def format_duration(seconds: float) -> str:
@@ -56,7 +53,7 @@ def mlflow_uri(cfg: TrackingConfig, run_dir: Path) -> str:
     """The configured URI, else a file store inside the run directory (nothing leaves the machine)."""
     if cfg.mlflow_tracking_uri:
         return cfg.mlflow_tracking_uri
-    return (run_dir / "mlruns").resolve().as_uri()
+    return (run_dir / MLFLOW_DIR).resolve().as_uri()
 
 
 def build_trackers(cfg: TrackingConfig, run_dir: Path, run_name: str, opened: dict[str, Any] | None = None) -> list:

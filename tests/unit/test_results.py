@@ -45,14 +45,15 @@ def test_training_health_reaches_info_json_and_the_report(tmp_path):
                                                                                  "run": {"complete": True}}),
                      RunDir(tmp_path / "no-fit-json"))
     assert json.loads((results / "b" / "info.json").read_text())["training_health"] is None
-    # A variant trained once per seed: one run of the loop per subdirectory.
-    seeds = tmp_path / "seeds"
+    # A variant trained once per seed: one run of the loop per part, listed in the completion mark.
+    seeds = RunDir(tmp_path / "seeds")
     for seed, health in ((0, []), (1, [warning])):
-        (seeds / f"seed-{seed}").mkdir(parents=True)
-        (seeds / f"seed-{seed}" / "fit.json").write_text(json.dumps({"health": health}))
+        seeds.part(f"seed-{seed}").path.mkdir(parents=True)
+        seeds.part(f"seed-{seed}").fit_file.write_text(json.dumps({"health": health}))
+    seeds.mark_complete("v", "abc", 40, -1, [seeds.part("seed-0"), seeds.part("seed-1")])
     write_evaluation(results / "c", Evaluation({"acc": 0.7}, {"accuracy": 0.7}, {"data": "synthetic",
                                                                                  "run": {"complete": True}}),
-                     RunDir(seeds))
+                     seeds)
     assert json.loads((results / "c" / "info.json").read_text())["training_health"] == [{"run": "seed-1",
                                                                                          **warning}]
     reference = {"title": "t", "columns": [{"metric": "accuracy", "label": "Accuracy"}], "notes": ""}

@@ -108,3 +108,24 @@ def test_mlflow_never_calls_home(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in quiet}
     shown = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True)
     assert shown.stdout.strip() == "None", shown.stdout + shown.stderr[-2000:]
+
+
+def test_evaluate_logs_test_metrics_into_every_seed_part_at_its_last_step(tmp_path):
+    """`evaluate` of a variant trained once per seed writes test/<name> into each part's trackers."""
+    from types import SimpleNamespace
+
+    from medrepro.results import Evaluation
+    from medrepro.rundir import RunDir
+    from medrepro.suite.commands import _log_test_metrics
+
+    cfg = config(tracking={"tensorboard": True, "test_metrics": True})
+    run = RunDir(tmp_path / "run")
+    parts = [run.part("seed-0"), run.part("seed-1")]
+    for part in parts:
+        fit(make_model(), data(), cfg, part, loss_fn=mse, seed=0, run_name="lin")
+    run.mark_complete("v", "abc", 8, -1, parts)
+    _log_test_metrics(SimpleNamespace(name="x"), SimpleNamespace(train=cfg), "v", run,
+                      Evaluation({"acc": 0.75}, {}, {}))
+    for part in parts:
+        scalars = tensorboard_run(part.path).Scalars("test/acc")
+        assert [(s.step, s.value) for s in scalars] == [(json.loads(part.fit_file.read_text())["state"]["step"], 0.75)]

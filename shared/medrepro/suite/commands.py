@@ -54,7 +54,7 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
     _add_variant(p, experiment)
     p.add_argument("--run", type=Path, help="run directory (default: <paths.runs>/<variant>)")
     p.add_argument("--out", type=Path, help="results directory (default: <paths.results>/<variant>)")
-    p.add_argument("--checkpoint", default="best", help="`best` or a checkpoint path")
+    p.add_argument("--checkpoint", default="best", help="`best` (of a finished run), `final` or a checkpoint path")
     add_config_args(p)
 
     for command in experiment.commands:
@@ -185,7 +185,7 @@ def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> 
 
 def _log_test_metrics(experiment: Experiment, cfg: object, variant: str, run: RunDir, evaluation: object) -> None:
     """The headline as test/<name> into the trackers each run of the loop opened (the run directory, or
-    one per seed below it), at that run's last step, when asked."""
+    each of its parts: one per seed), at that run's last step, when asked."""
     import json
 
     from medrepro import tracking
@@ -194,13 +194,14 @@ def _log_test_metrics(experiment: Experiment, cfg: object, variant: str, run: Ru
     tracking_cfg = getattr(getattr(cfg, "train", None), "tracking", None)
     if not isinstance(tracking_cfg, TrackingConfig) or not tracking_cfg.test_metrics:
         return
-    for opened in sorted([*run.path.glob(tracking.TRACKING_FILE), *run.path.glob(f"*/{tracking.TRACKING_FILE}")]):
-        fit_file = RunDir(opened.parent).fit_file
-        step = json.loads(fit_file.read_text())["state"]["step"] if fit_file.is_file() else 0
-        written = tracking.log_test_metrics(opened.parent, tracking_cfg, f"{experiment.name}-{variant}",
+    for trained in (run, *run.parts()):
+        if not trained.tracking_file.is_file():
+            continue
+        step = json.loads(trained.fit_file.read_text())["state"]["step"] if trained.fit_file.is_file() else 0
+        written = tracking.log_test_metrics(trained.path, tracking_cfg, f"{experiment.name}-{variant}",
                                             evaluation.headline, step)
         if written:
-            print(f"test metrics logged to {', '.join(written)} of {opened.parent} at step {step}")
+            print(f"test metrics logged to {', '.join(written)} of {trained} at step {step}")
 
 
 def _bench(experiment: Experiment, cfg: object, out: Path) -> None:

@@ -167,12 +167,10 @@ def generate(root: Path | None = None) -> str:
         entry = [f"experiments.{experiment.name}.experiment", experiment.compare.partition(":")[0]]
         report_deps += [f"experiments/{experiment.name}/reference.yaml",
                         *experiment_modules([e for e in entry if e], experiment.name, root)]
-    # README.md is written (its results block only) but not declared an out: dvc.lock would then hold the
-    # whole README's hash, so every edit of its prose would leave `dvc status` dirty and fail `verify`'s
-    # comparison of dvc.lock. (Declared with `cache: false` alone, DVC would delete README.md before running
-    # the stage.) tests/unit/test_report.py checks the block instead. With RESULTS.md uncached, DVC keeps
-    # no run cache for this stage, so changed results always run the command and rewrite both.
-    stages["report"] = {"cmd": "medrepro report --readme README.md", "deps": [*report_deps, LIBRARY],
+    # The README's results block is not this stage's: as an out, README.md would be deleted before the
+    # stage runs (`cache: false`) or put the hash of its prose into dvc.lock (`persist: true`). `./dev
+    # repro` writes it after `dvc repro`, and tests/unit/test_report.py checks it against the results.
+    stages["report"] = {"cmd": "medrepro report", "deps": [*report_deps, LIBRARY],
                         "outs": [{"results/RESULTS.md": {"cache": False}}]}
     body = yaml.safe_dump({"stages": stages, "plots": plots}, sort_keys=False, width=120)
     return HEADER + body
