@@ -4,9 +4,7 @@
     <paths.prepared>/concepts.jsonl, mentions.jsonl, missing.json, summary.json     (prepare)
     <paths.index>/names.faiss, names.jsonl, index.json                              (index)
     <paths.mined>/candidates.npz, pairs_<split>.jsonl, mining.json                  (mine)
-    <run>/model/                     the default place of `export`'s directory (the rest of a run
-                                     directory is `medrepro.rundir`'s)
-    <export>/calibration.json, README.md, and the transformers model files         (export)
+    <export --out>/calibration.json, README.md, and the transformers model files   (export)
     <results>/calibration.json, evaluation_results.json, besides the suite's files  (evaluate)
 
 Nothing here imports anything: a module that needs a name does not load the module that writes it.
