@@ -82,7 +82,10 @@ def _table(name: str, variants: Sequence[str], results_dir: Path,
 
 def experiment_section(name: str, variants: Sequence[str], results_dir: Path, reference: dict[str, Any]) -> str:
     """The experiment's section of RESULTS.md: its table with the notes and health warnings under it."""
-    table, warnings = _table(name, variants, results_dir, reference)
+    return _section(name, reference, *_table(name, variants, results_dir, reference))
+
+
+def _section(name: str, reference: dict[str, Any], table: list[str], warnings: list[str]) -> str:
     lines = [f"## {name}: {reference['title']}", "", *table, "", reference.get("notes", "").strip(), ""]
     if warnings:
         lines += ["Training health warnings (see `medrepro.health`):", "", *(f"- {w}" for w in warnings), ""]
@@ -112,8 +115,9 @@ def render(results_root: Path, names: Sequence[str] | None = None) -> tuple[str,
         if not results_dir.is_dir() or (names is not None and experiment.name not in names):
             continue
         reference = yaml.safe_load((registry.experiments_dir() / experiment.name / "reference.yaml").read_text())
-        sections.append(experiment_section(experiment.name, experiment.variants, results_dir, reference))
-        table, _ = _table(experiment.name, experiment.variants, results_dir, reference)
+        # Read once for both documents.
+        table, warnings = _table(experiment.name, experiment.variants, results_dir, reference)
+        sections.append(_section(experiment.name, reference, table, warnings))
         block.append(f"**{experiment.name}** ({reference['title']})\n\n" + "\n".join(table))
         if experiment.compare:
             # Computed once for both documents: a comparison may bootstrap.
