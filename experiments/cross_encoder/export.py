@@ -17,7 +17,6 @@ import argparse
 import copy
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from experiments.cross_encoder import pair_text, scoring
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.layout import CALIBRATION_FILE, MODEL_CARD
 from experiments.cross_encoder.readers import read_mentions, read_pairs
-from medrepro import atomic
+from medrepro.export import model_dir
 from medrepro.metrics import binary_metrics
 from medrepro.rundir import RunDir
 
@@ -117,14 +116,11 @@ def write_model_dir(model: nn.Module, tokenizer: PreTrainedTokenizerBase, direct
     folded = fold_platt(model, platt["a"], platt["b"])
     folded.config.id2label = {0: LABEL}
     folded.config.label2id = {LABEL: 0}
-    with atomic.atomic_dir(directory) as tmp:
+    with model_dir(directory) as tmp:
         folded.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
         (tmp / MODEL_CARD).write_text(card)
-        # safetensors writes its file 0600; a model on a shared cluster is read by other accounts.
-        for path in tmp.rglob("*"):
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)
     return Path(directory)
 
 
