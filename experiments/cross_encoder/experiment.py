@@ -4,19 +4,9 @@ import argparse
 from pathlib import Path
 
 from experiments.cross_encoder.layout import CALIBRATION_FILE, EVALUATION_FILE
-from medrepro.suite.spec import Command, Experiment, Stage
+from medrepro.suite.spec import Command, Experiment, Stage, export_command
 
 VARIANTS = ("sapbert",)
-
-
-def _export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", choices=VARIANTS, default=VARIANTS[0],
-                        help="the variant of the run (default: %(default)s)")
-    parser.add_argument("--run", type=Path, help="run directory (default: <paths.runs>/<variant>)")
-    parser.add_argument("--checkpoint", default="best",
-                        help="`best` (of a finished run), `final` or a checkpoint path (default: best)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="the directory to write (replaced if it exists); `link --model` reads it")
 
 
 def _link_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,10 +42,9 @@ EXPERIMENT = Experiment(
     val_metric="f1",
     evaluate_outs=(CALIBRATION_FILE, EVALUATION_FILE),
     commands=(
-        Command("export", "a trained checkpoint, calibrated, as a transformers / sentence-transformers directory "
-                "with a model card (what `link` reads)",
-                "experiments.cross_encoder.export:export_command", arguments=_export_arguments,
-                writes={"out": "dir"}),
+        export_command("experiments.cross_encoder.export:export_command",
+                       "a trained checkpoint, calibrated, as a transformers / sentence-transformers directory "
+                       "with a model card (what `link --model` reads)", VARIANTS),
         Command("link", "PubTator or JSON-lines spans → ranked CUIs with calibrated confidence (run `export` "
                 "first)",
                 "experiments.cross_encoder.link:link_command", arguments=_link_arguments,

@@ -9,6 +9,7 @@ import argparse
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -83,3 +84,22 @@ class Experiment:
 
     def config_class(self) -> type:
         return resolve(self.config)
+
+
+def export_command(run: str, help: str, variants: tuple[str, ...],
+                   extra: Callable[[argparse.ArgumentParser], None] | None = None) -> Command:
+    """The `export` command every experiment declares: `--variant --run --checkpoint --out`, plus the
+    experiment's own options from `extra`; `run` is its "module:function" called as `function(cfg, args)`."""
+
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--variant", choices=variants, default=variants[0],
+                            help="the variant of the run (default: %(default)s)")
+        parser.add_argument("--run", type=Path, help="run directory (default: <paths.runs>/<variant>)")
+        parser.add_argument("--checkpoint", default="best",
+                            help="`best` (of a finished run), `final` or a checkpoint path (default: best)")
+        parser.add_argument("--out", type=Path, required=True,
+                            help="the directory to write (replaced if it exists)")
+        if extra:
+            extra(parser)
+
+    return Command("export", help, run, arguments=arguments, writes={"out": "dir"})
