@@ -1,7 +1,8 @@
-"""The reproducibility bars: same seed → same bits; kill + resume → same bits; DDP ≈ one process."""
+"""The reproducibility bars: same seed → same bits; kill + resume → same bits; what 2 processes share with 1."""
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,37 +59,59 @@ def test_restarting_without_resume_refuses_to_overwrite(retclip_workdir, referen
     assert "already holds checkpoints" in proc.stderr and "--resume latest" in proc.stderr
 
 
-def test_two_process_ddp_matches_one_process(retclip_workdir):
-    """torchrun with 2 CPU processes (gloo) at the same global batch as 1 process.
+@pytest.fixture(scope="module")
+def default_size_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke profile's data at its default size; biobert's tiny tower without dropout, pubmedbert's
+    with the default 0.1."""
+    workdir = tmp_path_factory.mktemp("retclip-default")
+    medrepro(["retclip", "prepare", NO_DROPOUT], workdir)
+    medrepro(["retclip", "build-lmdb", "--workers", "2", NO_DROPOUT], workdir)
+    return workdir
 
-    The encoder has dropout 0: with dropout each process would draw its own masks. Sums happen in
-    another order across processes, so agreement is to float precision, not bitwise; Adam's first
-    updates are about lr × sign(gradient), so near-zero gradients let weights drift by ~lr.
-    """
-    overrides = [*TRAIN_OVERRIDES, "train.epochs=2", "train.log_every_steps=1"]
-    single = retclip_workdir / "runs" / "ddp-1"
-    double = retclip_workdir / "runs" / "ddp-2"
-    medrepro(["retclip", "train", "--variant", "biobert", "--out", str(single), *overrides], retclip_workdir)
+
+NO_DROPOUT = "encoders.biobert.tiny.dropout=0.0"
+
+
+def train_one_and_two(workdir: Path, variant: str) -> tuple[list[dict], list[dict]]:
+    """Train `variant` at the default smoke settings (one seed) with 1 process and with 2 (torchrun, gloo)
+    at the same global batch; the two train logs, one row per step."""
+    overrides = ["seeds=[0]", "train.log_every_steps=1", "train.tracking.tensorboard=false", NO_DROPOUT]
+    single, double = workdir / "runs" / f"{variant}-1", workdir / "runs" / f"{variant}-2"
+    medrepro(["retclip", "train", "--variant", variant, "--out", str(single), *overrides], workdir)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
-    medrepro(["retclip", "train", "--variant", "biobert", "--out", str(double), *overrides], retclip_workdir,
-             launcher=torchrun)
-
+    medrepro(["retclip", "train", "--variant", variant, "--out", str(double), *overrides], workdir, launcher=torchrun)
     manifest = json.loads((double / SEED / "manifest.json").read_text())
     assert manifest["processes"] == 2, "torchrun's processes must train together, not each alone"
+    return tuple([json.loads(line) for line in (run / SEED / "train_log.jsonl").read_text().splitlines()]
+                 for run in (single, double))
 
-    def losses(run):
-        rows = [json.loads(line) for line in (run / SEED / "train_log.jsonl").read_text().splitlines()]
-        return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
 
-    one, two = losses(single), losses(double)
-    assert [s for s, _ in one] == [s for s, _ in two] == list(range(1, 11)), "one log line per step, once"
-    for (step, a), (_, b) in zip(one, two, strict=True):
-        assert abs(a - b) <= 1e-5 * abs(a), f"step {step}: loss {a} with 1 process, {b} with 2"
+def steps(log: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(row["step"], row[key]) for row in log if key in row]
 
-    w1, w2 = final_weights(single / SEED), final_weights(double / SEED)
-    assert w1.keys() == w2.keys()
-    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
-    assert worst < 1e-3, f"largest weight difference {worst}"
+
+def test_two_processes_follow_the_same_steps_at_the_default_smoke_settings(default_size_workdir):
+    """What the README claims for dropout on (pubmedbert's tiny tower, 0.1): the same optimizer steps
+    (16 epochs of 8) and learning rates, and a run that learns as well; not the same losses (each
+    process draws its own dropout masks)."""
+    one, two = train_one_and_two(default_size_workdir, "pubmedbert")
+    assert steps(one, "train/lr") == steps(two, "train/lr") and len(steps(one, "train/lr")) == 128
+    assert steps(one, "val/auroc_macro")[-1][0] == steps(two, "val/auroc_macro")[-1][0] == 128
+    assert steps(two, "val/auroc_macro")[-1][1] > 0.85, "the 2-process run must learn as the 1-process runs do"
+
+
+def test_two_processes_without_dropout_agree_to_float_precision_first(default_size_workdir):
+    """Dropout off (biobert's tiny tower): the same initial weights, samples and schedule give the same
+    losses to float precision over the first two epochs (16 steps); the sums run in another order
+    across processes and training amplifies that rounding, so later losses part slowly (measured: 1e-4
+    at step 40, at most 0.3 %) and the final validation AUROC agree to about 0.001."""
+    one, two = train_one_and_two(default_size_workdir, "biobert")
+    losses_one, losses_two = steps(one, "train/loss"), steps(two, "train/loss")
+    assert [s for s, _ in losses_one] == [s for s, _ in losses_two] == list(range(1, 129)), "one row per step, once"
+    for (step, a), (_, b) in zip(losses_one[:16], losses_two[:16], strict=True):
+        assert abs(a - b) <= 1e-6 * abs(a), f"step {step}: loss {a} with 1 process, {b} with 2"
+    (_, auroc_one), (_, auroc_two) = steps(one, "val/auroc_macro")[-1], steps(two, "val/auroc_macro")[-1]
+    assert abs(auroc_one - auroc_two) < 0.01, f"final val AUROC {auroc_one} with 1 process, {auroc_two} with 2"
 
 
 def test_prepare_is_identical_across_processes(tmp_path):
