@@ -1,0 +1,1 @@
+"""biomedica_clip: OpenCLIP fine-tuned with open_clip_train on BIOMEDICA-style WebDataset shards."""

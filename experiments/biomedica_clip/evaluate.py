@@ -36,6 +36,9 @@ from medrepro.shards import iter_samples
 KS = (1, 5, 10)
 # Paired after − before differences reported with intervals.
 DIFFERENCES = ("zeroshot_acc", "i2t_r1", "t2i_r1")
+# metrics.json: the fine-tuned model's headline under the suite's short names (the starting weights'
+# numbers, the differences and the intervals are in details.json).
+HEADLINE = {"acc": "after/zeroshot_acc", "r1_i2t": "after/i2t_r1", "r1_t2i": "after/t2i_r1"}
 
 
 @dataclass
@@ -186,10 +189,8 @@ def evaluate(cfg: BiomedicaClipConfig, variant: str, run: RunDir, out_dir: Path,
     result.update({"heldout_samples": n, "zeroshot_classes": len(classes), "zeroshot_samples": int(mask.sum()),
                    "heldout_without_single_label": int((labels == "").sum()),
                    "heldout_articles": int(data.groups.max()) + 1})
-    recall_png(result, out_dir / "plots" / "before_after.png")
-    headline = {"acc": result["after/zeroshot_acc"], "acc_before": result["before/zeroshot_acc"],
-                "r1_i2t": result["after/i2t_r1"], "r1_t2i": result["after/t2i_r1"],
-                "r1_i2t_before": result["before/i2t_r1"]}
+    plots.save_figure(recall_figure(result), out_dir / "plots" / "before_after.png")
+    headline = {short: result[name] for short, name in HEADLINE.items()}
     info = {"data": cfg.data.source, "model": cfg.model.name, "checkpoint": str(ckpt),
             "zeroshot_classes": classes, "template": cfg.eval.template, "label_field": cfg.data.label_field,
             "majority_class": majority,
@@ -199,24 +200,33 @@ def evaluate(cfg: BiomedicaClipConfig, variant: str, run: RunDir, out_dir: Path,
     return Evaluation(headline, result, info)
 
 
-def recall_png(result: dict, path: Path) -> None:
-    """Before/after bars with their intervals for zero-shot accuracy and every recall@k, chance dashed."""
+def recall_figure(result: dict) -> Figure:
+    """Before/after bars with their intervals for zero-shot accuracy and every recall@k, chance dashed, the
+    majority class dotted (its value in the legend: at 0 the line lies on the axis)."""
     names = ["zeroshot_acc", *(f"{d}_r{k}" for d in ("i2t", "t2i") for k in KS)]
     chance = [result["chance/zeroshot_acc"], *(result[f"chance/r{k}"] for _ in ("i2t", "t2i") for k in KS)]
-    fig = Figure(figsize=(9, 4))
+    fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(names))
     for offset, phase in ((-0.2, "before"), (0.2, "after")):
         values = np.array([result[f"{phase}/{n}"] for n in names])
         low = values - np.array([result[f"{phase}/{n}_ci_low"] for n in names])
         high = np.array([result[f"{phase}/{n}_ci_high"] for n in names]) - values
-        ax.bar(x + offset, values, 0.4, yerr=[low, high], capsize=3, label=phase)
-    ax.hlines(chance, x - 0.4, x + 0.4, colors="k", linestyles="dashed", label="chance")
-    ax.hlines([result["majority/zeroshot_acc"]], -0.4, 0.4, colors="grey", linestyles="dotted",
-              label="majority class (zero-shot)")
-    ax.set_xticks(x, ["zero-shot acc", *(f"{d} R@{k}" for d in ("i→t", "t→i") for k in KS)], fontsize=8)
+        ax.bar(x + offset, values, 0.4, yerr=[low, high], capsize=3, label=f"{phase} fine-tuning")
+    ax.errorbar([], [], yerr=[], fmt="none", ecolor="black", capsize=3, label=plots.interval_note("articles"))
+    ax.hlines(chance, x - 0.4, x + 0.4, colors="k", linestyles="dashed", label="chance (random guess or ranking)")
+    majority = result["majority/zeroshot_acc"]
+    ax.hlines([majority], -0.4, 0.4, colors="grey", linestyles="dotted",
+              label=f"zero-shot: training's majority class for every sample ({majority:.2f})")
+    ax.set_xticks(x, ["zero-shot\naccuracy", *(f"{d}\nR@{k}" for d in ("image→text", "text→image") for k in KS)],
+                  fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction correct (accuracy, recall@k)")
-    ax.set_title("biomedica_clip: held-out shard before and after fine-tuning (95 % bootstrap intervals)")
-    ax.legend(fontsize=8)
-    plots.save_figure(fig, path)
+    ax.set_ylabel("share of queries right (accuracy, R@k)")
+    ax.set_title("biomedica_clip: held-out shard before and after fine-tuning")
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: "fine-tuning" not in labels[i])  # the bars first
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside upper center", ncol=3,
+               fontsize=8, frameon=False)
+    fig.supxlabel("R@k: share of queries whose k nearest items include one with the query's caption; zero-shot "
+                  "accuracy over the held-out classes", fontsize=8)
+    return fig

@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from experiments.biomedica_clip import archive, open_clip_compat
@@ -37,13 +38,19 @@ from experiments.biomedica_clip.config import (
     logs_dir,
 )
 from experiments.biomedica_clip.model import trainer_model_args
-from medrepro import atomic, repro, run_guard, shards
+from medrepro import atomic, repro, run_guard, runtime, shards
 from medrepro.errors import ConfigError, DataError, RunError, TrainingError
 from medrepro.rundir import RunDir
 
 _PROGRESS = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) .*?LR: ([0-9.e+-]+) Logit Scale: ([0-9.]+) "
                        r".*?Loss: ([0-9.e+-]+) \(")
 _RATE = re.compile(r"Batch \(t\): [0-9.]+, ([0-9.e+-]+)/s")
+# The starts of records on open_clip_train's console: its own logger's, and torch's (open_clip_train raises
+# every logger to INFO). The lines up to the next start belong to the record (the model's printout).
+_RECORD = re.compile(r"\d{4}-\d\d-\d\d,\d\d:\d\d:\d\d \| (\w+) \| (.*)")
+_TORCH_RECORD = re.compile(r"([DIVWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ ")
+_PYTHON_WARNING = re.compile(r"\S+:\d+: \w*Warning: ")
+_PROGRESS_RECORDS = ("Train Epoch:", "Eval Epoch:")
 
 
 def data_args(cfg: BiomedicaClipConfig, run_dir: Path) -> list[str]:
@@ -184,7 +191,7 @@ def train(cfg: BiomedicaClipConfig, variant: str, run: RunDir, resume: str | Non
         atomic.write_json(run / "open_clip_args.json", {"command": ["python", *command[1:]]})
         atomic.write_json(run / IDENTITY_FILE, ident)
         run.begin(cfg, variant=variant, checksums=ident_checksums(ident))
-        code = subprocess.run(command, cwd=run_dir, env=trainer_env()).returncode
+        code = run_trainer(command, run_dir)
         final = checkpoint_path(run, cfg.train.epochs)
         if code != 0 or not final.is_file():
             raise TrainingError(f"open_clip_train exited with status {code}"
@@ -199,6 +206,37 @@ def train(cfg: BiomedicaClipConfig, variant: str, run: RunDir, resume: str | Non
         step = max((r["step"] for r in records), default=0)
         run.mark_complete(variant, ident["hash"], step, step)
         print(f"train: finished; final checkpoint {final}")
+
+
+def run_trainer(command: list[str], run_dir: Path) -> int:
+    """open_clip_train's exit status. Its console is quiet unless `--verbose` (`quiet_console`); its
+    log, logs/open_clip/out.log, keeps every line either way."""
+    if runtime.verbose():
+        return subprocess.run(command, cwd=run_dir, env=trainer_env()).returncode
+    # Its logger writes to stderr; stdout (a few prints) passes as it is.
+    with subprocess.Popen(command, cwd=run_dir, env=trainer_env(), stderr=subprocess.PIPE, text=True,
+                          errors="replace") as trainer:
+        for line in quiet_console(trainer.stderr):
+            print(line, end="", file=sys.stderr, flush=True)
+    return trainer.returncode
+
+
+def quiet_console(lines: Iterable[str]) -> Iterator[str]:
+    """open_clip_train's console lines without its chatter: its warnings and errors, its progress (the
+    "Train Epoch" and "Eval Epoch" records) and whatever its logger did not write (a traceback, a
+    Python warning) pass; its setup records, the model's printout, its parameters and torch's INFO
+    records at exit do not."""
+    shown = True
+    for line in lines:
+        record, torch_record = _RECORD.match(line), _TORCH_RECORD.match(line)
+        if record:
+            shown = record[1] not in ("DEBUG", "INFO") or record[2].startswith(_PROGRESS_RECORDS)
+        elif torch_record:
+            shown = torch_record[1] in "WEF"
+        elif line.startswith("Traceback") or _PYTHON_WARNING.match(line):
+            shown = True
+        if shown:
+            yield line
 
 
 def set_aside_incomplete(checkpoints: Path) -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from sklearn.metrics import roc_curve
 
 from experiments.ct_clip import zeroshot
 from experiments.ct_clip.config import SELECTION_FILE, CtClipConfig
@@ -24,7 +23,18 @@ from medrepro.rundir import RunDir
 HEADLINE = {"auc": "auroc_macro", "f1": "f1_macro", "acc": "accuracy_macro"}
 
 
-def auroc_png(result: dict[str, float], path: Path, title: str) -> None:
+# What every dot of the ROC panels is: upstream_threshold's rule, where the paper's thresholded metrics are taken.
+OPERATING_POINT = ("operating point at the paper's threshold: of 100 thresholds in [0, 1], the one whose (FPR, TPR) "
+                   "lies closest to (0, 1); F1, accuracy and precision are measured there")
+CI_NOTE = plots.interval_note("patients")
+
+
+def auroc_text(result: dict[str, float], name: str) -> str:
+    """`name`'s value with its interval where the results have one, e.g. "0.758 [0.583, 0.891]"."""
+    return plots.interval_text(result[name], result.get(f"{name}_ci_low"), result.get(f"{name}_ci_high"))
+
+
+def auroc_figure(result: dict[str, float], title: str) -> Figure:
     """Per-label AUROC with its bootstrap interval, and the mean AUROC's interval as a band."""
     names = [label for label in LABELS if f"auroc/{label}" in result]
     value = np.array([result[f"auroc/{n}"] for n in names])
@@ -33,43 +43,51 @@ def auroc_png(result: dict[str, float], path: Path, title: str) -> None:
     fig = Figure(figsize=(7, 0.32 * len(names) + 1.5))
     ax = fig.add_subplot()
     y = np.arange(len(names))
-    ax.errorbar(value, y, xerr=[value - low, high - value], fmt="o", color="tab:blue", capsize=3, label="label")
+    ax.errorbar(value, y, xerr=[value - low, high - value], fmt="o", color="tab:blue", capsize=3,
+                label=f"AUROC of the abnormality, bars: {CI_NOTE}")
     ax.axvspan(result.get("auroc_macro_ci_low", np.nan), result.get("auroc_macro_ci_high", np.nan), color="tab:green",
-               alpha=0.2, label=f"mean AUROC {result['auroc_macro']:.3f} (95% CI)")
-    ax.axvline(0.5, color="grey", linestyle="--", label="chance")
+               alpha=0.2, label=f"mean AUROC over the abnormalities {auroc_text(result, 'auroc_macro')} (band: "
+                                "its interval)")
+    ax.axvline(0.5, color="grey", linestyle="--", label=plots.CHANCE_ROC)
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel("AUROC")
     ax.set_title(title)
     # Below the axes: inside, it covers the intervals of the labels at the bottom.
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=7, frameon=False)
-    plots.save_figure(fig, path)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=7, frameon=False)
+    return fig
 
 
-def roc_grid_png(pred: zeroshot.Predictions, result: dict[str, float], path: Path, title: str) -> None:
-    """One ROC curve per label, in a 3 × 6 grid, with the point of the threshold `summarize` chose."""
-    fig = Figure(figsize=(15, 8), layout="constrained")
+def roc_grid_figure(pred: zeroshot.Predictions, result: dict[str, float], title: str) -> Figure:
+    """One ROC panel per label in a 3 × 6 grid, titled with the label's AUROC and its interval, with the
+    operating point of the threshold `summarize` chose; a label that the volumes show with one class only
+    has no curve and says so."""
+    fig = Figure(figsize=(15, 8.5), layout="constrained")
     axes = fig.subplots(3, 6, sharex=True, sharey=True)
-    marker = None
     for k, ax in enumerate(axes.flat):
+        label = LABELS[k]
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label=plots.CHANCE_ROC)
+        if f"threshold/{label}" not in result:
+            ax.set_title(f"{label}\nnot evaluated: one class only", fontsize=8)
+            continue
+        ax.set_title(f"{label}\nAUROC {auroc_text(result, f'auroc/{label}')}", fontsize=8)
         y, score = pred.y_true[:, k], pred.y_score[:, k]
-        ax.set_title(LABELS[k], fontsize=7)
-        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
-        if f"threshold/{LABELS[k]}" in result:
-            fpr, tpr, _ = roc_curve(y, score)
-            decided = score > result[f"threshold/{LABELS[k]}"]
-            ax.plot(fpr, tpr, color="tab:blue")
-            (marker,) = ax.plot(decided[y == 0].mean(), decided[y == 1].mean(), "o", color="tab:red", markersize=4)
+        plots.roc_line(ax, y, score, color="tab:blue", label="ROC curve")
+        decided = score > result[f"threshold/{label}"]
+        ax.plot(decided[y == 0].mean(), decided[y == 1].mean(), "o", color="tab:red", markersize=4,
+                label=OPERATING_POINT)
     for ax in axes[-1]:
-        ax.set_xlabel("FPR", fontsize=8)
+        ax.set_xlabel("false positive rate", fontsize=8)
     for ax in axes[:, 0]:
-        ax.set_ylabel("TPR", fontsize=8)
-    if marker is not None:
-        fig.legend([marker], ["the threshold of the paper's metrics (upstream's grid point closest to (0, 1))"],
-                   loc="outside lower center", frameon=False, fontsize=8)
+        ax.set_ylabel("true positive rate", fontsize=8)
+    # Every artist once, from whichever panels drew it.
+    legend = {text: handle for ax in axes.flat for handle, text in zip(*ax.get_legend_handles_labels(), strict=True)}
+    with_ci = any(f"auroc/{label}_ci_low" in result for label in LABELS)
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", frameon=False, fontsize=8,
+               title=f"AUROC in each panel's title [{CI_NOTE}]" if with_ci else None, title_fontsize=8)
     fig.suptitle(title)
-    plots.save_figure(fig, path)
+    return fig
 
 
 def selection_of(run: RunDir, volumes: list[str]) -> dict:
@@ -95,8 +113,10 @@ def evaluate(cfg: CtClipConfig, variant: str, run: RunDir, out_dir: Path, which:
     pred = zeroshot.predict(model, tokenizer, dataset, cfg.eval.batch_size, cfg.model.context_length)
     result = zeroshot.summarize(pred, cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
     result["temperature"] = float(model.temperature.detach())
-    auroc_png(result, out_dir / "plots" / "auroc_per_label.png", f"ct_clip {variant}: zero-shot AUROC per label")
-    roc_grid_png(pred, result, out_dir / "plots" / "roc_curves.png", f"ct_clip {variant}: zero-shot ROC curves")
+    plots.save_figure(auroc_figure(result, f"ct_clip {variant}: zero-shot AUROC per abnormality"),
+                      out_dir / "plots" / "auroc_per_label.png")
+    plots.save_figure(roc_grid_figure(pred, result, f"ct_clip {variant}: zero-shot ROC curves"),
+                      out_dir / "plots" / "roc_curves.png")
     atomic.write_json(out_dir / "predictions.json", {
         "labels": list(LABELS), "volumes": pred.volumes,
         "y_true": pred.y_true.tolist(), "y_score": np.round(pred.y_score, 6).tolist(),

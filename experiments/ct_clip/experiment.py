@@ -2,7 +2,9 @@
 
 import argparse
 
-from medrepro.suite.spec import Command, Experiment, Stage
+from medrepro.suite.spec import Command, Experiment, Stage, export_command
+
+VARIANTS = ("cxr_bert",)
 
 
 def _workers(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +17,7 @@ EXPERIMENT = Experiment(
     summary="CT-CLIP on CT-RATE: CTViT + BERT from WebDataset shards, zero-shot on 18 abnormalities",
     config="experiments.ct_clip.config:CtClipConfig",
     # The text encoder: CXR-BERT-specialized in the full profile, its tiny stand-in in smoke.
-    variants=("cxr_bert",),
+    variants=VARIANTS,
     stages=(
         Stage("prepare", "CT-RATE (or its synthetic twin, v1 and v2 trees) → checked records, tiny encoder in smoke",
               "experiments.ct_clip.prepare:prepare", outs=("paths.prepared",)),
@@ -32,5 +34,8 @@ EXPERIMENT = Experiment(
     commands=(
         Command("check-shards", "re-check the shards against their manifests (exit 2 naming the shard and sample)",
                 "experiments.ct_clip.prepare:check_shards"),
+        export_command("experiments.ct_clip.export:export_command",
+                       "a trained checkpoint as a transformers directory (custom code, safetensors): the whole "
+                       "CT-CLIP, its tokenizer and the text tower alone, with a model card", VARIANTS),
     ),
 )

@@ -1,0 +1,1 @@
+"""exmed_bert: ExMed-BERT on medical-code sequences, from random or ClinVec initialisation, against tree models."""

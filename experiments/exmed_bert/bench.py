@@ -21,18 +21,19 @@ from experiments.exmed_bert.config import ExMedBertConfig
 from experiments.exmed_bert.prepare import convert
 from medrepro import optim, repro
 from medrepro.errors import DataError
-from medrepro.sampling import StepBatchSampler, steps_per_epoch
-from medrepro.trainer import fit
+from medrepro.sampling import StepBatchSampler
+from medrepro.trainer import Schedule, fit
 
 
 def _bare_loop(cfg: ExMedBertConfig, train_set: pretrain.MaskedPatients, vocab: dataset.Vocab) -> float:
     """Seconds for the same optimizer steps as `fit`, written out by hand."""
     tc = cfg.pretrain.train
     model = pretrain.build(cfg, "clinvec_init", vocab)
-    spe = steps_per_epoch(len(train_set), tc.batch_size)
-    total = max(1, int(tc.epochs * spe))
+    # fit's own conversion of epochs to optimizer steps, so both sides take the same steps at the same rates.
+    schedule = Schedule.from_config(tc, len(train_set))
+    total = schedule.total_steps
     optimizer = optim.build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
-    scheduler = optim.build_scheduler(optimizer, round(tc.warmup_epochs * spe), total, tc.schedule, tc.min_lr_ratio)
+    scheduler = optim.build_scheduler(optimizer, schedule.warmup_steps, total, tc.schedule, tc.min_lr_ratio)
     collate = pretrain.collate(cfg.pretrain.plos_days)
     loss_fn = pretrain.pretrain_loss(cfg.pretrain.plos_class_weights)
     model.train()
@@ -70,7 +71,7 @@ def pretraining_ratio(cfg: ExMedBertConfig, workdir: Path, repeats: int) -> dict
         fit_s.append(result.loop_seconds)
         repro.seed_everything(cfg.seed)
         bare_s.append(_bare_loop(cfg, train_set, vocab))
-    samples = max(1, int(tc.epochs * steps_per_epoch(len(records), tc.batch_size))) * tc.batch_size
+    samples = Schedule.from_config(tc, len(records)).total_steps * tc.batch_size
     return {"pretrain_samples": samples, "pretrain_samples_per_s_fit": samples / min(fit_s),
             "pretrain_samples_per_s_bare": samples / min(bare_s), "pretrain_ratio": min(bare_s) / min(fit_s)}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from experiments.exmed_bert import baselines, dataset
 from experiments.exmed_bert.config import ExMedBertConfig
@@ -82,19 +82,21 @@ def metric_rows(y: np.ndarray, p: np.ndarray, threshold: float, max_fpr: float
     }
 
 
-def roc_compared_png(y: np.ndarray, scores_by_variant: dict[str, np.ndarray], path: Path, title: str) -> None:
-    """The ROC curves of several variants on the same test patients."""
-    fig = Figure(figsize=(5.5, 5))
-    ax = fig.add_subplot()
-    for name, p in scores_by_variant.items():
-        fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, label=f"{name} ({roc_auc_score(y, p):.3f})")
-    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance / majority (0.5)")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize="small")
-    plots.save_figure(fig, path)
+CI_NOTE = plots.interval_note("patients")
+
+
+def roc_compared_figure(y: np.ndarray, scores_by_variant: dict[str, np.ndarray], title: str, n_boot: int,
+                        alpha: float, seed: int) -> Figure:
+    """The ROC curves of several variants on the same test patients, each with its AUROC's interval. The
+    resamples are those of each variant's own evaluation (same patients, `n_boot` and seed), so the
+    intervals are its details.json's. The experiment's variant order keeps a variant's colour across
+    the variants' figures."""
+    ordered = {v: scores_by_variant[v] for v in EXPERIMENT.variants if v in scores_by_variant}
+    intervals = {}
+    for name, p in ordered.items():
+        interval = bootstrap.bootstrap(bootstrap.auc_stat(y, p), len(y), n_boot=n_boot, alpha=alpha, seed=seed)
+        intervals[name] = (interval.low, interval.high)
+    return plots.roc_figure(y, ordered, title, intervals, CI_NOTE)
 
 
 def evaluate(cfg: ExMedBertConfig, variant: str, run: RunDir, out: Path, which: str = "best") -> Evaluation:
@@ -131,9 +133,12 @@ def evaluate(cfg: ExMedBertConfig, variant: str, run: RunDir, out: Path, which: 
             key = f"diff/{other}/{name}"
             details.update({key: interval.estimate, f"{key}_ci_low": interval.low, f"{key}_ci_high": interval.high})
 
-    plots.roc_png(y, p, out / "plots" / "roc.png", f"exmed_bert {variant}: test ROC")
-    plots.pr_png(y, p, out / "plots" / "pr.png", f"exmed_bert {variant}: test precision-recall")
-    roc_compared_png(y, compared, out / "plots" / "roc_compared.png", f"exmed_bert: test ROC, {variant} and the others")
+    plots.roc_png(y, p, out / "plots" / "roc.png", f"exmed_bert {variant}: test ROC",
+                  (details["roc_auc_ci_low"], details["roc_auc_ci_high"]), CI_NOTE)
+    plots.pr_png(y, p, out / "plots" / "pr.png", f"exmed_bert {variant}: test precision-recall",
+                 (details["pr_auc_ci_low"], details["pr_auc_ci_high"]), CI_NOTE)
+    plots.save_figure(roc_compared_figure(y, compared, f"exmed_bert: test ROC, {variant} and the others", **boot),
+                      out / "plots" / "roc_compared.png")
     atomic.write_json(out / "predictions.json", {"patient_id": [r["patient_id"] for r in records],
                                                  "endpoint": y.tolist(), "score": p.tolist()})
     coverage = json.loads((Path(cfg.paths.clinvec) / "coverage.json").read_text())

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from medrepro.suite.spec import Command, Experiment, Stage
+from medrepro.suite.spec import Command, Experiment, Stage, export_command
 
 TRANSFORMERS = ("random_init", "clinvec_init")
 BASELINES = ("random_forest", "xgboost")
@@ -48,5 +48,8 @@ EXPERIMENT = Experiment(
         Command("guided", "step-by-step prompts → a resolved config, then the run (needs a terminal)",
                 "experiments.exmed_bert.guided:guided", arguments=_guided_arguments,
                 writes={"out": "dir", "write_config": "file"}),
+        export_command("experiments.exmed_bert.export:export_command",
+                       "a fine-tuned checkpoint as a transformers directory (custom code, safetensors) with its "
+                       "vocabulary and a model card", TRANSFORMERS),
     ),
 )

@@ -78,7 +78,8 @@ def bare_loop(model: RetClip, train_set: PairDataset, cfg: RetClipConfig, schedu
     """The reference: forward, backward, clip, step, clamp over the same batches; nothing else. Seconds."""
     tc = cfg.train
     optimizer = optim.build_optimizer(model, tc.lr, tc.weight_decay, tc.betas)
-    scheduler = optim.build_scheduler(optimizer, schedule.warmup_steps, schedule.total_steps, tc.schedule)
+    scheduler = optim.build_scheduler(optimizer, schedule.warmup_steps, schedule.total_steps, tc.schedule,
+                                      tc.min_lr_ratio)
     model.train()
     step = 0
     t0 = time.perf_counter()

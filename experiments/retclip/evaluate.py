@@ -9,12 +9,13 @@ the training seeds, with its spread over seeds (`_sd`), its per-seed values (`/s
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from experiments.retclip import seedstats, zeroshot
 from experiments.retclip.config import RetClipConfig, seed_run
 from experiments.retclip.data import EyeDataset, PatientDataset
 from experiments.retclip.model import build_model
-from experiments.retclip.odir import CLASSES
+from experiments.retclip.odir import CLASS_NAMES, CLASSES
 from experiments.retclip.prompts import load_prompts
 from medrepro import atomic, metrics, plots
 from medrepro.config_sections import encoder_path
@@ -24,7 +25,7 @@ from medrepro.results import Evaluation
 from medrepro.rundir import RunDir
 
 # metrics.json: the headline under the suite's short names (intervals are in details.json).
-HEADLINE = {"acc": "accuracy", "bal_acc": "balanced_accuracy", "f1_macro": "f1_macro", "auc": "auroc_macro"}
+HEADLINE = {"acc": "accuracy", "bal_acc": "balanced_accuracy", "f1": "f1_macro", "auc": "auroc_macro"}
 LEVELS = ("eye", "patient")
 
 
@@ -80,18 +81,41 @@ def majority_classes(train_split: Path) -> dict[str, int]:
     return {"eye": int(np.bincount(eyes).argmax()), "patient": int(np.bincount(patients).argmax())}
 
 
-def write_plots(preds: list[zeroshot.Predictions], result: dict[str, float], variant: str, plot_dir: Path) -> None:
+def class_label(c: str) -> str:
+    """A class as the figures name it: its full ODIR-5K name and its letter, e.g. "glaucoma (G)"."""
+    return f"{CLASS_NAMES[c]} ({c})"
+
+
+# The per-class bars: legend name → the metric's name in the results.
+PER_CLASS = {"precision": "precision", "recall": "recall", "F1": "f1", "AUROC (one vs rest)": "auroc"}
+
+
+def figures(preds: list[zeroshot.Predictions], result: dict[str, float], variant: str) -> dict[str, Figure]:
+    """confusion_matrix.png and per_class.png of the test eyes, each class by its full name; a per-class
+    number's interval, where the results have one, is its error bar."""
     n_seeds = len(preds)
+    labels = [class_label(c) for c in CLASSES]
     cm = sum(metrics.confusion(p.y_true, p.y_pred, len(CLASSES)) for p in preds)
-    plots.confusion_matrix_png(cm, CLASSES, plot_dir / "confusion_matrix.png",
-                               f"retclip {variant}: test eyes, {n_seeds} seeds pooled")
-    per_class = {}
-    for c in CLASSES:
-        row = {m: result[f"{m}/{c}"] for m in ("precision", "recall", "f1")}
-        if f"f1/{c}_ci_low" in result:
-            row.update({"f1_ci_low": result[f"f1/{c}_ci_low"], "f1_ci_high": result[f"f1/{c}_ci_high"]})
-        per_class[c] = row
-    plots.per_class_png(per_class, plot_dir / "per_class.png",
-                        f"retclip {variant}: per-class zero-shot (test eyes, mean of {n_seeds} seeds)")
+    confusion = plots.confusion_matrix_figure(cm, labels, f"retclip {variant}: test eyes, {n_seeds} seeds pooled",
+                                              caption=f"counts: the {n_seeds} seeds' predictions added up")
+    per_class: dict[str, dict[str, float]] = {label: {} for label in labels}
+    for bar, name in PER_CLASS.items():
+        # A class without positives in the test split has no AUROC: "n/a" on the figure.
+        with_ci = any(f"{name}/{c}{plots.CI_LOW}" in result for c in CLASSES)
+        for c, label in zip(CLASSES, labels, strict=True):
+            per_class[label][bar] = result.get(f"{name}/{c}", float("nan"))
+            if with_ci:
+                for suffix in (plots.CI_LOW, plots.CI_HIGH):
+                    per_class[label][bar + suffix] = result.get(f"{name}/{c}{suffix}", float("nan"))
+    bars = plots.per_class_figure(
+        per_class, f"retclip {variant}: per-class zero-shot (test eyes, mean of {n_seeds} seeds)",
+        caption="intervals resample test patients (both eyes together), the seeds' mean in every resample",
+        xlabel="ODIR-5K class")
+    return {"confusion_matrix.png": confusion, "per_class.png": bars}
+
+
+def write_plots(preds: list[zeroshot.Predictions], result: dict[str, float], variant: str, plot_dir: Path) -> None:
+    for name, fig in figures(preds, result, variant).items():
+        plots.save_figure(fig, plot_dir / name)
 
 

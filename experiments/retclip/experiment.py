@@ -2,9 +2,8 @@
 
 import argparse
 import os
-from pathlib import Path
 
-from medrepro.suite.spec import Command, Experiment, Stage
+from medrepro.suite.spec import Experiment, Stage, export_command
 
 # One variant per text encoder; each is a key of `encoders` in every config.
 VARIANTS = ("pubmedbert", "bert_base", "biobert")
@@ -16,12 +15,9 @@ def _workers(parser: argparse.ArgumentParser) -> None:
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", required=True, choices=VARIANTS,
-                        help="the encoder variant of the run")
-    parser.add_argument("--run", type=Path, help="run directory (default: <paths.runs>/<variant>)")
     parser.add_argument("--seed", type=int, help="which training seed's model (default: the first of `seeds`)")
-    parser.add_argument("--checkpoint", default="best", help="`best`, `final` or a checkpoint path")
-    parser.add_argument("--out", type=Path, required=True, help="the directory to write (replaced if it exists)")
+    parser.add_argument("--eye", choices=("left", "right"), default="left",
+                        help="the eye head whose image feature open_clip's model returns (default: %(default)s)")
 
 
 EXPERIMENT = Experiment(
@@ -44,8 +40,9 @@ EXPERIMENT = Experiment(
     evaluate_outs=("predictions.json",),
     compare="experiments.retclip.compare:comparison_section",
     commands=(
-        Command("export", "a trained model as a self-contained directory (safetensors, config, tokenizer, prompts)",
-                "experiments.retclip.export:export_command", arguments=_export_arguments,
-                writes={"out": "dir"}),
+        export_command("experiments.retclip.export:export_command",
+                       "a trained model as an open_clip directory (`local-dir:`: one eye's image head, the text "
+                       "tower) with the other heads beside it, tokenizer, prompts and a model card",
+                       VARIANTS, extra=_export_arguments),
     ),
 )

@@ -57,9 +57,11 @@ def check_split(split: Sequence[float]) -> None:
 class TrackingConfig:
     tensorboard: bool = True
     mlflow: bool = False
-    # Empty means a local store inside the run directory, so nothing leaves the machine by default.
+    # Empty means a local file store shared by the experiment's runs, <paths.runs>/mlruns (a loop run
+    # without an experiment's config: inside its run directory), so nothing leaves the machine by default.
     mlflow_tracking_uri: str = ""
-    mlflow_experiment: str = "medrepro"
+    # Empty means the experiment's name (the package its config lives in); "medrepro" for a loop run without one.
+    mlflow_experiment: str = ""
     # Weights & Biases, through Accelerate's tracker. The API key is read by wandb from WANDB_API_KEY
     # (or its own login file) and never appears in a config, log or manifest; WANDB_MODE=offline
     # keeps the run on disk (inside the run directory) for a later `wandb sync`.
@@ -157,6 +159,10 @@ class TrainConfig:
             raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
         if self.warmup_steps and self.warmup_epochs:
             raise ValueError("give warmup_steps or warmup_epochs, not both")
+        if self.min_lr_ratio and self.schedule != "cosine":
+            # The floor of the cosine decay; transformers has no linear decay to a floor (see medrepro.optim).
+            raise ValueError(f"min_lr_ratio {self.min_lr_ratio} needs schedule cosine, got {self.schedule}: "
+                             "set min_lr_ratio to 0 or schedule to cosine")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}")
 

@@ -40,13 +40,29 @@ NOT_IDENTITY_KEYS = {"eval.batch_size", "eval.bootstrap", "index.batch_size", "i
 
 @contextmanager
 def exclusive(directory: str | Path, what: str = "run directory") -> Iterator[Path]:
-    """Hold the lock of `directory` (created if need be) for the block; a second holder gets one line."""
+    """Hold the lock of `directory` (created if need be) for the block; a second holder gets one line.
+
+    A block that fails before writing anything else there (a refused command: an input missing, nothing
+    to resume) takes away what taking the lock made, the lock file and the directories made for it, so
+    that it leaves nothing behind. A run that wrote something keeps it, for `--resume`."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{directory} is a file, not a {what}: remove it or choose another directory")
+    made = [d for d in (directory, *directory.parents) if not d.exists()]  # deepest first
     directory.mkdir(parents=True, exist_ok=True)
-    with _held(directory / LOCK_FILE, directory, what):
-        yield directory
+    lock = directory / LOCK_FILE
+    made_lock = not lock.exists()
+    with _held(lock, directory, what):
+        try:
+            yield directory
+        except BaseException:
+            if made_lock and [p.name for p in directory.iterdir()] == [LOCK_FILE]:
+                lock.unlink()  # still held: no other process can have taken it meanwhile
+                for d in made:
+                    if any(d.iterdir()):  # another process wrote there meanwhile
+                        break
+                    d.rmdir()
+            raise
 
 
 @contextmanager

@@ -7,7 +7,8 @@
     <run>/final.pt                  the weights at the end of training
     <run>/fit.json                  the shared loop's result (steps, rates, health signs)
     <run>/train_log.jsonl           the numbers logged per step (the training curves)
-    <run>/tensorboard/, mlruns/     the trackers' own stores; tracking.json names the runs they opened
+    <run>/tensorboard/              TensorBoard's events; tracking.json names the runs the trackers opened
+                                    (MLflow's default store is the experiment's, <paths.runs>/mlruns)
     <run>/complete.json             written last: {variant, identity, step, best_step, parts}
 
 A variant trained several times (once per training seed) keeps one such directory per training run
@@ -165,6 +166,13 @@ class RunDir:
             raise RunError(f"{self.path} is a run of variant {mark.get('variant')!r}, not {variant!r}: pass the "
                            "matching --variant, or --run with that variant's run directory")
         return mark
+
+    def validation_at(self, step: int) -> dict[str, float]:
+        """The validation numbers (`val/...`) the run logged at `step`; empty if it did not evaluate there."""
+        if not self.train_log.is_file():
+            return {}
+        rows = [json.loads(line) for line in self.train_log.read_text().splitlines()]
+        return {k: v for row in rows if row.get("step") == step for k, v in row.items() if k.startswith("val/")}
 
     def checkpoint_path(self, which: str) -> Path:
         """`best`, `final`, or a checkpoint file named by the user."""

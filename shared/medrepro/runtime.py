@@ -98,6 +98,41 @@ def pin_torch() -> None:
 _exact_sqrt = None  # the registration, kept alive: torch drops the kernels when it is collected
 
 
+# The libraries' own switches for their chatter, read when they load (and passed on to child processes).
+_QUIET_ENV = {
+    # transformers' notices and load reports (the table of keys missing from a checkpoint, expected when a
+    # model is built from a config with a fresh head); its errors still show.
+    "TRANSFORMERS_VERBOSITY": "error",
+    # The bars of transformers and the hub ("Loading weights", "Writing model shards").
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+_VERBOSE_ENV = "MEDREPRO_VERBOSE"
+
+
+def set_verbose(verbose: bool) -> None:
+    """Quiet by default: the libraries' chatter off, their warnings that matter and every line of our own
+    (progress, summaries) on; `verbose` (the command line's `--verbose`) leaves the libraries at their
+    defaults, and is passed on to child processes as MEDREPRO_VERBOSE=1 (`verbose()`).
+
+    Like `pin`, it acts through variables the libraries read when they load, so call it before they are
+    imported: a process that has loaded them already (a test calling `main`) keeps their settings."""
+    for key, value in _QUIET_ENV.items():
+        if not verbose:
+            os.environ[key] = value
+        elif os.environ.get(key) == value:
+            del os.environ[key]
+    if verbose:
+        os.environ[_VERBOSE_ENV] = "1"
+    else:
+        os.environ.pop(_VERBOSE_ENV, None)
+
+
+def verbose() -> bool:
+    """Whether this command, or the one that started this process, was asked for the libraries' output
+    (`--verbose`, or MEDREPRO_VERBOSE=1 in the environment)."""
+    return os.environ.get(_VERBOSE_ENV) == "1"
+
+
 def state() -> dict[str, object]:
     """What is in force: for the manifest of every run."""
     import torch

@@ -37,6 +37,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, send_to_device
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from medrepro import atomic, checkpoint, config, optim, repro, run_guard, tracking
 from medrepro.config_sections import TrainConfig
@@ -44,7 +45,7 @@ from medrepro.errors import CheckpointError, ConfigError, TrainingError
 from medrepro.health import EpochStats, HealthMonitor
 from medrepro.rundir import RunDir
 from medrepro.sampling import StepBatchSampler, steps_per_epoch
-from medrepro.tracking import Progress, RunTrackers, format_duration
+from medrepro.tracking import Progress, RunTrackers
 
 
 @dataclass
@@ -140,7 +141,8 @@ def fit(
     resume changes nothing). The main process holds the run directory's lock throughout, and marks
     the run complete last."""
     run = run if isinstance(run, RunDir) else RunDir(run)
-    accelerator = make_accelerator(cfg.precision, tracking.build_trackers(cfg.tracking, run.path, run_name), run.path)
+    trackers = tracking.build_trackers(tracking.for_experiment(cfg.tracking, run_config), run.path, run_name)
+    accelerator = make_accelerator(cfg.precision, trackers, run.path)
     with ExitStack() as held:
         if accelerator.is_main_process:
             held.enter_context(run.locked())
@@ -222,7 +224,7 @@ def _setup(model: nn.Module, train_set: Dataset, cfg: TrainConfig, run: RunDir, 
                   extra={"processes": accelerator.num_processes, "distributed": str(accelerator.distributed_type),
                          "identity": current["hash"], "resumed_from_step": state.step if resume is not None else None,
                          "config_changes_allowed": changes})
-        tracker = RunTrackers(accelerator, run.path, cfg.tracking, run_name, params,
+        tracker = RunTrackers(accelerator, run.path, run_name, tracking.hparams(params, variant, seed),
                               state.step if resume is not None else None)
         n_params = sum(p.numel() for p in raw_model.parameters())
         n_trainable = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
@@ -243,7 +245,6 @@ def _loop(s: _Session, *, loss_fn: LossFn, collate_fn: Callable | None, evaluate
           after_step: Callable | None) -> FitResult:
     """The training loop (see the module's docstring)."""
     cfg, state, accelerator, model = s.cfg, s.state, s.accelerator, s.model
-    progress = Progress(s.schedule.total_steps, state.step, cfg.batch_size, s.schedule.steps_per_epoch)
     running_loss = torch.zeros((), device=accelerator.device)
     running_steps = 0
     divergence = _Divergence(cfg.nonfinite_patience, accelerator.device)
@@ -251,63 +252,66 @@ def _loop(s: _Session, *, loss_fn: LossFn, collate_fn: Callable | None, evaluate
     epoch_stats = EpochStats(accelerator.device)
     start_step, t_start = state.step, time.perf_counter()
 
-    model.train()
-    while state.step < s.schedule.total_steps and not state.stopped_early:
-        loader = _epoch_loader(s.train_set, cfg, accelerator, s.seed, state.epoch, state.step_in_epoch, collate_fn)
-        micro_batches = iter(loader)
-        for _ in range(s.schedule.steps_per_epoch - state.step_in_epoch):
-            extras: dict[str, torch.Tensor] = {}
-            step_loss = torch.zeros((), device=accelerator.device)
-            for micro in range(cfg.grad_accum):
-                batch = send_to_device(next(micro_batches), accelerator.device)
-                sync = micro == cfg.grad_accum - 1
-                with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-                    loss, extras = loss_fn(model, batch)
-                accelerator.backward(loss / cfg.grad_accum)
-                running_loss += loss.detach() / cfg.grad_accum
-                step_loss += loss.detach()
-            epoch_stats.add(step_loss / cfg.grad_accum, extras)
-            if cfg.clip_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-            s.optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:
-                s.scheduler.step()
-            s.optimizer.zero_grad(set_to_none=True)
-            if after_step is not None:
-                after_step(s.raw_model)
-            state.step += 1
-            state.step_in_epoch += 1
-            running_steps += 1
-            divergence.update(state.step, step_loss)
+    with Progress(s.schedule.total_steps, state.step, cfg.batch_size, s.schedule.steps_per_epoch,
+                  show=accelerator.is_main_process) as progress:
+        model.train()
+        while state.step < s.schedule.total_steps and not state.stopped_early:
+            loader = _epoch_loader(s.train_set, cfg, accelerator, s.seed, state.epoch, state.step_in_epoch, collate_fn)
+            micro_batches = iter(loader)
+            for _ in range(s.schedule.steps_per_epoch - state.step_in_epoch):
+                extras: dict[str, torch.Tensor] = {}
+                step_loss = torch.zeros((), device=accelerator.device)
+                for micro in range(cfg.grad_accum):
+                    batch = send_to_device(next(micro_batches), accelerator.device)
+                    sync = micro == cfg.grad_accum - 1
+                    with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
+                        loss, extras = loss_fn(model, batch)
+                    accelerator.backward(loss / cfg.grad_accum)
+                    running_loss += loss.detach() / cfg.grad_accum
+                    step_loss += loss.detach()
+                epoch_stats.add(step_loss / cfg.grad_accum, extras)
+                if cfg.clip_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                s.optimizer.step()
+                if not accelerator.optimizer_step_was_skipped:
+                    s.scheduler.step()
+                s.optimizer.zero_grad(set_to_none=True)
+                if after_step is not None:
+                    after_step(s.raw_model)
+                state.step += 1
+                state.step_in_epoch += 1
+                running_steps += 1
+                progress.advance(state.step)
+                divergence.update(state.step, step_loss)
 
-            last = state.step == s.schedule.total_steps
-            if cfg.health.enabled and (state.step_in_epoch == s.schedule.steps_per_epoch or last):
-                _check_health(monitor, epoch_stats, state, accelerator)
-            logging = state.step % cfg.log_every_steps == 0 or last
-            evaluating = evaluate is not None and (state.step % s.schedule.eval_every == 0 or last)
-            saving = evaluating or bool(cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or last
-            if logging or saving:
-                divergence.check(accelerator, s.last_checkpoint)
-            if saving:  # before evaluating too: metrics of non-finite weights fail in confusing ways
-                _require_finite_weights(s.raw_model, state.step, s.last_checkpoint)
-            if logging:
-                mean_loss = accelerator.reduce(running_loss, "mean").item() / running_steps
-                running_loss.zero_()
-                running_steps = 0
-                _log(s, progress, mean_loss, extras)
+                last = state.step == s.schedule.total_steps
+                if cfg.health.enabled and (state.step_in_epoch == s.schedule.steps_per_epoch or last):
+                    _check_health(monitor, epoch_stats, state, accelerator)
+                logging = state.step % cfg.log_every_steps == 0 or last
+                evaluating = evaluate is not None and (state.step % s.schedule.eval_every == 0 or last)
+                saving = evaluating or bool(cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or last
+                if logging or saving:
+                    divergence.check(accelerator, s.last_checkpoint)
+                if saving:  # before evaluating too: metrics of non-finite weights fail in confusing ways
+                    _require_finite_weights(s.raw_model, state.step, s.last_checkpoint)
+                if logging:
+                    mean_loss = accelerator.reduce(running_loss, "mean").item() / running_steps
+                    running_loss.zero_()
+                    running_steps = 0
+                    _log(s, progress, mean_loss, extras)
 
-            t_pause = time.perf_counter()
-            if evaluating:
-                _evaluate_and_track(s, evaluate)
-            if saving:
-                _save(s, track_best=evaluating)
-            if evaluating or saving:
-                progress.pause(time.perf_counter() - t_pause)
-            if last or state.stopped_early:
-                break
-        else:
-            state.epoch += 1
-            state.step_in_epoch = 0
+                t_pause = time.perf_counter()
+                if evaluating:
+                    _evaluate_and_track(s, evaluate)
+                if saving:
+                    _save(s, track_best=evaluating)
+                if evaluating or saving:
+                    progress.pause(time.perf_counter() - t_pause)
+                if last or state.stopped_early:
+                    break
+            else:
+                state.epoch += 1
+                state.step_in_epoch = 0
 
     return FitResult(state, time.perf_counter() - t_start,
                      (state.step - start_step) * cfg.batch_size / max(progress.training_seconds(), 1e-9),
@@ -348,8 +352,8 @@ def _summary(run_name: str, result: FitResult, cfg: TrainConfig, run: RunDir) ->
     health = (f"{len(result.health)} health warning(s): {', '.join(w['sign'] for w in result.health)}"
               if result.health else "no health warnings")
     return (f"done {run_name}: step {state.step}" + (" (stopped early)" if state.stopped_early else "")
-            + f" | {best} | final weights {run.final.resolve()} | wall {format_duration(result.loop_seconds)} "
-            f"(evaluation and checkpoints {format_duration(result.eval_checkpoint_seconds)}) | "
+            + f" | {best} | final weights {run.final.resolve()} | wall {tqdm.format_interval(result.loop_seconds)} "
+            f"(evaluation and checkpoints {tqdm.format_interval(result.eval_checkpoint_seconds)}) | "
             f"{result.samples_per_s:.1f} training samples/s | {health}")
 
 

@@ -8,6 +8,7 @@ pins one thread, so the pipeline takes one core while the other tests run on the
 `retclip_workdir`: a tiny prepared retclip dataset for the training reproducibility tests.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +77,50 @@ def kill_when(args: list[str], cwd: Path, marker: Path, timeout_s: float = 300) 
     proc.wait()
 
 
+# The prelude of a process that must not see the repository: an export is loaded there by its ecosystem's
+# loader alone. It drops the repository and the editable install from the import path and checks that
+# neither package can be imported.
+ISOLATE = """
+import importlib.util, os, sys
+repo = os.path.realpath(sys.argv.pop(1))
+def inside(path, directory):
+    path = os.path.realpath(path or ".")
+    return path == directory or path.startswith(directory + os.sep)
+sys.path[:] = [p for p in sys.path if "__editable__" not in p and (not inside(p, repo) or inside(p, sys.prefix))]
+sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")]
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path_importer_cache.clear()
+for package in ("medrepro", "experiments"):
+    assert importlib.util.find_spec(package) is None, f"{package} can be imported: the process sees the repository"
+"""
+# What loaders print when they fill weights from elsewhere, leave them random, or ask to run custom code.
+LOADER_WARNINGS = ("initialized partially", "initialized randomly", "newly initialized", "MISSING",
+                   "trust_remote_code")
+
+
+def run_isolated(code: str, cwd: Path, *args: str) -> dict:
+    """`code` in a fresh Python process in `cwd`, free of the repository, offline, with its own caches; the
+    JSON its last stdout line prints."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(cwd / "home"), "HF_HOME": str(cwd / "hf"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", ISOLATE + code, str(REPO), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for sign in LOADER_WARNINGS:
+        assert sign not in proc.stderr, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@contextmanager
+def hidden(directory: Path) -> Iterator[None]:
+    """`directory` renamed away for the block: nothing can read it there."""
+    away = directory.with_name(directory.name + ".hidden")
+    directory.rename(away)
+    try:
+        yield
+    finally:
+        away.rename(directory)
+
+
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "final.pt", weights_only=True)["model"]
 
@@ -92,6 +138,29 @@ def reference_run(retclip_workdir: Path) -> Path:
     """One uninterrupted single-process run; other tests must reproduce it bit for bit."""
     run = retclip_workdir / "runs" / "reference"
     medrepro(["retclip", "train", "--variant", "pubmedbert", "--out", str(run), *TRAIN_OVERRIDES], retclip_workdir)
+    return run
+
+
+# biomedica_clip's test settings: 4 training shards of 32 pairs, 2 epochs.
+BIOMEDICA_DATA = ["data.synthetic.train_shards=4", "data.synthetic.samples_per_shard=32",
+                  "data.synthetic.heldout_samples=64"]
+BIOMEDICA_TRAIN = [*BIOMEDICA_DATA, "train.epochs=2", "train.batch_size=32", "train.warmup=2",
+                   "train.tensorboard=false"]
+
+
+@pytest.fixture(scope="session")
+def biomedica_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("biomedica_clip")
+    medrepro(["biomedica_clip", "prepare", *BIOMEDICA_DATA], root)
+    medrepro(["biomedica_clip", "audit", *BIOMEDICA_DATA], root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def biomedica_reference(biomedica_workdir: Path) -> Path:
+    """One uninterrupted run on the CSV twin (the smoke profile's dataset type); tests only read it."""
+    run = biomedica_workdir / "runs" / "reference"
+    medrepro(["biomedica_clip", "train", "--out", str(run), *BIOMEDICA_TRAIN], biomedica_workdir)
     return run
 
 

@@ -25,7 +25,7 @@ def test_smoke_learns_far_above_the_majority_baseline(reproduced, variant):
     for scale in ("patient", "left", "right"):
         assert 1.0 < m[f"logit_scale/{scale}"] <= 1000.0 + 1e-3
     headline = json.loads((results / "metrics.json").read_text())
-    assert headline == {"acc": m["accuracy"], "bal_acc": m["balanced_accuracy"], "f1_macro": m["f1_macro"],
+    assert headline == {"acc": m["accuracy"], "bal_acc": m["balanced_accuracy"], "f1": m["f1_macro"],
                         "auc": m["auroc_macro"]}
     for png in ("confusion_matrix.png", "per_class.png"):
         with Image.open(results / "plots" / png) as image:

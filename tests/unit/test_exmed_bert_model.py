@@ -1,5 +1,6 @@
-"""exmed_bert model and pretraining: presets, initialisation, ClinVec loading, dynamic masking keyed by
-(seed, epoch, patient), and an exact resume of pretraining."""
+"""exmed_bert model and pretraining: presets, the transformers classes keeping the checkpoints' names,
+initialisation, ClinVec loading, dynamic masking keyed by (seed, epoch, patient), and an exact resume of
+pretraining."""
 
 import dataclasses
 import re
@@ -11,8 +12,19 @@ import pytest
 import torch
 
 from experiments.exmed_bert import clinvec, dataset, pretrain
+from experiments.exmed_bert import modeling_exmed_bert as modeling
 from experiments.exmed_bert.config import ExMedBertConfig, ModelConfig, PathsConfig
-from experiments.exmed_bert.model import PRESETS, Encoder, PretrainModel, count_parameters, initialise, load_clinvec
+from experiments.exmed_bert.model import (
+    PRESETS,
+    Encoder,
+    EndpointModel,
+    PretrainModel,
+    count_parameters,
+    encoder_config,
+    initialise,
+    load_clinvec,
+    model_inputs,
+)
 from experiments.exmed_bert.prepare import prepare
 from medrepro.config_sections import TrackingConfig, TrainConfig
 from medrepro.errors import CheckpointError, DataError, RunError
@@ -26,7 +38,53 @@ def test_presets_grow_and_are_counted_from_the_model():
     model = PretrainModel(Encoder(ModelConfig(preset="tiny"), 1000, 4, 60), 1000, True)
     assert counts["tiny"] == count_parameters(model)
     custom = Encoder(ModelConfig(preset="custom", hidden_size=48, layers=3, heads=4, intermediate_size=96), 10, 3, 3)
-    assert custom.hidden_size == 48 and len(custom.layers.layers) == 3
+    assert custom.config.hidden_size == 48 and len(custom.layers.layers) == 3
+
+
+# The endpoint model's state dict as the classes before the transformers ones named it (tiny preset, 50
+# tokens, 4 sexes, 5 states, 8-d ClinVec vectors): the runs' checkpoints load into the new classes.
+ENDPOINT_KEYS = {
+    "encoder.code_vectors": (50, 8), "encoder.code.weight": (50, 32), "encoder.code_type.weight": (4, 32),
+    "encoder.age.weight": (121, 32), "encoder.sex.weight": (4, 32), "encoder.state.weight": (5, 32),
+    "encoder.projection.weight": (32, 8), "encoder.norm.weight": (32,), "encoder.norm.bias": (32,),
+    "encoder.layers.layers.0.self_attn.in_proj_weight": (96, 32),
+    "encoder.layers.layers.0.self_attn.in_proj_bias": (96,),
+    "encoder.layers.layers.0.self_attn.out_proj.weight": (32, 32),
+    "encoder.layers.layers.0.self_attn.out_proj.bias": (32,),
+    "encoder.layers.layers.0.linear1.weight": (64, 32), "encoder.layers.layers.0.linear1.bias": (64,),
+    "encoder.layers.layers.0.linear2.weight": (32, 64), "encoder.layers.layers.0.linear2.bias": (32,),
+    "encoder.layers.layers.0.norm1.weight": (32,), "encoder.layers.layers.0.norm1.bias": (32,),
+    "encoder.layers.layers.0.norm2.weight": (32,), "encoder.layers.layers.0.norm2.bias": (32,),
+    "classifier.weight": (1, 32), "classifier.bias": (1,),
+}
+
+
+def test_the_transformers_classes_keep_the_checkpoints_names_and_shapes():
+    trained = EndpointModel(Encoder(ModelConfig(preset="tiny"), 50, 4, 5, 8))
+    exported = modeling.ExMedBertForSequenceClassification(encoder_config(ModelConfig(preset="tiny"), 50, 4, 5, 8))
+    for model in (trained, exported):
+        assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == ENDPOINT_KEYS
+
+
+def test_save_pretrained_round_trip_rebuilds_the_visit_table_and_the_outputs(tmp_path):
+    """The visit table is not saved: loading rebuilds it from the config, and the loaded model computes
+    what the trained one does."""
+    torch.manual_seed(0)
+    trained = EndpointModel(Encoder(ModelConfig(preset="tiny"), 30, 4, 3))
+    initialise(trained, "xavier")
+    exported = modeling.ExMedBertForSequenceClassification(trained.config)
+    exported.load_state_dict(trained.state_dict())
+    exported.save_pretrained(tmp_path)
+    loaded = modeling.ExMedBertForSequenceClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded.encoder.visit_table, trained.encoder.visit_table, rtol=0, atol=0)
+    records = [{"tokens": [2, 7, 9, 3, 11, 3], "types": [0, 1, 2, 0, 3, 0], "ages": [0, 50, 50, 50, 51, 51],
+                "visits": [0, 1, 1, 1, 2, 2], "sex": 1, "state": 2, "endpoint": 1, "los": None},
+               {"tokens": [2, 8, 3], "types": [0, 1, 0], "ages": [0, 70, 70], "visits": [0, 1, 1], "sex": 2,
+                "state": 1, "endpoint": 0, "los": 3.0}]
+    batch = dataset.pad_batch(records, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**model_inputs(batch)).logits[:, 0], trained.eval()(batch),
+                                   rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("method", ["orthogonal", "xavier", "kaiming"])

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from medrepro.suite import images, registry
+from medrepro.errors import MedreproError
+from medrepro.suite import image_inputs, images, registry
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +31,7 @@ def test_experiment_build_builds_on_the_same_version_of_base():
     assert cmd[cmd.index("--tag") + 1] == "medrepro/retclip:1.2"
     assert "BASE=medrepro/base:1.2" in cmd and not any(a.startswith("BASE_IMAGE=") for a in cmd)
     assert "EXPERIMENT=retclip" in cmd
+    assert f"org.medrepro.inputs={image_inputs.inputs_digest('retclip')}" in cmd
     assert cmd[-1] == "."
 
 
@@ -109,6 +111,50 @@ def test_each_lock_installs_one_faiss():
 
 def test_stamp_on_host_needs_no_engine():
     assert images.stamp("retclip", "host") == "host"
+
+
+def fake_docker(tmp_path: Path, label: str) -> str:
+    """A docker client whose `image inspect` answers the inputs label with `label` and the id sha256:0f."""
+    script = tmp_path / "docker"
+    script.write_text(f"""#!/bin/sh
+case "$*" in
+  *org.medrepro.inputs*) echo {label} ;;
+  *) echo sha256:0f ;;
+esac
+""")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_stamp_gives_the_id_of_an_image_built_from_these_sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDREPRO_DOCKER", fake_docker(tmp_path, image_inputs.inputs_digest("retclip")))
+    assert images.stamp("retclip", "docker") == "sha256:0f"
+
+
+def test_stamp_refuses_an_image_built_from_other_sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDREPRO_DOCKER", fake_docker(tmp_path, "0" * 64))
+    with pytest.raises(MedreproError, match=r"built from other sources.*medrepro images build retclip"):
+        images.stamp("retclip", "docker")
+
+
+def test_the_inputs_digest_follows_every_input_and_ignores_bytecode(tmp_path):
+    for top in image_inputs.image_inputs("retclip"):
+        path = tmp_path / top
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if top.endswith(("medrepro", "retclip")):
+            path.mkdir()
+            (path / "a.py").write_text("x = 1\n")
+        else:
+            path.write_text(top)
+    before = image_inputs.inputs_digest("retclip", tmp_path)
+    (tmp_path / "shared/medrepro/__pycache__").mkdir()
+    (tmp_path / "shared/medrepro/__pycache__/a.pyc").write_bytes(b"\0")
+    assert image_inputs.inputs_digest("retclip", tmp_path) == before
+    for changed in ("images/requirements.lock", "experiments/retclip/a.py", "shared/medrepro/a.py"):
+        saved = (tmp_path / changed).read_text()
+        (tmp_path / changed).write_text(saved + "# changed\n")
+        assert image_inputs.inputs_digest("retclip", tmp_path) != before, changed
+        (tmp_path / changed).write_text(saved)
 
 
 def test_exec_passes_everything_after_the_experiment_through(monkeypatch):

@@ -83,3 +83,44 @@ def test_the_report_stage_writes_only_results_md():
     # deleted before the stage runs (cache: false) or put the hash of its prose into dvc.lock (persist:
     # true); `./dev repro` writes the block after `dvc repro` (see pipeline.generate).
     assert stage["cmd"] == "medrepro report" and stage["outs"] == [{"results/RESULTS.md": {"cache": False}}]
+
+
+def _dockerfile_sources(dockerfile: str, experiment: str) -> set[str]:
+    """The repository paths a Dockerfile copies or binds into the build, the experiment's name filled in."""
+    import re
+
+    text = (ROOT / dockerfile).read_text().replace("${EXPERIMENT}", experiment)
+    copied = {m.split()[0] for m in re.findall(r"^COPY\s+(\S+\s+\S+)", text, re.MULTILINE)}
+    return copied | set(re.findall(r"--mount=type=bind,source=([^,\s]+)", text))
+
+
+def test_the_image_stamp_depends_on_what_builds_the_image_and_every_stage_on_the_stamp():
+    from medrepro.suite import images
+
+    for experiment in registry.all_experiments():
+        stages = pipeline.experiment_stages(experiment, ROOT)
+        stamp = stages.pop(f"{experiment.name}_image")
+        assert "always_changed" not in stamp, "a stage that always runs keeps `dvc status` from ever being clean"
+        deps = set(stamp["deps"])
+        read = (_dockerfile_sources(images.BASE_DOCKERFILE, experiment.name)
+                | _dockerfile_sources(images.EXPERIMENT_DOCKERFILE, experiment.name))
+        # The wheelhouse holds the lock file's wheels, checked against its hashes: the lock stands for it.
+        assert read - {"wheelhouse"} <= deps, sorted(read - deps)
+        assert {images.BASE_DOCKERFILE, images.EXPERIMENT_DOCKERFILE, ".dockerignore",
+                f"{images.BASE_DOCKERFILE}.dockerignore"} <= deps
+        # The command names the runner: switching it stamps again.
+        assert "--runner ${runner}" in stamp["cmd"]
+        for name, stage in stages.items():
+            assert f"images/ids/{experiment.name}.txt" in stage.get("do", stage)["deps"], name
+
+
+def test_no_dependency_is_an_empty_file():
+    """DVC warns "'...' is empty." for every stage that depends on an empty file (an empty
+    `__init__.py`): one line per stage on every `dvc repro`."""
+    import yaml
+
+    stages = yaml.safe_load(pipeline.generate(ROOT))["stages"]
+    deps = {d for stage in stages.values() for d in stage.get("do", stage).get("deps", [])
+            if "$" not in d and (ROOT / d).is_file() and not d.startswith(("data/", "runs/", "results/"))}
+    assert deps, "no source file among the dependencies"
+    assert not [d for d in deps if (ROOT / d).stat().st_size == 0]

@@ -155,3 +155,29 @@ def test_an_output_lock_leaves_nothing_in_the_project(tmp_path):
           run_guard.exclusive_output(out)):
         pass
     assert not (tmp_path / "data").exists()
+
+
+def test_a_refused_block_leaves_no_lock_and_no_directory(tmp_path):
+    run = tmp_path / "runs" / "exp" / "variant"
+    with pytest.raises(RunError, match="refused"), run_guard.exclusive(run):
+        raise RunError("refused")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_block_keeps_what_it_wrote_and_what_was_there(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(RunError), run_guard.exclusive(run):
+        (run / "checkpoints").mkdir()
+        raise RunError("stopped")
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints"]
+    # A lock the directory already had stays, like the directory itself.
+    (run / "checkpoints").rmdir()
+    with pytest.raises(RunError), run_guard.exclusive(run):
+        raise RunError("refused")
+    assert [p.name for p in run.iterdir()] == [".lock"]
+
+
+def test_a_resume_with_nothing_to_resume_leaves_nothing(tmp_path):
+    with pytest.raises(CheckpointError, match="no step-"):
+        train(tmp_path / "run", resume="latest")
+    assert list(tmp_path.iterdir()) == []

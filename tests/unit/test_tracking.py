@@ -1,19 +1,23 @@
 """Accelerate's trackers in the shared loop: TensorBoard (with hparams) and MLflow under the same metric
-names, test metrics logged by a later process, W&B offline with a key that is never written down."""
+names, one MLflow store per experiment, test metrics logged by a later process, W&B offline with a key
+that is never written down; the progress bar and lines."""
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from medrepro import tracking
 from medrepro.config_sections import TrackingConfig
 from medrepro.trainer import fit
-from tests.unit.test_trainer import config, data, make_model, mse
+from tests.unit.test_trainer import FakeClock, config, data, make_model, mse
 
 
 def tensorboard_run(run_dir) -> EventAccumulator:
@@ -129,3 +133,109 @@ def test_evaluate_logs_test_metrics_into_every_seed_part_at_its_last_step(tmp_pa
     for part in parts:
         scalars = tensorboard_run(part.path).Scalars("test/acc")
         assert [(s.step, s.value) for s in scalars] == [(json.loads(part.fit_file.read_text())["state"]["step"], 0.75)]
+
+
+# ------------------------------------------------------------------------- one MLflow store per experiment
+
+
+def test_every_variant_and_seed_lands_in_the_experiments_one_mlflow_store(tmp_path, monkeypatch):
+    """retclip's layout, runs/retclip/<variant>/seed-<seed>: one file store, <paths.runs>/mlruns, holding one
+    MLflow experiment named retclip with a run per variant and seed, named by them; the variant and the
+    training seed are hyperparameters in MLflow and TensorBoard, the config's data seed stays beside them."""
+    import dataclasses
+    from pathlib import Path
+
+    import mlflow
+
+    from experiments.retclip.config import RetClipConfig
+
+    monkeypatch.chdir(tmp_path)  # paths.runs is relative to the working directory, as DVC runs the stages
+    run_config = RetClipConfig(seed=7)
+    cfg = config(tracking={"tensorboard": True, "mlflow": True})
+    trained = [("pubmedbert", 0), ("pubmedbert", 1), ("biobert", 0)]
+    for variant, seed in trained:
+        fit(make_model(), data(), cfg, Path("runs/retclip") / variant / f"seed-{seed}", loss_fn=mse, seed=seed,
+            run_name=f"retclip-{variant}-seed{seed}", run_config=dataclasses.replace(run_config, seeds=[seed]),
+            variant=variant)
+
+    store = tmp_path / "runs" / "retclip" / "mlruns"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("mlruns")) == [Path("runs/retclip/mlruns")]
+    mlflow.set_tracking_uri(store.as_uri())
+    assert [e.name for e in mlflow.search_experiments() if e.name != "Default"] == ["retclip"]
+    runs = mlflow.search_runs(experiment_names=["retclip"], output_format="list")
+    assert sorted((r.data.tags["mlflow.runName"], r.data.params["variant"], r.data.params["seed"],
+                   r.data.params["config.seed"]) for r in runs) == [
+        ("retclip-biobert-seed0", "biobert", "0", "7"), ("retclip-pubmedbert-seed0", "pubmedbert", "0", "7"),
+        ("retclip-pubmedbert-seed1", "pubmedbert", "1", "7")]
+    for variant, seed in trained:
+        run_dir = tmp_path / "runs" / "retclip" / variant / f"seed-{seed}"
+        assert json.loads((run_dir / "tracking.json").read_text())["mlflow_uri"] == store.as_uri()
+        session = plugin_data_pb2.HParamsPluginData.FromString(
+            tensorboard_run(run_dir).PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        ).session_start_info
+        assert session.hparams["variant"].string_value == variant
+        assert session.hparams["seed"].number_value == seed and session.hparams["config.seed"].number_value == 7
+
+
+def test_a_configured_mlflow_store_and_experiment_win_over_the_experiments(tmp_path, monkeypatch):
+    from experiments.exmed_bert.config import ExMedBertConfig
+
+    monkeypatch.chdir(tmp_path)
+    resolved = tracking.for_experiment(TrackingConfig(mlflow=True), ExMedBertConfig())
+    assert resolved.mlflow_experiment == "exmed_bert"
+    assert resolved.mlflow_tracking_uri == (tmp_path / "runs" / "exmed_bert" / "mlruns").as_uri()
+    chosen = TrackingConfig(mlflow=True, mlflow_tracking_uri="http://mlflow.internal:5000", mlflow_experiment="mine")
+    assert tracking.for_experiment(chosen, ExMedBertConfig()) == chosen
+    # A loop without an experiment's config: its own run directory's store (mlflow_uri), experiment medrepro.
+    assert tracking.for_experiment(TrackingConfig(mlflow=True), None) == TrackingConfig(mlflow=True)
+
+
+def test_hparams_carry_the_variant_and_the_training_seed():
+    assert tracking.hparams({"seed": 3, "train": {"lr": 0.1, "betas": [0.9, 0.99]}}, "biobert", 3) == {
+        "seed": 3, "train.lr": 0.1, "train.betas": "[0.9, 0.99]", "variant": "biobert"}
+    # A config seed that is not the training seed (retclip's data seed) is kept under another name.
+    assert tracking.hparams({"seed": 7}, "biobert", 1) == {"config.seed": 7, "variant": "biobert", "seed": 1}
+
+
+# ---------------------------------------------------------------------------------------- progress line
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_a_bar_shows_the_step_under_the_logged_lines(monkeypatch):
+    """0.5 s a step of 16 samples: the bar ends at 12/12 with the last line's loss, lr, rate and ETA as its
+    postfix; the line itself is written above the bar, whole."""
+    clock = FakeClock()
+    monkeypatch.setattr(tracking, "time", clock)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with tracking.Progress(12, 0, 16, 4) as progress:
+        for step in range(1, 13):
+            clock.now += 0.5
+            progress.advance(step)
+        tracking.Progress.emit(progress.line(12, 0.5, 0.01))
+    out = terminal.getvalue()
+    line = re.compile(r"step 12/12 \| epoch 3\.00 \| loss 0\.5000 \| lr 0\.01 \| 32\.0 samples/s \| 0\.5 s/step \| "
+                      r"elapsed 00:06 \| eta 00:00 \| mem [^\r\n]+")
+    assert len(line.findall(out)) == 1 and re.search(r"(^|\r)" + line.pattern + "\n", out), out
+    bar = [piece for piece in re.split(r"[\r\n]", out) if piece.strip()][-1]
+    assert bar.startswith("100%|") and bar.endswith("| 12/12, loss 0.5000 | lr 0.01 | 32.0 samples/s | eta 00:00"), bar
+
+
+def test_only_the_main_process_draws_a_bar(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with tracking.Progress(12, 0, 16, 4, show=False) as progress:
+        progress.advance(12)
+        progress.line(12, 0.5, 0.01)
+    assert terminal.getvalue() == ""
+
+
+def test_memory_on_a_gpu_is_its_peak_allocation(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "utilization", lambda: 87)
+    assert tracking.memory_in_use() == "3.0G, GPU 87% busy"

@@ -1,6 +1,7 @@
 """The shared loop on a tiny linear regression: accumulation, early stopping, pruning, trackers."""
 
 import json
+import re
 import time
 from typing import Any
 
@@ -99,11 +100,37 @@ def test_start_line_and_summary_say_what_runs_and_what_came_out(tmp_path, capsys
     assert err[-1].startswith("done lin: step 12 | best val/loss 1 at step 4")
     assert str(tmp_path / "checkpoints" / "best.pt") in err[-1] and str(tmp_path / "final.pt") in err[-1]
     assert "no health warnings" in err[-1]
-    assert "| wall 0:03:06 (evaluation and checkpoints 0:03:00) | 32.0 training samples/s |" in err[-1]
+    assert "| wall 03:06 (evaluation and checkpoints 03:00) | 32.0 training samples/s |" in err[-1]
     fit_json = json.loads((tmp_path / "fit.json").read_text())
     assert (fit_json["loop_seconds"], fit_json["eval_checkpoint_seconds"], fit_json["samples_per_s"]) == \
         (result.loop_seconds, result.eval_checkpoint_seconds, result.samples_per_s) == (186.0, 180.0, 32.0)
     assert (tmp_path / "config.yaml").read_text().startswith("# variant: small\n")
+
+
+def test_progress_lines_in_a_log_are_plain_lines_with_every_number(tmp_path, capsys, clock):
+    """Captured stderr is no terminal (like DVC's and CI's logs): no bar, no carriage return, one line per
+    logging step with step/total, epoch, loss, lr, samples/s and time per step of training time alone,
+    elapsed training time, ETA and memory. 0.5 s a step and 60 s an evaluation, at the end of each epoch."""
+    def timed_mse(model, batch):
+        clock.now += 0.25
+        return mse(model, batch)
+
+    def evaluate(model):
+        clock.now += 60.0
+        return {"val/loss": 1.0}
+
+    fit(make_model(), data(), config(epochs=3, grad_accum=2), tmp_path, loss_fn=timed_mse, seed=0,
+        evaluate=evaluate)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    progress = [line for line in err.splitlines() if line.startswith("step ")]
+    # Cosine from lr 0.05 without warmup: 0.05 × (1 + cos(π s / 12)) / 2 after s steps.
+    expected = [("4/12", "1.00", "0.0375", "00:02", "00:04"), ("8/12", "2.00", "0.0125", "00:04", "00:02"),
+                ("12/12", "3.00", "0", "00:06", "00:00")]
+    assert len(progress) == 3
+    for line, (step, epoch, lr, elapsed, eta) in zip(progress, expected, strict=True):
+        assert re.fullmatch(rf"step {step} \| epoch {epoch} \| loss \d+\.\d{{4}} \| lr {lr} \| 32\.0 samples/s \| "
+                            rf"0\.5 s/step \| elapsed {elapsed} \| eta {eta} \| mem \d+\.\dG rss", line), line
 
 
 def test_throughput_leaves_out_evaluation_and_checkpoint_time(tmp_path, capsys, clock, monkeypatch):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from medrepro import run_guard
+from medrepro import config, run_guard
 from medrepro.suite import registry
 from medrepro.suite.cli import TOOLS, main
 from medrepro.suite.commands import build_parser
@@ -83,11 +83,17 @@ def _commands(experiment: Experiment) -> dict[str, list[str]]:
 
 
 def _required(experiment: Experiment, name: str) -> list[str]:
-    """The required options of an experiment's own command, filled with harmless values."""
-    required = {("retclip", "export"): ["--variant", experiment.variants[0], "--out", "exported"],
-                ("cross_encoder", "export"): ["--out", "exported"],
-                ("cross_encoder", "link"): ["--input", "spans.txt", "--out", "linked.jsonl", "--model", "exported"]}
-    return required.get((experiment.name, name), [])
+    """The required options of an experiment's own command, filled with harmless values (a path named
+    after the option, or its first choice)."""
+    command = next(c for c in experiment.commands if c.name == name)
+    parser = argparse.ArgumentParser()
+    if command.arguments is not None:
+        command.arguments(parser)
+    argv = []
+    for action in parser._actions:
+        if action.required and action.option_strings:
+            argv += [action.option_strings[0], action.choices[0] if action.choices else action.dest]
+    return argv
 
 
 def _outputs(experiment: Experiment) -> list[tuple[str, list[str], str, str]]:
@@ -180,6 +186,8 @@ def check_hint(hint: str) -> None:
     if words[0] in TOOLS:
         return
     assert words[0] in registry.names(), f"`medrepro {hint}`: no experiment {words[0]!r}"
+    if len(words) == 1:
+        return  # the experiment's command line as a whole
     parser = build_parser(registry.get(words[0]))
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     assert words[1] in subcommands, f"`medrepro {hint}`: {words[0]} has no command {words[1]!r}"
@@ -230,6 +238,20 @@ def test_a_run_directory_in_use_is_refused_before_torch_loads(tmp_path):
     assert proc.stderr == f"medrepro: error: {run_dir} is in use by pid {os.getpid()}: wait for it to finish, or " \
                           "choose another run directory\n"
     assert proc.stdout.strip() == "torch not imported"
+
+
+def test_a_training_refused_after_taking_the_lock_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """biomedica_clip's training takes the run's lock before it reads the shards: with the earlier
+    stages' directories present but empty, it is refused there, and the lock goes with it."""
+    monkeypatch.chdir(tmp_path)
+    experiment = registry.get("biomedica_clip")
+    defaults = experiment.config_class()()
+    for key in (key for stage in experiment.stages for key in stage.outs):
+        Path(config.lookup(defaults, key)).mkdir(parents=True)
+    before = _snapshot(tmp_path)
+    assert main(["biomedica_clip", "train"]) == 2
+    assert "no shards in" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before
 
 
 def _strings(path: Path) -> list[str]:

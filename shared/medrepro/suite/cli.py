@@ -9,7 +9,9 @@ Every experiment gets the same commands from its declaration (`experiments/<name
     bench                              throughput ratios against same-process references
     config                             the resolved config, printed, nothing run
 plus the experiment's own commands. A command loads and checks its config, pins the runtime
-(threads, CPU kernels) and only then imports torch, so a mistake is reported in about a second.
+(threads, CPU kernels) and only then imports torch, so a mistake is reported in about a second. It
+prints its own progress and summaries and the libraries' warnings; `--verbose` adds the libraries'
+own output (load reports, progress bars, open_clip_train's log).
 Errors in the user's input (`MedreproError`) become one line on stderr and exit status 2.
 """
 

@@ -78,11 +78,16 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
 
     p = commands.add_parser("config", help="print the resolved config (profile, file and overrides); run nothing")
     add_config_args(p)
+    for p in commands.choices.values():
+        p.add_argument("--verbose", action="store_true",
+                       help="the libraries' own output too: load reports, progress bars, open_clip_train's log "
+                            "(also MEDREPRO_VERBOSE=1, which the commands a command starts inherit)")
     return parser
 
 
 def run(experiment: Experiment, argv: Sequence[str]) -> int:
     args = build_parser(experiment).parse_args(argv)
+    runtime.set_verbose(args.verbose or runtime.verbose())
     if args.command == "dryrun":  # always the full profile, with the dry run's own overrides
         from medrepro.suite import dryrun
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from medrepro import __version__, atomic
 from medrepro.errors import MedreproError
 from medrepro.suite import registry
+from medrepro.suite.image_inputs import INPUTS_LABEL, inputs_digest
 
 REPO = registry.repo_root()
 PUBLIC_OS_BASE = "python:3.11-slim-bookworm"
@@ -189,7 +190,7 @@ def build_command(name: str, os_base: str, revision: str, version: str = __versi
         cmd += ["--file", BASE_DOCKERFILE, "--build-arg", f"BASE_IMAGE={os_base}"]
     else:
         cmd += ["--file", EXPERIMENT_DOCKERFILE, "--build-arg", f"BASE={tag('base', version)}",
-                "--build-arg", f"EXPERIMENT={name}"]
+                "--build-arg", f"EXPERIMENT={name}", "--label", f"{INPUTS_LABEL}={inputs_digest(name)}"]
     return [*cmd, "."]
 
 
@@ -306,7 +307,17 @@ def exec_in(name: str, runner: str, args: Sequence[str]) -> int:
 
 
 def stamp(name: str, runner: str) -> str:
-    return "host" if runner == "host" else image_id(tag(name))
+    """"host", or the id of NAME's image, refused when the image was built from other sources than the
+    working tree's (a stage must not run in a stale image and record it as current)."""
+    if runner == "host":
+        return "host"
+    image = tag(name)
+    label = f'{{{{ index .Config.Labels "{INPUTS_LABEL}" }}}}'
+    proc = subprocess.run([*docker(), "image", "inspect", "--format", label, image], capture_output=True, text=True)
+    if proc.returncode == 0 and proc.stdout.strip() != inputs_digest(name):
+        raise MedreproError(f"image {image} was built from other sources than this working tree's: rebuild it "
+                            f"with `medrepro images build {name}`, then run `dvc repro` again")
+    return image_id(image)
 
 
 def _run(cmd: Sequence[str], check: bool = True, **kwargs) -> int:
