@@ -159,10 +159,6 @@ class TrainConfig:
             raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
         if self.warmup_steps and self.warmup_epochs:
             raise ValueError("give warmup_steps or warmup_epochs, not both")
-        if self.min_lr_ratio and self.schedule != "cosine":
-            # The floor of the cosine decay; transformers has no linear decay to a floor (see medrepro.optim).
-            raise ValueError(f"min_lr_ratio {self.min_lr_ratio} needs schedule cosine, got {self.schedule}: "
-                             "set min_lr_ratio to 0 or schedule to cosine")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}")
 

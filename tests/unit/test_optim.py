@@ -1,5 +1,4 @@
-"""No-decay parameter groups, learning-rate schedules (transformers' shapes, checked against their
-formulas), and the epoch → optimizer-step conversion."""
+"""No-decay parameter groups, learning-rate schedules, and the epoch → optimizer-step conversion."""
 
 import itertools
 import math
@@ -9,7 +8,7 @@ import torch
 from torch import nn
 
 from medrepro.errors import ConfigError
-from medrepro.optim import build_optimizer, build_scheduler, param_groups
+from medrepro.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 from medrepro.trainer import Schedule, TrainConfig
 
 
@@ -66,89 +65,64 @@ def test_build_optimizer_uses_the_groups():
     assert not torch.equal(net.fc.weight, weight_before)  # decayed
 
 
-# ------------------------------------------------------------------------------------------ schedules
-
-
-def factors(shape: str, warmup: int, total: int, min_ratio: float = 0.0, steps: int | None = None) -> list[float]:
-    """The learning-rate multiplier of every optimizer step 0, 1, ..., as the scheduler sets it."""
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.5)
-    scheduler = build_scheduler(opt, warmup, total, shape, min_ratio)
-    seen = []
-    for _ in range(total + 1 if steps is None else steps):
-        seen.append(opt.param_groups[0]["lr"] / 0.5)
-        opt.step()
-        scheduler.step()
-    return seen
+# --------------------------------------------------------------------------------------- lr_factor
 
 
 @pytest.mark.parametrize("shape", ["cosine", "linear", "constant"])
-def test_linear_warmup_from_zero_reaches_one_at_its_end(shape):
-    """transformers' warmup: step s of W runs at s / W, so the first optimizer step runs at 0."""
-    seen = factors(shape, 10, 100)
-    assert seen[:11] == pytest.approx([s / 10 for s in range(11)])
-    assert seen[0] == 0.0 and seen[10] == pytest.approx(1.0)
+def test_linear_warmup_reaches_one_at_end_of_warmup(shape):
+    factors = [lr_factor(s, 10, 100, shape) for s in range(10)]
+    assert factors == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert factors[-1] == pytest.approx(1.0)
+    assert all(a < b for a, b in itertools.pairwise(factors))
+    assert lr_factor(10, 10, 100, shape) == pytest.approx(1.0)  # decay starts from the peak
 
 
-@pytest.mark.parametrize("shape", ["cosine", "linear", "constant"])
-def test_no_warmup_starts_at_one(shape):
-    assert factors(shape, 0, 100, steps=1) == [1.0]
+def test_no_warmup_starts_at_one():
+    assert lr_factor(0, 0, 100, "cosine") == pytest.approx(1.0)
+    assert lr_factor(0, 0, 100, "linear") == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("min_ratio", [0.0, 0.1])
-def test_cosine_decays_from_the_peak_to_min_ratio(min_ratio):
-    seen = factors("cosine", 10, 110, min_ratio)
-
-    def expected(step: int) -> float:
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * (step - 10) / 100))
-
-    for step in (10, 35, 60, 85, 110):
-        assert seen[step] == pytest.approx(expected(step), abs=1e-12), step
-    assert seen[60] == pytest.approx(min_ratio + (1 - min_ratio) * 0.5)
-    assert seen[110] == pytest.approx(min_ratio, abs=1e-12)
-    assert all(b <= a for a, b in itertools.pairwise(seen[10:]))
+def test_cosine_decays_monotonically_to_min_ratio(min_ratio):
+    after = [lr_factor(s, 10, 100, "cosine", min_ratio) for s in range(10, 121)]
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(after))
+    assert lr_factor(100, 10, 100, "cosine", min_ratio) == pytest.approx(min_ratio)
+    assert lr_factor(120, 10, 100, "cosine", min_ratio) == pytest.approx(min_ratio)  # stays there
+    assert lr_factor(55, 10, 100, "cosine", min_ratio) == pytest.approx(min_ratio + (1 - min_ratio) * 0.5)
+    assert min(after) >= min_ratio - 1e-12
 
 
-def test_linear_decays_from_the_peak_to_zero():
-    seen = factors("linear", 10, 110)
-    for step in (10, 35, 60, 85, 110):
-        assert seen[step] == pytest.approx(1 - (step - 10) / 100, abs=1e-12), step
-    assert all(b < a for a, b in itertools.pairwise(seen[10:]))
+def test_cosine_shape_at_quarter():
+    expected = 0.5 * (1 + math.cos(math.pi * 0.25))
+    assert lr_factor(25, 0, 100, "cosine") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("min_ratio", "mid"), [(0.0, 0.5), (0.2, 0.6)])
+def test_linear_decay(min_ratio, mid):
+    assert lr_factor(55, 10, 100, "linear", min_ratio) == pytest.approx(mid)
+    assert lr_factor(100, 10, 100, "linear", min_ratio) == pytest.approx(min_ratio)
+    assert lr_factor(32, 10, 100, "linear", min_ratio) > lr_factor(33, 10, 100, "linear", min_ratio)
 
 
 def test_constant_after_warmup():
-    assert factors("constant", 5, 50)[5:] == [1.0] * 46
+    assert [lr_factor(s, 5, 50, "constant") for s in range(5, 60)] == [1.0] * 55
 
 
-def test_unknown_shape_and_a_floor_for_another_shape_are_refused():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.5)
-    with pytest.raises(ValueError, match="unknown schedule shape 'step'"):
-        build_scheduler(opt, 5, 50, "step")
-    with pytest.raises(ValueError, match="needs the cosine schedule, not 'linear'"):
-        build_scheduler(opt, 5, 50, "linear", min_ratio=0.1)
-    with pytest.raises(ValueError, match=r"min_lr_ratio 0\.1 needs schedule cosine, got linear"):
-        TrainConfig(schedule="linear", min_lr_ratio=0.1)
+def test_unknown_shape():
+    with pytest.raises(ValueError, match="shape"):
+        lr_factor(20, 5, 50, "step")
 
 
-@pytest.mark.parametrize(("shape", "min_ratio"), [("cosine", 0.0), ("cosine", 0.2), ("linear", 0.0)])
-def test_a_scheduler_restored_from_its_state_continues_the_same_rates(shape, min_ratio):
-    """What a resumed run does: a fresh scheduler loads the checkpoint's state and goes on exactly."""
-    reference = factors(shape, 4, 20, min_ratio)
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.5)
-    scheduler = build_scheduler(opt, 4, 20, shape, min_ratio)
-    for _ in range(7):
+@pytest.mark.parametrize(("shape", "warmup", "total"), [("cosine", 4, 20), ("linear", 3, 15), ("constant", 5, 10),
+                                                       ("cosine", 0, 12)])
+def test_scheduler_stepped_n_times_matches_lr_factor(shape, warmup, total):
+    param = nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([param], lr=0.5)
+    scheduler = build_scheduler(opt, warmup, total, shape, min_ratio=0.1)
+    for n in range(total + 3):
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * lr_factor(n, warmup, total, shape, 0.1)), n
         opt.step()
         scheduler.step()
-    saved_opt, saved_scheduler = opt.state_dict(), scheduler.state_dict()
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.5)
-    scheduler = build_scheduler(opt, 4, 20, shape, min_ratio)
-    opt.load_state_dict(saved_opt)
-    scheduler.load_state_dict(saved_scheduler)
-    resumed = []
-    for _ in range(7, 21):
-        resumed.append(opt.param_groups[0]["lr"] / 0.5)
-        opt.step()
-        scheduler.step()
-    assert resumed == reference[7:]
 
 
 # --------------------------------------------------------------------------------- Schedule in epochs
