@@ -103,8 +103,8 @@ def test_two_processes_follow_the_same_steps_at_the_default_smoke_settings(defau
 def test_two_processes_without_dropout_agree_to_float_precision_first(default_size_workdir):
     """Dropout off (biobert's tiny tower): the same initial weights, samples and schedule give the same
     losses to float precision over the first two epochs (16 steps); the sums run in another order
-    across processes and training amplifies that rounding, so later losses part slowly (measured: 2e-6
-    at step 40, at most 0.09 %) and the final validation AUROC agree to about 0.001."""
+    across processes and training amplifies that rounding, so later losses part slowly (measured: 5e-5
+    at step 40, at most 0.3 %) and the final validation AUROC agree to about 0.001."""
     one, two = train_one_and_two(default_size_workdir, "biobert")
     losses_one, losses_two = steps(one, "train/loss"), steps(two, "train/loss")
     assert [s for s, _ in losses_one] == [s for s, _ in losses_two] == list(range(1, 129)), "one row per step, once"
