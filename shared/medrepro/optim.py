@@ -2,10 +2,10 @@
 
 The schedule is written here rather than taken from `transformers.get_scheduler`, whose decays are the
 same but whose warmup starts at 0 (factor s / W for step s, so the first optimizer step does nothing)
-where this one starts at 1 / W. Switching moved every committed smoke result trained by the shared
-loop, and three of the checks on them (retclip's accuracy above the majority for two encoders,
-cross_encoder's gain on ambiguous names) fell below their bars: the smoke runs' 128 to 1,232 steps
-are short enough for one warmup step to matter.
+where this one starts at 1 / W. Switching moved every committed smoke result
+trained by the shared loop, and three of the checks on them (accuracy above the majority baseline for
+two text encoders, a linking gain on ambiguous names) fell below their bars: the smoke runs' 128 to
+1,232 steps are short enough for one warmup step to matter.
 """
 
 import math
