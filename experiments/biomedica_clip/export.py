@@ -30,7 +30,7 @@ from pathlib import Path
 
 from experiments.biomedica_clip.config import BiomedicaClipConfig, checkpoint_path, logs_dir
 from medrepro.errors import DataError
-from medrepro.export import model_dir
+from medrepro.export import model_dir, refuse_unfinished
 from medrepro.rundir import RunDir
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -46,10 +46,7 @@ def chosen_checkpoint(cfg: BiomedicaClipConfig, run: RunDir, which: str) -> Path
 def export_command(cfg: BiomedicaClipConfig, args: argparse.Namespace) -> Path:
     """`export`: checkpoint `--checkpoint` of the run `--run` (default: the variant's run), into `--out`."""
     run = RunDir(args.run or Path(cfg.paths.runs) / args.variant)
-    if args.checkpoint == "best":  # as evaluate: only of a finished run
-        out = f" --out {args.run}" if args.run else ""
-        run.completion(args.variant, f"finish it with `medrepro biomedica_clip train --variant {args.variant}{out} "
-                       "--resume latest`, or export one of its checkpoints with --checkpoint final|PATH")
+    refuse_unfinished(run, args, "biomedica_clip")
     ckpt = chosen_checkpoint(cfg, run, args.checkpoint)
     if not ckpt.is_file():
         raise DataError(f"checkpoint {ckpt} not found: train the run to its last epoch, or name an "

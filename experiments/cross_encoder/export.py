@@ -29,7 +29,7 @@ from experiments.cross_encoder import pair_text, scoring
 from experiments.cross_encoder.config import CrossEncoderConfig
 from experiments.cross_encoder.layout import CALIBRATION_FILE, MODEL_CARD
 from experiments.cross_encoder.readers import read_mentions, read_pairs
-from medrepro.export import model_dir
+from medrepro.export import model_dir, refuse_unfinished
 from medrepro.metrics import binary_metrics
 from medrepro.rundir import RunDir
 
@@ -63,10 +63,7 @@ def fold_platt(model: nn.Module, a: float, b: float) -> nn.Module:
 def export_command(cfg: CrossEncoderConfig, args: argparse.Namespace) -> Path:
     """`export`: the checkpoint `--checkpoint` of the run `--run` (default: the variant's run), into `--out`."""
     run = RunDir(args.run or Path(cfg.paths.runs) / args.variant)
-    if args.checkpoint == "best":  # as evaluate: the best checkpoint only of a finished run
-        out = f" --out {args.run}" if args.run else ""
-        run.completion(args.variant, f"finish it with `medrepro cross_encoder train --variant {args.variant}{out} "
-                       "--resume latest`, or export one of its checkpoints with --checkpoint PATH")
+    refuse_unfinished(run, args, "cross_encoder")
     return export(cfg, args.variant, run, args.checkpoint, args.out)
 
 

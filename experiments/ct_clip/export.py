@@ -27,7 +27,7 @@ from experiments.ct_clip.ctrate import LABELS
 from experiments.ct_clip.model import clip_config
 from experiments.ct_clip.prompts import prompts
 from medrepro.config_sections import encoder_path
-from medrepro.export import model_dir
+from medrepro.export import model_dir, refuse_unfinished
 from medrepro.rundir import RunDir
 from medrepro.shards import read_manifest
 
@@ -38,10 +38,7 @@ MODEL_CARD = "README.md"
 def export_command(cfg: CtClipConfig, args: argparse.Namespace) -> Path:
     """`export`: the checkpoint `--checkpoint` of the run `--run` (default: the variant's run), into `--out`."""
     run = RunDir(args.run or Path(cfg.paths.runs) / args.variant)
-    if args.checkpoint == "best":  # as evaluate: the best checkpoint only of a finished run
-        out = f" --out {args.run}" if args.run else ""
-        run.completion(args.variant, f"finish it with `medrepro ct_clip train --variant {args.variant}{out} "
-                       "--resume latest`, or export one of its checkpoints with --checkpoint PATH")
+    refuse_unfinished(run, args, "ct_clip")
     return export(cfg, args.variant, run, args.checkpoint, args.out)
 
 

@@ -24,7 +24,7 @@ from experiments.exmed_bert.config import ExMedBertConfig
 from experiments.exmed_bert.model import encoder_config, preset_sizes
 from experiments.exmed_bert.patients import EVENT_FIELDS
 from medrepro.errors import CheckpointError
-from medrepro.export import model_dir
+from medrepro.export import model_dir, refuse_unfinished
 from medrepro.rundir import RunDir
 
 VOCABULARY_FILE = "vocabulary.json"
@@ -35,10 +35,7 @@ LABEL = "endpoint"  # the one output: sigmoid(logit) is the probability of the e
 def export_command(cfg: ExMedBertConfig, args: argparse.Namespace) -> Path:
     """`export`: the checkpoint `--checkpoint` of the run `--run` (default: the variant's run), into `--out`."""
     run = RunDir(args.run or Path(cfg.paths.runs) / args.variant)
-    if args.checkpoint == "best":  # as evaluate: the best checkpoint only of a finished run
-        out = f" --out {args.run}" if args.run else ""
-        run.completion(args.variant, f"finish it with `medrepro exmed_bert train --variant {args.variant}{out} "
-                       "--resume latest`, or export one of its checkpoints with --checkpoint PATH")
+    refuse_unfinished(run, args, "exmed_bert")
     return export(cfg, args.variant, run, args.checkpoint, args.out)
 
 

@@ -44,7 +44,7 @@ from experiments.retclip.config import RetClipConfig, seed_run
 from experiments.retclip.prompts import DEFAULT_PATH, Prompts, load_prompts
 from medrepro.config_sections import encoder_path
 from medrepro.errors import DataError
-from medrepro.export import model_dir
+from medrepro.export import model_dir, refuse_unfinished
 from medrepro.rundir import RunDir
 
 FORMAT = "retclip-export"
@@ -184,10 +184,7 @@ def export_command(cfg: RetClipConfig, args: argparse.Namespace) -> Path:
     """`export`: seed `--seed`'s checkpoint `--checkpoint` of the variant's run, into `--out`."""
     seed = cfg.seeds[0] if args.seed is None else args.seed
     run = seed_run(RunDir(args.run or Path(cfg.paths.runs) / args.variant), seed)
-    if args.checkpoint == "best":  # as evaluate: the best checkpoint only of a finished run
-        out = f" --out {args.run}" if args.run else ""
-        run.completion(args.variant, f"finish it with `medrepro retclip train --variant {args.variant}{out} "
-                       "--resume latest`, or export one of its checkpoints with --checkpoint final|PATH")
+    refuse_unfinished(run, args, "retclip")
     ckpt = run.checkpoint_path(args.checkpoint)
     if not ckpt.is_file():
         raise DataError(f"checkpoint {ckpt} not found: train the variant first, or name another --seed/--checkpoint")

@@ -4,12 +4,14 @@ Each experiment exports into its ecosystem's own format (open_clip, transformers
 sentence-transformers); this module holds only the parts that do not depend on the format.
 """
 
+import argparse
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from medrepro import atomic
+from medrepro.rundir import RunDir
 
 
 @contextmanager
@@ -23,3 +25,13 @@ def model_dir(directory: str | Path) -> Iterator[Path]:
         yield tmp
         for path in tmp.rglob("*"):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
+def refuse_unfinished(run: RunDir, args: argparse.Namespace, experiment: str) -> None:
+    """As evaluate does: `--checkpoint best` only of a finished run of `--variant`; one line otherwise,
+    naming the command that finishes it."""
+    if args.checkpoint != "best":
+        return
+    out = f" --out {args.run}" if args.run else ""
+    run.completion(args.variant, f"finish it with `medrepro {experiment} train --variant {args.variant}{out} "
+                   "--resume latest`, or export one of its checkpoints with --checkpoint PATH (or final)")
