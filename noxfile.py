@@ -31,6 +31,15 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def slurm(session: nox.Session) -> None:
+    """A one-node SLURM on 127.0.0.1 (ci/slurm/setup, as root), then every experiment's batch script through
+    `sbatch --wait` on the smoke profile (the tests marked `slurm`; extra arguments go to pytest)."""
+    session.run("ci/slurm/setup", external=True)
+    session.env["MEDREPRO_SLURM"] = "1"  # the tests fail, not skip, when the cluster does not answer
+    session.run("pytest", "-m", "slurm", "tests/integration/test_slurm.py", *session.posargs)
+
+
+@nox.session
 @nox.parametrize("exp", EXPERIMENTS)
 def smoke(session: nox.Session, exp: str) -> None:
     """An experiment's pipeline on synthetic data in smoke-out/<exp>/ (CPU, minutes)."""
