@@ -1,5 +1,5 @@
 """`python -m experiments.biomedica_clip.open_clip_compat ARGS`: open_clip_train's own `main(ARGS)`,
-with two defects of the pinned versions worked around and its random draws keyed by the epoch, so that
+with three defects of the pinned versions worked around and its random draws keyed by the epoch, so that
 a resumed run finishes with the uninterrupted run's weights; nothing else changed.
 
 1. WebDataset training stops at the end of its first shard (KeyError: 'fname'). webdataset 1.0.2's
@@ -26,6 +26,10 @@ a resumed run finishes with the uninterrupted run's weights; nothing else change
    by (seed, rank, worker, epoch), which also reseeds the worker's streams each epoch, and the resampler
    is given a worker seed from (seed, rank, worker). The shard shuffle (`detshuffle2`) already uses
    seed + epoch.
+
+5. open_clip_train's `main` returns -1 where it refuses to run ("Error. Experiment already exists", a
+   remote sync that failed) and its own `__main__` drops the value, so the process exits 0 having trained
+   nothing; here it exits 1, and torchrun stops the other ranks.
 
 The runtime pins come in the environment from `train`; the one that lives in torch (`pin_torch`) is
 applied here, in each trainer process.
@@ -133,4 +137,4 @@ def patch() -> None:
 if __name__ == "__main__":
     runtime.pin_torch()
     patch()
-    open_clip_main.main(sys.argv[1:])
+    sys.exit(1 if open_clip_main.main(sys.argv[1:]) == -1 else 0)

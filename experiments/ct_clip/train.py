@@ -16,7 +16,8 @@ from medrepro import atomic, repro
 from medrepro.config_sections import encoder_path
 from medrepro.errors import ConfigError
 from medrepro.rundir import RunDir
-from medrepro.trainer import fit, launched_as_main
+from medrepro.runtime import launched_as_main
+from medrepro.trainer import fit
 
 
 def selection_patients(keys: list[str], n: int, seed: int) -> list[str]:

@@ -21,6 +21,7 @@ from experiments.exmed_bert.config import ExMedBertConfig, ModelConfig
 from experiments.exmed_bert.model import PRESETS, Encoder, PretrainModel, count_parameters, initialise, load_clinvec
 from medrepro import repro
 from medrepro.rundir import RunDir
+from medrepro.runtime import launched_as_main
 from medrepro.trainer import fit
 
 INITS = ("random_init", "clinvec_init")
@@ -80,20 +81,49 @@ def collate(plos_days: float):
 
 
 def pretrain_loss(plos_weights: tuple[float, float]) -> Callable:
-    """Masked-code cross-entropy plus the PLOS cross-entropy weighted by class (`pretrain.plos_class_weights`)."""
+    """Masked-code cross-entropy plus the PLOS cross-entropy weighted by class (`pretrain.plos_class_weights`),
+    each a mean over the global batch: over all processes' masked codes (and known stays), not a mean of
+    the processes' means, so N processes train as one does on the same global batch. (Gradient
+    accumulation still averages its micro-batches' means.) The logged extras are this process's means."""
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, plos = model(batch)
-        mlm = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+        labels = batch["labels"].flatten()
+        mlm = F.cross_entropy(logits.flatten(0, 1), labels, ignore_index=IGNORE)
         extras = {"mlm_loss": mlm.detach()}
-        loss = mlm
-        if plos is not None and (batch["plos"] != IGNORE).any():
-            weight = torch.tensor(plos_weights, dtype=torch.float32, device=plos.device)
+        known = batch["plos"] != IGNORE
+        weight = torch.tensor(plos_weights, dtype=torch.float32, device=logits.device)
+        if not distributed():
+            if plos is None or not known.any():
+                return mlm, extras
             plos_loss = F.cross_entropy(plos, batch["plos"], weight=weight, ignore_index=IGNORE)
             extras["plos_loss"] = plos_loss.detach()
-            loss = loss + plos_loss
+            return mlm + plos_loss, extras
+        # Sums over the global counts (in one process, sum/count differs from the mean in the last bits,
+        # hence two branches).
+        mlm_sum = F.cross_entropy(logits.flatten(0, 1), labels, ignore_index=IGNORE, reduction="sum")
+        loss = global_mean(mlm_sum, (labels != IGNORE).sum())
+        if plos is not None:
+            # Every process adds the term, one without a known stay too (zero), so DDP sees the head used.
+            plos_sum = F.cross_entropy(plos, batch["plos"], weight=weight, ignore_index=IGNORE, reduction="sum")
+            stays = weight[batch["plos"][known]].sum()
+            if known.any():
+                extras["plos_loss"] = (plos_sum / stays).detach()
+            loss = loss + global_mean(plos_sum, stays)
         return loss, extras
 
     return loss_fn
+
+
+def distributed() -> bool:
+    return torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def global_mean(local_sum: torch.Tensor, local_count: torch.Tensor) -> torch.Tensor:
+    """This process's part of `Σ sums / Σ counts` over all processes, scaled for DDP, which averages the
+    processes' gradients: `local_sum · N / Σ counts`."""
+    count = local_count.detach().float().clone()
+    torch.distributed.all_reduce(count)
+    return local_sum * torch.distributed.get_world_size() / count.clamp_min(1e-12)
 
 
 @torch.no_grad()
@@ -155,7 +185,8 @@ def pretrain_one(cfg: ExMedBertConfig, init: str, run: RunDir, resume: str | Non
                          cfg.pretrain.mask_probability, cfg.seed + 1)
     val_items = [val[i] for i in range(len(val))]
     model = build(cfg, init, vocab)
-    print(f"pretraining {init}: preset {cfg.model.preset}, {count_parameters(model):,} parameters")
+    if launched_as_main():
+        print(f"pretraining {init}: preset {cfg.model.preset}, {count_parameters(model):,} parameters")
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         return validation_metrics(model, val_items, cfg.eval.batch_size, cfg.pretrain.plos_days,

@@ -19,6 +19,7 @@ from experiments.exmed_bert.pretrain import pretrained_encoder, pretrained_run
 from medrepro import atomic, repro, run_guard
 from medrepro.metrics import binary_metrics
 from medrepro.rundir import RunDir
+from medrepro.runtime import launched_as_main
 from medrepro.trainer import fit
 
 VAL_METRICS = ("f1", "precision", "recall", "roc_auc", "pr_auc")
@@ -33,7 +34,8 @@ def train(cfg: ExMedBertConfig, variant: str, run: RunDir, resume: str | None = 
     val_labels = np.array([r["endpoint"] for r in val_records])
     repro.seed_everything(cfg.seed, cfg.train.deterministic)  # before the classifier is initialised
     model = endpoint_model(cfg, vocab, pretrained_encoder(cfg, variant))
-    print(f"fine-tuning {variant}: {count_parameters(model):,} parameters")
+    if launched_as_main():
+        print(f"fine-tuning {variant}: {count_parameters(model):,} parameters")
     labels = np.array([r["endpoint"] for r in train_records])
     positive_weight = torch.tensor((labels == 0).sum() / max(1, (labels == 1).sum()), dtype=torch.float32)
 

@@ -21,7 +21,8 @@ from medrepro import atomic, config, repro
 from medrepro.config_sections import encoder_path
 from medrepro.errors import ConfigError, DataError
 from medrepro.rundir import RunDir
-from medrepro.trainer import FitResult, fit, launched_as_main
+from medrepro.runtime import launched_as_main
+from medrepro.trainer import FitResult, fit
 
 
 def train(cfg: RetClipConfig, variant: str, run: RunDir, resume: str | None = None) -> None:

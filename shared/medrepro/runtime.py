@@ -146,3 +146,10 @@ def state() -> dict[str, object]:
     if "faiss" in sys.modules:  # only the experiments that search load it
         found["faiss_simd_level"] = sys.modules["faiss"].SIMDConfig.get_level_name()
     return found
+
+
+def launched_as_main() -> bool:
+    """Whether this process is the launcher's rank 0 (torchrun, accelerate launch; a lone process is),
+    the one that holds a command's output and writes what `fit` leaves to its caller. Read from the
+    environment: asking Accelerate would set up its shared state before `fit` chooses the backend."""
+    return int(os.environ.get("RANK", "0")) == 0

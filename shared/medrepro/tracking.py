@@ -177,8 +177,7 @@ class RunTrackers:
         self.accelerator.log(values, step=step)
 
     def close(self) -> None:
-        """The log only: `accelerator.end_training()`, which the loop calls on every process once all are
-        done, finishes the trackers (and ends the process group, so it must come last)."""
+        """The log only: the loop finishes the trackers themselves on every process once all are done."""
         self.log_file.close()
 
 

@@ -22,9 +22,9 @@ given in epochs and converted to optimizer steps from the dataset size and the g
 already counts processes and accumulation, so the schedule is the same on 1 or 8 GPUs.
 """
 
+import atexit
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, nullcontext
@@ -112,11 +112,14 @@ def make_accelerator(precision: str, log_with: list | None = None,
                        project_dir=project_dir)
 
 
-def launched_as_main() -> bool:
-    """Whether this process is the launcher's rank 0 (torchrun, accelerate launch; a lone process is),
-    the one that writes what `fit` leaves to its caller. Read from the environment: asking Accelerate
-    would set up its shared state before `fit` chooses the backend."""
-    return int(os.environ.get("RANK", "0")) == 0
+def _end_process_group() -> None:
+    """At process exit, not after each fit: Accelerate's state is one per process, and a command that
+    fits twice (pretraining, then fine-tuning) would find the group of its first fit destroyed."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+atexit.register(_end_process_group)
 
 
 def fit(
@@ -332,7 +335,8 @@ def _finish(s: _Session, result: FitResult, run_name: str, variant: str) -> None
     if s.tracker is not None:
         s.tracker.close()
     s.accelerator.wait_for_everyone()
-    s.accelerator.end_training()
+    for tracker in s.accelerator.trackers:
+        tracker.finish()
 
 
 def _log(s: _Session, progress: Progress, mean_loss: float, extras: dict[str, torch.Tensor]) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from experiments.biomedica_clip.config import checkpoint_path
 from experiments.biomedica_clip.synthetic import HELDOUT_CLASSES
-from tests.integration.conftest import BIOMEDICA_DATA, BIOMEDICA_TRAIN, medrepro, process_env
+from tests.integration.conftest import BIOMEDICA_DATA, BIOMEDICA_TRAIN, REPO, medrepro, process_env
 
 pytestmark = pytest.mark.integration
 
@@ -190,3 +190,19 @@ def test_audit_stops_at_a_corrupt_sample_with_one_line_and_writes_nothing(workdi
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "000002.tar" in proc.stderr and "sample filelist_" in proc.stderr
     assert not (tmp_path / "data" / "biomedica_clip" / "audited").exists()
+
+
+def test_open_clip_train_refusing_to_run_exits_non_zero(reference, tmp_path):
+    """open_clip_train's main returns -1 where a run's log exists without --resume ("Experiment already
+    exists") and its own `__main__` exits 0 then; open_clip_compat must exit non-zero, or a node started by
+    hand (README, Several nodes) would look finished having trained nothing."""
+    run = tmp_path / "nodes"
+    (run / "logs" / "open_clip").mkdir(parents=True)
+    shutil.copy(reference / "logs" / "open_clip" / "out.log", run / "logs" / "open_clip")
+    command = json.loads((reference / "open_clip_args.json").read_text())["command"]
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, *command[1:]], cwd=run, env=process_env(PYTHONPATH=pythonpath),
+                          capture_output=True, text=True, timeout=300)
+    assert "Experiment already exists" in proc.stdout
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert sorted(p.name for p in (run / "logs" / "open_clip").iterdir()) == ["out.log"]

@@ -116,8 +116,10 @@ def run(experiment: Experiment, argv: Sequence[str]) -> int:
         _bench(experiment, cfg, args.out)
     else:
         command = _command(experiment, args.command)
-        # A data stage replaces its outputs as a whole; one writer at a time.
-        outs = [Path(config.lookup(cfg, key)) for key in getattr(command, "outs", ())]
+        # A data stage replaces its outputs as a whole; one writer at a time. A stage that trains under a
+        # launcher (a pretraining stage) is one writer: its main process holds the lock for all.
+        keys = getattr(command, "outs", ()) if runtime.launched_as_main() else ()
+        outs = [Path(config.lookup(cfg, key)) for key in keys]
         with ExitStack() as held:
             for out in outs:
                 held.enter_context(run_guard.exclusive_output(out))
