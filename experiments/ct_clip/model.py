@@ -1,9 +1,7 @@
 """CT-CLIP for training: the model of modeling_ct_clip.py (the one definition of the architecture, which
 `export` saves) built from the experiment's config and a loaded text encoder, with the training loss
-over the global batch; and `UPSTREAM_KEYS`, which maps upstream's state-dict names onto its modules.
+over the global batch; and `UPSTREAM`, which maps upstream's state-dict names onto its modules.
 """
-
-import re
 
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -12,30 +10,23 @@ from experiments.ct_clip import modeling_ct_clip as modeling
 from experiments.ct_clip.config import ModelConfig
 from medrepro.contrastive import gather_with_grad, in_batch_accuracy, symmetric_infonce
 from medrepro.errors import ConfigError
+from medrepro.published import KeyMap
 
-# Upstream's state-dict names → ours (regular expressions on the name with a leading dot, in order).
-# UPSTREAM_ONLY are upstream tensors with no counterpart: always-zero LayerNorm betas, empty null
-# key/values, context norms of a cross-attention never built, and the parts CT-CLIP never runs (VQ
-# codebook, first-frame patch embedding, pixel decoders, the unused extra latent projections, BERT's pooler).
-UPSTREAM_KEYS = (
-    (r"^\.visual_transformer\.", ".visual."), (r"^\.text_transformer\.", ".text."),
-    (r"\.to_patch_emb\.([123])\.", lambda m: f".to_patch_emb.{int(m.group(1)) - 1}."),
-    (r"\.layers\.(\d+)\.0\.", r".layers.\1.peg."), (r"\.layers\.(\d+)\.1\.", r".layers.\1.attn."),
-    (r"\.layers\.(\d+)\.3\.4\.", r".layers.\1.ff.3."), (r"\.layers\.(\d+)\.3\.", r".layers.\1.ff."),
-    (r"\.gamma$", ".weight"),
+# Upstream's state-dict names → ours. Dropped: upstream tensors with no counterpart: always-zero LayerNorm
+# betas, empty null key/values, context norms of a cross-attention never built, and the parts CT-CLIP never
+# runs (VQ codebook, first-frame patch embedding, pixel decoders, the unused extra latent projections,
+# BERT's pooler).
+UPSTREAM = KeyMap(
+    renames=(
+        (r"^\.visual_transformer\.", ".visual."), (r"^\.text_transformer\.", ".text."),
+        (r"\.to_patch_emb\.([123])\.", lambda m: f".to_patch_emb.{int(m.group(1)) - 1}."),
+        (r"\.layers\.(\d+)\.0\.", r".layers.\1.peg."), (r"\.layers\.(\d+)\.1\.", r".layers.\1.attn."),
+        (r"\.layers\.(\d+)\.3\.4\.", r".layers.\1.ff.3."), (r"\.layers\.(\d+)\.3\.", r".layers.\1.ff."),
+        (r"\.gamma$", ".weight"),
+    ),
+    dropped=r"\.beta$|\.null_kv$|\.context_norm\.|(^|\.)vq\.|to_patch_emb_first_frame|to_pixels|_latent_extra\.|"
+            r"^text_transformer\.pooler\.",
 )
-UPSTREAM_ONLY = re.compile(r"\.beta$|\.null_kv$|\.context_norm\.|(^|\.)vq\.|to_patch_emb_first_frame|to_pixels|"
-                           r"_latent_extra\.|^text_transformer\.pooler\.")
-
-
-def from_upstream(key: str) -> str | None:
-    """Our name of upstream's state-dict key `key`, or None for a tensor CT-CLIP does not use."""
-    if UPSTREAM_ONLY.search(key):
-        return None
-    key = "." + key
-    for pattern, replacement in UPSTREAM_KEYS:
-        key = re.sub(pattern, replacement, key)
-    return key[1:]
 
 
 def token_grid(temporal_patch: int, patch: int, shape: tuple[int, int, int]) -> tuple[int, int, int]:

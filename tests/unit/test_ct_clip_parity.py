@@ -1,4 +1,4 @@
-"""ct_clip's CTViT against upstream's: the same tensors under `from_upstream`'s names, and the same tokens.
+"""ct_clip's CTViT against upstream's: the same tensors under `UPSTREAM`'s names, and the same tokens.
 
 tests/fixtures/ct_clip/upstream_ctvit.pt was made once from upstream's own code
 (ibrahimethemhamamci/CT-CLIP at a2a155c, transformer_maskgit's ctvit.py and attention.py, with
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from experiments.ct_clip.config import ModelConfig
-from experiments.ct_clip.model import CTViT, from_upstream
+from experiments.ct_clip.model import UPSTREAM, CTViT
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_clip" / "upstream_ctvit.pt"
 
@@ -24,8 +24,8 @@ def _upstream() -> tuple[dict, CTViT]:
 
 def test_every_upstream_tensor_is_ours_or_named_as_unused_and_shapes_agree():
     saved, ours = _upstream()
-    mapped = {from_upstream(k): shape for k, shape in saved["shapes"].items() if from_upstream(k) is not None}
-    unused = sorted(k for k in saved["shapes"] if from_upstream(k) is None)
+    mapped = {UPSTREAM.ours(k): shape for k, shape in saved["shapes"].items() if UPSTREAM.ours(k) is not None}
+    unused = sorted(k for k in saved["shapes"] if UPSTREAM.ours(k) is None)
     assert mapped == {k: list(v.shape) for k, v in ours.state_dict().items()}
     # Only what CT-CLIP never computes with, and nothing that holds a value.
     assert {k.split(".")[0] for k in unused} == {"vq", "to_patch_emb_first_frame", "to_pixels", "to_pixels_first_frame",
@@ -37,7 +37,7 @@ def test_every_upstream_tensor_is_ours_or_named_as_unused_and_shapes_agree():
 
 def test_upstream_weights_give_upstream_tokens():
     saved, ours = _upstream()
-    ours.load_state_dict({from_upstream(k): v for k, v in saved["state_dict"].items() if from_upstream(k)}, strict=True)
+    ours.load_state_dict({UPSTREAM.ours(k): v for k, v in saved["state_dict"].items() if UPSTREAM.ours(k)}, strict=True)
     with torch.no_grad():
         tokens = ours.eval()(saved["video"])
     assert tokens.shape == saved["tokens"].shape
