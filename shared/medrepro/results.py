@@ -29,15 +29,29 @@ class Evaluation:
     info: dict[str, Any]
 
 
-def write_evaluation(out_dir: Path, evaluation: Evaluation, run: RunDir) -> None:
+# results/<experiment>/published/: an evaluation of the authors' released weights (`evaluate --weights`),
+# reported as its own row beside the trained variants.
+PUBLISHED = "published"
+
+
+def write_evaluation(out_dir: Path, evaluation: Evaluation, run: RunDir | None) -> None:
+    """The evaluation's files; `run` is the trained run it evaluated (None for published weights, which
+    have no training log or health record here)."""
     for name, value in evaluation.headline.items():
         if not isinstance(value, int | float) or math.isnan(value):
             raise ValueError(f"headline metric {name!r} is {value!r}: headline numbers must be defined")
     atomic.write_json(out_dir / "details.json", evaluation.details)
-    atomic.write_json(out_dir / "info.json", {**evaluation.info, "training_health": training_health(run)})
-    for name, text in training_curves(run.train_log).items():
+    health = training_health(run) if run is not None else None
+    atomic.write_json(out_dir / "info.json", {**evaluation.info, "training_health": health})
+    for name, text in (training_curves(run.train_log) if run is not None else {}).items():
         atomic.write_text(out_dir / "curves" / f"{name}.csv", text)
     atomic.write_json(out_dir / "metrics.json", evaluation.headline)
+
+
+def reportable(info: dict[str, Any]) -> bool:
+    """Whether an evaluation is a result: of a finished run's best checkpoint, or of published weights
+    (info `weights: published`); a named checkpoint of a run that may not have finished is not."""
+    return info.get("weights") == PUBLISHED or bool(info.get("run", {}).get("complete", False))
 
 
 def training_health(run: RunDir) -> list[dict[str, Any]] | None:

@@ -68,3 +68,28 @@ def test_a_column_of_several_metrics_puts_a_number_beside_its_baselines():
     metrics = {"f1": 0.61, "f1_ci_low": 0.5, "f1_ci_high": 0.7, "base/absent": 0.7, "base/present": 0.25}
     column = {"metrics": ["f1", "base/absent", "base/present", "base/missing"], "label": "F1", "ci": True}
     assert _cell(metrics, column) == "0.610 [0.500, 0.700] / 0.700 / 0.250 / n/a"
+
+
+def test_published_weights_get_their_own_row_beside_the_trained_variants(tmp_path):
+    """An evaluation of released weights has no run: written without curves or health, reported as a
+    `published` row (beside the paper's number) after the declared variants; one that does not say
+    `weights: published` is not a result."""
+    from medrepro.results import PUBLISHED
+    from medrepro.suite.report import experiment_section
+
+    results = tmp_path / "results"
+    write_evaluation(results / "a", Evaluation({"acc": 0.5}, {"accuracy": 0.5}, {"data": "synthetic",
+                                                                                 "run": {"complete": True}}),
+                     RunDir(tmp_path / "run"))
+    write_evaluation(results / PUBLISHED, Evaluation({"acc": 0.8}, {"accuracy": 0.8, "accuracy_ci_low": 0.7,
+                                                                   "accuracy_ci_high": 0.9},
+                                                     {"data": "CT-RATE valid", "weights": PUBLISHED}), None)
+    assert sorted(p.name for p in (results / PUBLISHED).iterdir()) == ["details.json", "info.json", "metrics.json"]
+    reference = {"title": "t", "columns": [{"metric": "accuracy", "label": "Accuracy", "ci": True}], "notes": "",
+                 "reference": {PUBLISHED: "0.79 (paper, Table 2)"}}
+    rows = [line for line in experiment_section("x", ["a"], results, reference).splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["| a | synthetic | 0.500 |  |",
+                        "| published | CT-RATE valid | 0.800 [0.700, 0.900] | 0.79 (paper, Table 2) |"]
+    info = json.loads((results / PUBLISHED / "info.json").read_text())
+    (results / PUBLISHED / "info.json").write_text(json.dumps({**info, "weights": "trained"}))
+    assert "| published | incomplete run, not reported |" in experiment_section("x", ["a"], results, reference)

@@ -1,7 +1,9 @@
 """`medrepro report`: results/RESULTS.md, our numbers beside the upstream or seed numbers.
 
 Each experiment ships `reference.yaml` describing its table: the metric columns and the reference
-numbers to put beside ours; its declaration gives the variants (one row each). Rows come from
+numbers to put beside ours; its declaration gives the variants (one row each), and an evaluation of the
+authors' released weights (`evaluate --weights`, results/<experiment>/published/) adds a `published` row,
+beside its `reference.yaml` number under `published` when the paper gives one. Rows come from
 `results/<experiment>/<variant>/details.json` (every number of the evaluation) and `info.json` (what
 data and checkpoint produced them).
 
@@ -21,6 +23,7 @@ import yaml
 
 from medrepro import atomic
 from medrepro.errors import DataError, MedreproError
+from medrepro.results import PUBLISHED, reportable
 from medrepro.suite import registry
 from medrepro.suite.spec import resolve
 
@@ -51,12 +54,14 @@ def _cell(metrics: dict[str, float], column: dict[str, Any]) -> str:
 
 def _table(name: str, variants: Sequence[str], results_dir: Path,
            reference: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The experiment's Markdown table (one row per variant) and the training-health warnings of its rows."""
+    """The experiment's Markdown table (one row per variant, and a `published` row when the released weights
+    were evaluated) and the training-health warnings of its rows."""
     columns = reference["columns"]
     header = ["variant", "data", *(c["label"] for c in columns), "reference"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     warnings: list[str] = []
-    for variant in variants:
+    published = [PUBLISHED] if (results_dir / PUBLISHED / "details.json").is_file() else []
+    for variant in [*variants, *published]:
         metrics_file = results_dir / variant / "details.json"
         ref = reference.get("reference", {}).get(variant, "")
         if not metrics_file.is_file():
@@ -68,7 +73,7 @@ def _table(name: str, variants: Sequence[str], results_dir: Path,
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"cannot read the results of {name}/{variant} in {results_dir}: {e}; "
                             "re-run its evaluate stage") from None
-        if not info.get("run", {}).get("complete", False):
+        if not reportable(info):
             # Evaluated from a named checkpoint of a run that may not have finished: not a result.
             lines.append("| " + " | ".join([variant, "incomplete run, not reported", *("" for _ in columns),
                                              str(ref)]) + " |")
