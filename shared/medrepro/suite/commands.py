@@ -11,6 +11,8 @@ import yaml
 
 from medrepro import atomic, config, preflight, run_guard, runtime
 from medrepro.config_sections import TrackingConfig
+from medrepro.errors import DataError
+from medrepro.results import PUBLISHED
 from medrepro.rundir import RunDir
 from medrepro.suite import registry
 from medrepro.suite.spec import Command, Experiment, resolve
@@ -24,9 +26,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
 
-def _add_variant(parser: argparse.ArgumentParser, experiment: Experiment) -> None:
+def _add_variant(parser: argparse.ArgumentParser, experiment: Experiment, required: bool = True) -> None:
     only = experiment.variants[0] if len(experiment.variants) == 1 else None
-    parser.add_argument("--variant", choices=experiment.variants, required=only is None, default=only,
+    parser.add_argument("--variant", choices=experiment.variants, required=required and only is None, default=only,
                         help="which variant" + (f" (default: {only})" if only else ""))
 
 
@@ -51,10 +53,14 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
     add_config_args(p)
 
     p = commands.add_parser("evaluate", help=f"test metrics, intervals and plots into results/{name}/<variant>")
-    _add_variant(p, experiment)
+    _add_variant(p, experiment, required=not experiment.evaluate_published)
     p.add_argument("--run", type=Path, help="run directory (default: <paths.runs>/<variant>)")
-    p.add_argument("--out", type=Path, help="results directory (default: <paths.results>/<variant>)")
+    p.add_argument("--out", type=Path, help="results directory (default: <paths.results>/<variant>, "
+                   f"<paths.results>/{PUBLISHED} with --weights)")
     p.add_argument("--checkpoint", default="best", help="`best` (of a finished run), `final` or a checkpoint path")
+    if experiment.evaluate_published:
+        p.add_argument("--weights", type=Path, help="the authors' released model (its file or directory, read "
+                       "offline) instead of a trained run; see the experiment README for where to get it")
     add_config_args(p)
 
     for command in experiment.commands:
@@ -86,7 +92,10 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
 
 
 def run(experiment: Experiment, argv: Sequence[str]) -> int:
-    args = build_parser(experiment).parse_args(argv)
+    parser = build_parser(experiment)
+    args = parser.parse_args(argv)
+    if args.command == "evaluate" and args.variant is None and getattr(args, "weights", None) is None:
+        parser.error("evaluate needs --variant (a trained run) or --weights (the released model)")
     runtime.set_verbose(args.verbose or runtime.verbose())
     if args.command == "dryrun":  # always the full profile, with the dry run's own overrides
         from medrepro.suite import dryrun
@@ -143,6 +152,12 @@ def _preflight(experiment: Experiment, cfg: object, args: argparse.Namespace) ->
         preflight.output_dir(run_dir, "--out" if args.out else "paths.runs")
         run_guard.ensure_free(run_dir)
         reads = tuple(producers)
+    elif args.command == "evaluate" and getattr(args, "weights", None) is not None:
+        preflight.output_dir(args.out or Path(cfg.paths.results) / PUBLISHED, "--out" if args.out else "paths.results")
+        if not args.weights.exists():
+            raise DataError(f"{args.weights} (--weights) not found: the released model's file or directory; "
+                            f"experiments/{experiment.name}/README.md says where to get it")
+        reads = tuple(producers)
     elif args.command == "evaluate":
         preflight.output_dir(args.out or Path(cfg.paths.results) / args.variant,
                              "--out" if args.out else "paths.results")
@@ -173,6 +188,9 @@ def _preflight(experiment: Experiment, cfg: object, args: argparse.Namespace) ->
 def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> None:
     from medrepro import results
 
+    if getattr(args, "weights", None) is not None:
+        _evaluate_published(experiment, cfg, args)
+        return
     run = RunDir(args.run or Path(cfg.paths.runs) / args.variant)
     out = args.out or Path(cfg.paths.results) / args.variant
     # The best checkpoint only of a finished run of this variant (checked by _preflight); a named
@@ -188,6 +206,24 @@ def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> 
     if not complete:
         print(f"note: evaluated the named checkpoint {args.checkpoint}, not a finished run's best; "
               "`medrepro report` leaves these results out")
+
+
+def _evaluate_published(experiment: Experiment, cfg: object, args: argparse.Namespace) -> None:
+    """`evaluate --weights`: the released model through the experiment's own evaluation, its results labelled
+    `weights: published` with the file's path and checksum, for the report's `published` row."""
+    from medrepro import repro, results
+
+    out = args.out or Path(cfg.paths.results) / PUBLISHED
+    weights = args.weights.resolve()
+    files = sorted(p for p in weights.rglob("*") if p.is_file()) if weights.is_dir() else [weights]
+    with run_guard.exclusive_output(out):
+        evaluation = resolve(experiment.evaluate_published)(cfg, weights, out)
+        evaluation.info.update(weights=PUBLISHED, source={"path": str(weights), "sha256": {
+            str(p.relative_to(weights)) if weights.is_dir() else p.name: repro.sha256_file(p) for p in files}})
+        results.write_evaluation(out, evaluation, None)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluation.headline.items())
+    print(f"{experiment.name} {PUBLISHED} ({weights}): {shown}\nresults in {out}/ (metrics.json, details.json, "
+          "plots/)")
 
 
 def _log_test_metrics(experiment: Experiment, cfg: object, variant: str, run: RunDir, evaluation: object) -> None:

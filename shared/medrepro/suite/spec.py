@@ -55,6 +55,9 @@ class Experiment:
       evaluate(cfg, variant, run, out_dir, which) -> Evaluation   for results/<name>/<variant>/; `which`
                                                              is best, final or a checkpoint path
       bench(cfg, workdir) -> dict                            ratios against same-run references
+      evaluate_published(cfg, weights, out_dir) -> Evaluation   (optional) the authors' released model at
+                                                             `weights` (a file or directory), evaluated as
+                                                             `evaluate` does, for results/<name>/published
     The config class has `seed`, `runtime`, `paths.runs` and `paths.results`.
     """
 
@@ -79,6 +82,8 @@ class Experiment:
     evaluate_reads_all_runs: bool = False
     # The module declaring the dry run of the full profile (see `medrepro.suite.dryrun`).
     dryrun: str = ""
+    # "module:function" of `evaluate --weights` (above); without it the option does not exist.
+    evaluate_published: str = ""
     # Commands outside the pipeline (e.g. `link`).
     commands: tuple[Command, ...] = field(default_factory=tuple)
 
