@@ -14,8 +14,10 @@ paired difference after − before per query, whose bootstrap draws the same art
 """
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,15 +26,19 @@ from PIL import Image
 
 from experiments.biomedica_clip import archive, metadata
 from experiments.biomedica_clip.config import BiomedicaClipConfig, checkpoint_path
-from experiments.biomedica_clip.model import load
+from experiments.biomedica_clip.model import TINY_NAME, WEIGHTS, load
 from experiments.biomedica_clip.synthetic import HELDOUT_CLASSES
-from medrepro import plots
+from medrepro import plots, published
 from medrepro.bootstrap import bootstrap_clusters, mean_stat
 from medrepro.errors import DataError
 from medrepro.results import Evaluation
 from medrepro.rundir import RunDir
 from medrepro.shards import iter_samples
 
+# A release in open_clip's own layouts: its hf-hub directory (the safetensors file, or the older .bin) or
+# either file alone, a plain state dict under open_clip's names.
+RELEASE_FILES = (WEIGHTS, "open_clip_pytorch_model.bin")
+RELEASE_KEYS = published.KeyMap(renames=())
 KS = (1, 5, 10)
 # Paired after − before differences reported with intervals.
 DIFFERENCES = ("zeroshot_acc", "i2t_r1", "t2i_r1")
@@ -164,6 +170,28 @@ def zero_shot_classes(cfg: BiomedicaClipConfig, data: Heldout) -> list[str]:
 def evaluate(cfg: BiomedicaClipConfig, variant: str, run: RunDir, out_dir: Path, which: str = "best") -> Evaluation:
     """`which`: "best" or "final" (both the last epoch's weights: open_clip_train keeps no best), or a path."""
     ckpt = checkpoint_path(run, cfg.train.epochs) if which in ("best", "final") else Path(which)
+    return before_and(cfg, lambda: load(cfg, ckpt), str(ckpt), out_dir)
+
+
+def evaluate_published(cfg: BiomedicaClipConfig, weights: Path, out_dir: Path) -> Evaluation:
+    """A released model of the config's architecture (BMCA-CLIP's open_clip checkpoints with
+    `--config configs/bmca_clip.yaml`) in place of the fine-tuned one, against the same starting weights."""
+    return before_and(cfg, lambda: load_published(cfg, weights), str(weights), out_dir)
+
+
+def load_published(cfg: BiomedicaClipConfig, weights: Path) -> tuple[torch.nn.Module, Any, Any]:
+    """The config's architecture with the release's tensors, loaded strictly (one line for a tensor that is
+    renamed, reshaped, missing or extra)."""
+    model, preprocess, tokenizer = load(cfg, None)
+    what = f"an open_clip checkpoint of {TINY_NAME if cfg.model.tiny else cfg.model.name}"
+    tensors = published.read_tensors(weights, what, RELEASE_FILES)
+    published.load_published(model, tensors, RELEASE_KEYS, weights, what)
+    return model.eval(), preprocess, tokenizer
+
+
+def before_and(cfg: BiomedicaClipConfig, after: Callable[[], tuple[torch.nn.Module, Any, Any]], checkpoint: str,
+               out_dir: Path) -> Evaluation:
+    """The evaluation of the starting weights ("before") and of the model `after` builds."""
     report = archive.audit_report(cfg)  # held-out shards and articles disjoint from training; label counts
     data = read_heldout(cfg)
     classes = zero_shot_classes(cfg, data)
@@ -173,8 +201,8 @@ def evaluate(cfg: BiomedicaClipConfig, variant: str, run: RunDir, out_dir: Path,
         raise DataError(f"no held-out sample has a single {cfg.data.label_field} among the zero-shot classes "
                         f"({', '.join(classes[:3])}...)")
     per_query = {}
-    for phase, weights in (("before", None), ("after", ckpt)):
-        model, preprocess, tokenizer = load(cfg, weights)
+    for phase, build in (("before", lambda: load(cfg, None)), ("after", after)):
+        model, preprocess, tokenizer = build()
         per_query[phase] = hits(model, preprocess, tokenizer, data, cfg, classes, mask)
     result = before_after(per_query, data.groups, mask, cfg)
     majority = majority_class(report["train_labels"]["counts"], cfg.data.label_field)
@@ -191,7 +219,7 @@ def evaluate(cfg: BiomedicaClipConfig, variant: str, run: RunDir, out_dir: Path,
                    "heldout_articles": int(data.groups.max()) + 1})
     plots.save_figure(recall_figure(result), out_dir / "plots" / "before_after.png")
     headline = {short: result[name] for short, name in HEADLINE.items()}
-    info = {"data": cfg.data.source, "model": cfg.model.name, "checkpoint": str(ckpt),
+    info = {"data": cfg.data.source, "model": cfg.model.name, "checkpoint": checkpoint,
             "zeroshot_classes": classes, "template": cfg.eval.template, "label_field": cfg.data.label_field,
             "majority_class": majority,
             "protocol": "zero-shot over held-out classes, samples with a single label; majority baseline = the "

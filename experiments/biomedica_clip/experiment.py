@@ -18,6 +18,7 @@ EXPERIMENT = Experiment(
     ),
     train="experiments.biomedica_clip.train:train",
     evaluate="experiments.biomedica_clip.evaluate:evaluate",
+    evaluate_published="experiments.biomedica_clip.evaluate:evaluate_published",
     bench="experiments.biomedica_clip.bench:bench",
     dryrun="experiments.biomedica_clip.dryrun",
     val_metric="loss",  # open_clip_train's clip_val_loss on the held-out shard, per epoch

@@ -206,3 +206,41 @@ def test_open_clip_train_refusing_to_run_exits_non_zero(reference, tmp_path):
     assert "Experiment already exists" in proc.stdout
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert sorted(p.name for p in (run / "logs" / "open_clip").iterdir()) == ["out.log"]
+
+
+def test_released_weights_evaluate_into_a_published_row_and_a_renamed_tensor_is_refused(workdir, reference, tmp_path):
+    """`evaluate --weights`: a model released as open_clip's hf-hub directory (as BMCA-CLIP is; here the
+    reference run's weights) goes through the same evaluation as a trained run, into results/<exp>/published,
+    labelled with the file's checksum, and `medrepro report` puts it in a `published` row. The same release
+    with one tensor renamed: one line naming it, exit 2, no results."""
+    from safetensors.torch import save_file
+
+    from medrepro.repro import sha256_file
+
+    tensors = weights(checkpoint_path(reference, 2))
+    release = tmp_path / "release"
+    release.mkdir()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, release / "open_clip_model.safetensors")
+    results = tmp_path / "results"
+    out = results / "biomedica_clip" / "published"
+    medrepro(["biomedica_clip", "evaluate", "--weights", str(release), "--out", str(out), *BIOMEDICA_DATA], workdir)
+    info = json.loads((out / "info.json").read_text())
+    assert info["weights"] == "published" and info["training_health"] is None
+    assert info["source"] == {"path": str(release), "sha256": {"open_clip_model.safetensors":
+                                                                  sha256_file(release / "open_clip_model.safetensors")}}
+    published = json.loads((out / "details.json").read_text())
+    # The reference run's own weights: the fine-tuned model's zero-shot accuracy, far above chance.
+    assert published["after/zeroshot_acc_ci_low"] > published["chance/zeroshot_acc"]
+    medrepro(["report", "--results", str(results)], workdir)
+    row = next(line for line in (results / "RESULTS.md").read_text().splitlines() if line.startswith("| published"))
+    assert f"{published['after/zeroshot_acc'] * 100:.1f}" in row
+
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    tensors["visual.conv1.kernel"] = tensors.pop("visual.conv1.weight")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, renamed / "open_clip_model.safetensors")
+    refused = medrepro(["biomedica_clip", "evaluate", "--weights", str(renamed), "--out", str(tmp_path / "refused"),
+                        *BIOMEDICA_DATA], workdir, check=False)
+    assert refused.returncode == 2 and "'visual.conv1.kernel'" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert not (tmp_path / "refused").exists()
