@@ -78,3 +78,23 @@ def test_unknown_experiment_and_help(capsys):
     out = capsys.readouterr().out
     for command in ("prepare", "build-lmdb", "train", "evaluate", "smoke", "bench", "config"):
         assert command in out
+
+
+def test_evaluate_weights_missing_file_is_one_line_and_writes_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(["biomedica_clip", "evaluate", "--weights", str(tmp_path / "bmca-clip")], capsys)
+    assert code == 2 and err.count("\n") == 0
+    assert "bmca-clip (--weights) not found" in err and "experiments/biomedica_clip/README.md" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_evaluate_needs_a_variant_or_weights_and_weights_only_where_an_experiment_loads_them(capsys, tmp_path,
+                                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as usage:
+        main(["retclip", "evaluate"])
+    assert usage.value.code == 2 and "--variant" in capsys.readouterr().err
+    # retclip declares no loader of released weights (yet): the option does not exist.
+    with pytest.raises(SystemExit) as usage:
+        main(["retclip", "evaluate", "--variant", "pubmedbert", "--weights", "x"])
+    assert usage.value.code == 2 and "unrecognized arguments: --weights" in capsys.readouterr().err
