@@ -7,12 +7,19 @@ a small CTViT with every parameter perturbed, its state dict and key shapes, a f
 upstream's encoder tokens for it (`encode(to_patch_emb(video))`, before the VQ CT-CLIP leaves out).
 """
 
+import re
 from pathlib import Path
 
+import pytest
 import torch
+from torch.nn import functional as F
+from transformers import BertConfig
 
 from experiments.ct_clip.config import ModelConfig
-from experiments.ct_clip.model import UPSTREAM, CTViT
+from experiments.ct_clip.model import UPSTREAM, CTViT, clip_config
+from experiments.ct_clip.modeling_ct_clip import CTClipModel
+from medrepro.errors import CheckpointError
+from medrepro.published import load_published
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_clip" / "upstream_ctvit.pt"
 
@@ -42,3 +49,51 @@ def test_upstream_weights_give_upstream_tokens():
         tokens = ours.eval()(saved["video"])
     assert tokens.shape == saved["tokens"].shape
     torch.testing.assert_close(tokens, saved["tokens"], rtol=1e-4, atol=1e-5)
+
+
+CLIP_FIXTURE = FIXTURE.with_name("upstream_ctclip.pt")
+
+
+def _upstream_clip() -> dict:
+    """tests/fixtures/ct_clip/upstream_ctclip.pt: upstream's whole CTCLIP at a small size as its zero-shot script
+    builds it (CTViT, a BertModel with its pooler, the latent projections and the temperature), every tensor
+    perturbed, and upstream's own normalised latents for a fixed volume and text (the script is in `how`)."""
+    return torch.load(CLIP_FIXTURE, weights_only=True)
+
+
+def _ours_for(saved: dict) -> CTClipModel:
+    ctvit = saved["ctvit"]
+    cfg = ModelConfig(dim=ctvit["dim"], patch=ctvit["patch_size"], temporal_patch=ctvit["temporal_patch_size"],
+                      spatial_depth=ctvit["spatial_depth"], temporal_depth=ctvit["temporal_depth"],
+                      dim_head=ctvit["dim_head"], heads=ctvit["heads"], latent=saved["latent"])
+    shape = tuple(saved["volume"].shape[2:])
+    return CTClipModel(clip_config(cfg, shape, BertConfig(**saved["text_config"])))
+
+
+def test_the_whole_upstream_ctclip_loads_strictly_and_gives_upstreams_latents():
+    """Every tensor of the release is ours or dropped by name (the VQ, the unused extra projections, BERT's
+    pooler, ...), every tensor of ours is filled, and the volume and text latents equal upstream's (1e-5)."""
+    saved = _upstream_clip()
+    ours = _ours_for(saved)
+    counts = load_published(ours, saved["state_dict"], UPSTREAM, CLIP_FIXTURE, "CT-CLIP's zero-shot model")
+    assert counts["loaded"] == len(ours.state_dict())
+    with torch.no_grad():
+        image = F.normalize(ours.eval().encode_image(saved["volume"]), dim=-1)
+        text = F.normalize(ours.encode_text(saved["input_ids"], saved["attention_mask"]), dim=-1)
+    torch.testing.assert_close(image, saved["image_latents"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(text, saved["text_latents"], rtol=0, atol=1e-5)
+    assert torch.equal(ours.temperature, saved["state_dict"]["temperature"])
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda s: s.update({"to_text_latent.weights": s.pop("to_text_latent.weight")}), "'to_text_latent.weights'"),
+    (lambda s: s.update({"to_visual_latent.weight": s["to_visual_latent.weight"][:, :256]}),
+     "'to_visual_latent.weight' has shape [16, 256]"),
+    (lambda s: s.pop("temperature"), "first 'temperature'"),
+])
+def test_a_release_with_one_tensor_renamed_reshaped_or_missing_is_refused_by_name(change, named):
+    saved = _upstream_clip()
+    change(saved["state_dict"])
+    with pytest.raises(CheckpointError, match=re.escape(named)) as refused:
+        load_published(_ours_for(saved), saved["state_dict"], UPSTREAM, CLIP_FIXTURE, "CT-CLIP's zero-shot model")
+    assert "\n" not in str(refused.value)
