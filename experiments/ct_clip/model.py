@@ -13,19 +13,21 @@ from medrepro.errors import ConfigError
 from medrepro.published import KeyMap
 
 # Upstream's state-dict names → ours. Dropped: upstream tensors with no counterpart: always-zero LayerNorm
-# betas, empty null key/values, context norms of a cross-attention never built, and the parts CT-CLIP never
-# runs (VQ codebook, first-frame patch embedding, pixel decoders, the unused extra latent projections,
-# BERT's pooler).
+# betas, empty null key/values, context norms of a cross-attention never built, the VQ's training state
+# (EMA cluster sizes and sums, the initialised flag), the parts CT-CLIP never runs (first-frame patch
+# embedding, pixel decoders, the unused extra latent projections, BERT's pooler) and the position-id
+# buffer older transformers saved (0, 1, 2, ...: no learned value).
 UPSTREAM = KeyMap(
     renames=(
         (r"^\.visual_transformer\.", ".visual."), (r"^\.text_transformer\.", ".text."),
         (r"\.to_patch_emb\.([123])\.", lambda m: f".to_patch_emb.{int(m.group(1)) - 1}."),
         (r"\.layers\.(\d+)\.0\.", r".layers.\1.peg."), (r"\.layers\.(\d+)\.1\.", r".layers.\1.attn."),
         (r"\.layers\.(\d+)\.3\.4\.", r".layers.\1.ff.3."), (r"\.layers\.(\d+)\.3\.", r".layers.\1.ff."),
-        (r"\.gamma$", ".weight"),
+        (r"\.gamma$", ".weight"), (r"\.vq\._codebook\.embed$", ".vq.embed"),
     ),
-    dropped=r"\.beta$|\.null_kv$|\.context_norm\.|(^|\.)vq\.|to_patch_emb_first_frame|to_pixels|_latent_extra\.|"
-            r"^text_transformer\.pooler\.",
+    dropped=r"\.beta$|\.null_kv$|\.context_norm\.|(^|\.)vq\._codebook\.(initted|cluster_size|embed_avg)$|"
+            r"to_patch_emb_first_frame|to_pixels|_latent_extra\.|^text_transformer\.pooler\.|"
+            r"^text_transformer\.embeddings\.position_ids$",
 )
 
 

@@ -17,8 +17,11 @@ Logits are exp(temperature) × cosine, with the temperature a parameter starting
 `init_temperature`.
 
 Upstream quantises the tokens with a VQ codebook before this (CTViT comes from a video generation
-model, where the codes are the target); CT-CLIP never uses the codes or the commitment loss, so the
-quantiser is left out here (experiments/ct_clip/README.md, Deviations).
+model, where the codes are the target): `CTViT.forward(return_encoded_tokens=True)` returns the tokens
+after `VectorQuantize`, so the released CT-CLIP's image features are codebook entries. Training here
+leaves the quantiser out (experiments/ct_clip/README.md, Deviations); a config with `codebook_size`
+applies a released codebook at inference, which the released weights need to compute what they
+computed upstream.
 """
 
 from dataclasses import dataclass
@@ -47,6 +50,8 @@ class CTClipConfig(PreTrainedConfig):
     temporal_depth: int = 4
     heads: int = 8
     dim_head: int = 32
+    # Upstream's VQ codebook (8,192 entries in the released model), applied at inference: 0 leaves it out.
+    codebook_size: int = 0
     # The joint embedding, and the learnable temperature t (logits = exp(t) · cosine).
     latent: int = 512
     init_temperature: float = 1.0
@@ -201,6 +206,8 @@ class CTViT(nn.Module):
                                           nn.LayerNorm(cfg.dim))
         self.enc_spatial_transformer = Transformer(cfg.dim, cfg.spatial_depth, cfg.heads, cfg.dim_head)
         self.enc_temporal_transformer = Transformer(cfg.dim, cfg.temporal_depth, cfg.heads, cfg.dim_head)
+        codebook_size = getattr(cfg, "codebook_size", 0)
+        self.vq = CosineCodebook(codebook_size, cfg.dim) if codebook_size else None
 
     def grid(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         return token_grid(self.temporal_patch, self.patch, shape)
@@ -216,7 +223,25 @@ class CTViT(nn.Module):
         bias = self.spatial_rel_pos_bias(h, w)
         x = self.enc_spatial_transformer(x.reshape(b * t, h * w, -1), grid, bias).reshape(b, t, h, w, -1)
         x = self.enc_temporal_transformer(x.permute(0, 2, 3, 1, 4).reshape(b * h * w, t, -1), grid)
-        return x.reshape(b, h, w, t, -1).permute(0, 3, 1, 2, 4)
+        x = x.reshape(b, h, w, t, -1).permute(0, 3, 1, 2, 4)
+        return self.vq(x) if self.vq is not None else x
+
+
+class CosineCodebook(nn.Module):
+    """Upstream's quantiser at inference (vector-quantize-pytorch 1.8.1's VectorQuantize with
+    use_cosine_sim, one head): each token becomes the codebook entry with the highest dot product, the
+    entries being unit vectors (a cosine ranking). `embed` keeps upstream's layout, (1, entries, dim)."""
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        self.register_buffer("embed", torch.zeros(1, size, dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            # Upstream trains through it straight-through with EMA updates of the codebook; not built here.
+            raise RuntimeError("the VQ codebook is for evaluating released weights; training here leaves it out")
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        return self.embed[0][(flat @ self.embed[0].T).argmax(dim=-1)].reshape(tokens.shape)
 
 
 @dataclass

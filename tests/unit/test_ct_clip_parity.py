@@ -9,6 +9,7 @@ upstream's encoder tokens for it (`encode(to_patch_emb(video))`, before the VQ C
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,19 +25,23 @@ from medrepro.published import load_published
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_clip" / "upstream_ctvit.pt"
 
 
-def _upstream() -> tuple[dict, CTViT]:
+def _upstream(codebook_size: int = 0) -> tuple[dict, CTViT]:
+    """The fixture and our CTViT of its size, with a VQ codebook of `codebook_size` entries (the fixture's
+    tokens are upstream's before its VQ; its shapes include the VQ's, 16 entries)."""
     saved = torch.load(FIXTURE, weights_only=True)
-    return saved, CTViT(ModelConfig(**saved["config"], latent=8))
+    return saved, CTViT(SimpleNamespace(**vars(ModelConfig(**saved["config"], latent=8)), codebook_size=codebook_size))
 
 
 def test_every_upstream_tensor_is_ours_or_named_as_unused_and_shapes_agree():
-    saved, ours = _upstream()
+    saved, ours = _upstream(codebook_size=16)
     mapped = {UPSTREAM.ours(k): shape for k, shape in saved["shapes"].items() if UPSTREAM.ours(k) is not None}
     unused = sorted(k for k in saved["shapes"] if UPSTREAM.ours(k) is None)
     assert mapped == {k: list(v.shape) for k, v in ours.state_dict().items()}
     # Only what CT-CLIP never computes with, and nothing that holds a value.
     assert {k.split(".")[0] for k in unused} == {"vq", "to_patch_emb_first_frame", "to_pixels", "to_pixels_first_frame",
                                                  "enc_spatial_transformer", "enc_temporal_transformer"}
+    assert {k for k in unused if k.startswith("vq.")} == {f"vq._codebook.{n}" for n in ("initted", "cluster_size",
+                                                                                       "embed_avg")}
     for key in unused:
         if key.endswith((".beta", ".null_kv")):
             assert not saved["state_dict"][key].any(), key
@@ -62,12 +67,14 @@ def _upstream_clip() -> dict:
 
 
 def _ours_for(saved: dict) -> CTClipModel:
+    """Our model of the fixture's size, with upstream's VQ codebook at inference as the release needs."""
     ctvit = saved["ctvit"]
     cfg = ModelConfig(dim=ctvit["dim"], patch=ctvit["patch_size"], temporal_patch=ctvit["temporal_patch_size"],
                       spatial_depth=ctvit["spatial_depth"], temporal_depth=ctvit["temporal_depth"],
                       dim_head=ctvit["dim_head"], heads=ctvit["heads"], latent=saved["latent"])
-    shape = tuple(saved["volume"].shape[2:])
-    return CTClipModel(clip_config(cfg, shape, BertConfig(**saved["text_config"])))
+    config = clip_config(cfg, tuple(saved["volume"].shape[2:]), BertConfig(**saved["text_config"]))
+    config.codebook_size = ctvit["codebook_size"]
+    return CTClipModel(config)
 
 
 def test_the_whole_upstream_ctclip_loads_strictly_and_gives_upstreams_latents():
