@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
 from experiments.ct_clip import zeroshot
@@ -12,6 +13,7 @@ from experiments.ct_clip.config import SELECTION_FILE, CtClipConfig
 from experiments.ct_clip.ctrate import LABELS, patient_of
 from experiments.ct_clip.data import ShardDataset
 from experiments.ct_clip.model import build_model
+from experiments.ct_clip.published import TEXT_TOWER, load_release
 from medrepro import atomic, plots
 from medrepro.config_sections import encoder_path
 from medrepro.device import default_device
@@ -109,22 +111,40 @@ def evaluate(cfg: CtClipConfig, variant: str, run: RunDir, out_dir: Path, which:
     selection = selection_of(run, [key for _, key, _ in dataset.items])
     model, tokenizer = build_model(cfg.model, tuple(cfg.data.shape), encoder_path(cfg.encoders, variant))
     saved = run.load_into(model, which, variant)
+    info = {"encoder": encoder_path(cfg.encoders, variant), "checkpoint": str(run.checkpoint_path(which)),
+            "step": saved["train_state"]["step"],
+            "selection": f"{len(selection['patients'])} training patients ({len(selection['volumes'])} volumes) "
+                         "held out from training, none evaluated"}
+    return zero_shot(cfg, model, tokenizer, dataset, variant, out_dir, info)
+
+
+def evaluate_published(cfg: CtClipConfig, weights: Path, out_dir: Path) -> Evaluation:
+    """The authors' released model (`published.load_release`) through the same zero-shot evaluation."""
+    model, tokenizer = load_release(cfg, weights)
+    dataset = ShardDataset(Path(cfg.paths.shards) / "valid" / "manifest.json")
+    info = {"encoder": encoder_path(cfg.encoders, TEXT_TOWER), "checkpoint": str(weights),
+            "selection": "none here: the released model was trained and chosen upstream, on CT-RATE's training "
+                         "split; evaluate it on volumes outside that split"}
+    return zero_shot(cfg, model, tokenizer, dataset, "published", out_dir, info)
+
+
+def zero_shot(cfg: CtClipConfig, model: torch.nn.Module, tokenizer, dataset: ShardDataset, name: str,
+              out_dir: Path, info: dict) -> Evaluation:
+    """The zero-shot evaluation of `model` on `dataset`: metrics, plots and predictions; `info` is added to
+    what every evaluation records."""
     model.to(default_device())
     pred = zeroshot.predict(model, tokenizer, dataset, cfg.eval.batch_size, cfg.model.context_length)
     result = zeroshot.summarize(pred, cfg.eval.bootstrap, cfg.eval.alpha, cfg.seed)
     result["temperature"] = float(model.temperature.detach())
-    plots.save_figure(auroc_figure(result, f"ct_clip {variant}: zero-shot AUROC per abnormality"),
+    plots.save_figure(auroc_figure(result, f"ct_clip {name}: zero-shot AUROC per abnormality"),
                       out_dir / "plots" / "auroc_per_label.png")
-    plots.save_figure(roc_grid_figure(pred, result, f"ct_clip {variant}: zero-shot ROC curves"),
+    plots.save_figure(roc_grid_figure(pred, result, f"ct_clip {name}: zero-shot ROC curves"),
                       out_dir / "plots" / "roc_curves.png")
     atomic.write_json(out_dir / "predictions.json", {
         "labels": list(LABELS), "volumes": pred.volumes,
         "y_true": pred.y_true.tolist(), "y_score": np.round(pred.y_score, 6).tolist(),
     })
-    info = {"data": cfg.data.source, "release": cfg.data.release, "encoder": encoder_path(cfg.encoders, variant),
-            "checkpoint": str(run.checkpoint_path(which)), "step": saved["train_state"]["step"],
+    info = {"data": cfg.data.source, "release": cfg.data.release, **info,
             "protocol": "zero-shot, 18 labels, prompt pair softmax, upstream's threshold, bootstrap over patients",
-            "bootstrap": cfg.eval.bootstrap, "report_fields": list(cfg.data.report_fields),
-            "selection": f"{len(selection['patients'])} training patients ({len(selection['volumes'])} volumes) "
-                         "held out from training, none evaluated"}
+            "bootstrap": cfg.eval.bootstrap, "report_fields": list(cfg.data.report_fields)}
     return Evaluation({short: result[name] for short, name in HEADLINE.items()}, result, info)

@@ -27,6 +27,7 @@ EXPERIMENT = Experiment(
     ),
     train="experiments.ct_clip.train:train",
     evaluate="experiments.ct_clip.evaluate:evaluate",
+    evaluate_published="experiments.ct_clip.evaluate:evaluate_published",
     bench="experiments.ct_clip.bench:bench",
     dryrun="experiments.ct_clip.dryrun",
     val_metric="auroc_macro",

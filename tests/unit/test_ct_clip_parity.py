@@ -104,3 +104,42 @@ def test_a_release_with_one_tensor_renamed_reshaped_or_missing_is_refused_by_nam
     with pytest.raises(CheckpointError, match=re.escape(named)) as refused:
         load_published(_ours_for(saved), saved["state_dict"], UPSTREAM, CLIP_FIXTURE, "CT-CLIP's zero-shot model")
     assert "\n" not in str(refused.value)
+
+
+def test_load_release_builds_the_released_architecture_from_the_config_and_the_file(tmp_path):
+    """`evaluate --weights`' loader: the CTViT from the config, the text tower's config and tokenizer from
+    `encoders.cxr_bert.path`, the vocabulary and codebook sizes from the file; upstream's latents come back.
+    A file without the codebook (not CT-CLIP's release) is one line."""
+    from experiments.ct_clip.config import CtClipConfig
+    from experiments.ct_clip.published import load_release
+    from medrepro import config
+    from medrepro.config_sections import TinyBertConfig
+    from medrepro.tiny import save_bert
+
+    saved = _upstream_clip()
+    text = saved["text_config"]
+    # A local text tower of the release's shape (its weights are replaced by the release's).
+    encoder = save_bert(tmp_path / "cxr-bert", ["no effusion", "mild emphysema"], TinyBertConfig(
+        hidden_size=text["hidden_size"], layers=text["num_hidden_layers"], heads=text["num_attention_heads"],
+        intermediate_size=text["intermediate_size"], vocab_size=text["vocab_size"],
+        max_position=text["max_position_embeddings"], dropout=0.0), fill_vocab=True)
+    ctvit = saved["ctvit"]
+    cfg = config.load_config(CtClipConfig, Path("experiments/ct_clip/configs/smoke.yaml").resolve(), [
+        f"model.dim={ctvit['dim']}", f"model.patch={ctvit['patch_size']}",
+        f"model.temporal_patch={ctvit['temporal_patch_size']}", f"model.spatial_depth={ctvit['spatial_depth']}",
+        f"model.temporal_depth={ctvit['temporal_depth']}", f"model.heads={ctvit['heads']}",
+        f"model.dim_head={ctvit['dim_head']}", f"model.latent={saved['latent']}",
+        f"data.shape=[{','.join(str(n) for n in saved['volume'].shape[2:])}]", f"encoders.cxr_bert.path={encoder}"])
+    release = tmp_path / "CT-CLIP_v2.pt"
+    torch.save(saved["state_dict"], release)
+    model, tokenizer = load_release(cfg, release)
+    assert len(tokenizer) == text["vocab_size"] and not model.training
+    with torch.no_grad():
+        image = F.normalize(model.encode_image(saved["volume"]), dim=-1)
+        text = F.normalize(model.encode_text(saved["input_ids"], saved["attention_mask"]), dim=-1)
+    torch.testing.assert_close(image, saved["image_latents"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(text, saved["text_latents"], rtol=0, atol=1e-5)
+
+    torch.save({k: v for k, v in saved["state_dict"].items() if ".vq." not in k}, release)
+    with pytest.raises(CheckpointError, match=re.escape("no 'visual_transformer.vq._codebook.embed'")):
+        load_release(cfg, release)
