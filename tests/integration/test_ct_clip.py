@@ -132,3 +132,44 @@ def test_check_shards_names_the_damaged_shard_and_sample(workdir, tmp_path):
     assert proc.returncode == 2
     assert "valid-000000.tar is truncated or corrupt after sample valid_" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_released_weights_evaluate_into_a_published_row_and_a_renamed_tensor_is_refused(workdir, reference_run,
+                                                                                       tmp_path):
+    """`evaluate --weights` on a release in upstream's layout: the reference run's weights under upstream's names
+    (read backwards through `model.UPSTREAM` from the names of the upstream fixture, whose model has the same
+    module tree), plus a VQ codebook of unit vectors and one tensor upstream carries that we drop (BERT's
+    pooler). It goes through the trained runs' zero-shot evaluation into results/ct_clip/published, labelled,
+    and `medrepro report` shows it as a `published` row. The same file with one tensor renamed: one line naming
+    it, exit 2, no results."""
+    from torch.nn import functional as F
+
+    from experiments.ct_clip.model import UPSTREAM
+
+    fixture = torch.load(Path(__file__).parents[1] / "fixtures" / "ct_clip" / "upstream_ctclip.pt", weights_only=True)
+    upstream_name = {UPSTREAM.ours(k): k for k in fixture["shapes"] if UPSTREAM.ours(k) is not None}
+    ours = final_weights(reference_run)
+    release = {upstream_name[k]: v for k, v in ours.items()}
+    dim = ours["visual.to_patch_emb.1.weight"].shape[0]
+    release["visual_transformer.vq._codebook.embed"] = F.normalize(torch.randn(1, 16, dim), dim=-1)
+    hidden = ours["to_text_latent.weight"].shape[1]
+    release["text_transformer.pooler.dense.weight"] = torch.zeros(hidden, hidden)
+    weights = tmp_path / "CT-CLIP_v2.pt"
+    torch.save(release, weights)
+    results = tmp_path / "results"
+    out = results / "ct_clip" / "published"
+    medrepro(["ct_clip", "evaluate", "--weights", str(weights), "--out", str(out), *DATA], workdir)
+    info = json.loads((out / "info.json").read_text())
+    assert info["weights"] == "published" and info["checkpoint"] == str(weights)
+    details = json.loads((out / "details.json").read_text())
+    assert 0 <= details["auroc_macro_ci_low"] <= details["auroc_macro"] <= details["auroc_macro_ci_high"] <= 1
+    medrepro(["report", "--results", str(results)], workdir)
+    assert any(line.startswith("| published |") for line in (results / "RESULTS.md").read_text().splitlines())
+
+    release["to_text_latent.weights"] = release.pop("to_text_latent.weight")
+    torch.save(release, weights)
+    refused = medrepro(["ct_clip", "evaluate", "--weights", str(weights), "--out", str(tmp_path / "refused"), *DATA],
+                       workdir, check=False)
+    assert refused.returncode == 2 and "'to_text_latent.weights'" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert not (tmp_path / "refused").exists()
