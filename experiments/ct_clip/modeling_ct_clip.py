@@ -228,9 +228,11 @@ class CTViT(nn.Module):
 
 
 class CosineCodebook(nn.Module):
-    """Upstream's quantiser at inference (vector-quantize-pytorch 1.8.1's VectorQuantize with
-    use_cosine_sim, one head): each token becomes the codebook entry with the highest dot product, the
-    entries being unit vectors (a cosine ranking). `embed` keeps upstream's layout, (1, entries, dim)."""
+    """Upstream's quantiser at inference (vector-quantize-pytorch's VectorQuantize with use_cosine_sim, one
+    head): each token becomes the codebook row of highest cosine similarity, the row as stored. Upstream
+    pins version 1.1.2, whose training update leaves rows shorter than unit length (1.8.1 keeps them unit),
+    so the ranking normalises the rows and the output does not. In float32, as upstream's codebook runs.
+    `embed` keeps upstream's layout, (1, entries, dim)."""
 
     def __init__(self, size: int, dim: int):
         super().__init__()
@@ -240,8 +242,9 @@ class CosineCodebook(nn.Module):
         if self.training:
             # Upstream trains through it straight-through with EMA updates of the codebook; not built here.
             raise RuntimeError("the VQ codebook is for evaluating released weights; training here leaves it out")
-        flat = tokens.reshape(-1, tokens.shape[-1])
-        return self.embed[0][(flat @ self.embed[0].T).argmax(dim=-1)].reshape(tokens.shape)
+        flat = tokens.reshape(-1, tokens.shape[-1]).float()
+        codes = (flat @ F.normalize(self.embed[0].float(), dim=-1).T).argmax(dim=-1)
+        return self.embed[0][codes].reshape(tokens.shape).to(tokens.dtype)
 
 
 @dataclass

@@ -143,3 +143,14 @@ def test_load_release_builds_the_released_architecture_from_the_config_and_the_f
     torch.save({k: v for k, v in saved["state_dict"].items() if ".vq." not in k}, release)
     with pytest.raises(CheckpointError, match=re.escape("no 'visual_transformer.vq._codebook.embed'")):
         load_release(cfg, release)
+
+
+def test_the_codebook_ranks_by_cosine_and_returns_the_rows_as_stored():
+    """vector-quantize-pytorch 1.1.2 (upstream's pin) leaves codebook rows shorter than unit length: the code is
+    the row of highest cosine, which a raw dot product would miss when a long row points further away."""
+    from experiments.ct_clip.modeling_ct_clip import CosineCodebook
+
+    codebook = CosineCodebook(2, 2).eval()
+    codebook.embed.copy_(torch.tensor([[[0.1, 0.0], [3.0, 3.0]]]))  # a short row along x, a long one at 45°
+    token = torch.tensor([[1.0, 0.2]])  # closer in angle to x; its dot product is larger with the long row
+    assert torch.equal(codebook(token), torch.tensor([[0.1, 0.0]]))
