@@ -88,11 +88,11 @@ def pretrain_loss(plos_weights: tuple[float, float]) -> Callable:
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, plos = model(batch)
         labels = batch["labels"].flatten()
-        mlm = F.cross_entropy(logits.flatten(0, 1), labels, ignore_index=IGNORE)
-        extras = {"mlm_loss": mlm.detach()}
         known = batch["plos"] != IGNORE
         weight = torch.tensor(plos_weights, dtype=torch.float32, device=logits.device)
         if not distributed():
+            mlm = F.cross_entropy(logits.flatten(0, 1), labels, ignore_index=IGNORE)
+            extras = {"mlm_loss": mlm.detach()}
             if plos is None or not known.any():
                 return mlm, extras
             plos_loss = F.cross_entropy(plos, batch["plos"], weight=weight, ignore_index=IGNORE)
@@ -100,8 +100,10 @@ def pretrain_loss(plos_weights: tuple[float, float]) -> Callable:
             return mlm + plos_loss, extras
         # Sums over the global counts (in one process, sum/count differs from the mean in the last bits,
         # hence two branches).
+        masked = (labels != IGNORE).sum()
         mlm_sum = F.cross_entropy(logits.flatten(0, 1), labels, ignore_index=IGNORE, reduction="sum")
-        loss = global_mean(mlm_sum, (labels != IGNORE).sum())
+        extras = {"mlm_loss": (mlm_sum / masked).detach()}
+        loss = global_mean(mlm_sum, masked)
         if plos is not None:
             # Every process adds the term, one without a known stay too (zero), so DDP sees the head used.
             plos_sum = F.cross_entropy(plos, batch["plos"], weight=weight, ignore_index=IGNORE, reduction="sum")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,6 +147,20 @@ BIOMEDICA_DATA = ["data.synthetic.train_shards=4", "data.synthetic.samples_per_s
                   "data.synthetic.heldout_samples=64"]
 BIOMEDICA_TRAIN = [*BIOMEDICA_DATA, "train.epochs=2", "train.batch_size=32", "train.warmup=2",
                    "train.tensorboard=false"]
+
+
+def open_clip_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of an open_clip_train checkpoint (epoch_N.pt)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def whole_zip(path: Path) -> bool:
+    """Whether `path` is a completely written zip (torch.save's format): a checkpoint still being written is not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 @pytest.fixture(scope="session")

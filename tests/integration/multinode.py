@@ -30,6 +30,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill_tree(pid: int) -> float:
+    """SIGKILL a launcher agent and every process below it, as a lost machine; when, in time.monotonic().
+
+    Its process group is not enough: torchrun starts each worker in a session of its own."""
+    tree = [psutil.Process(pid)]
+    tree += tree[0].children(recursive=True)
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a worker that ended meanwhile
+            proc.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    psutil.wait_procs(tree)
+    return killed
+
+
 def loopback_env() -> dict[str, str]:
     """The environment of both agents: gloo and the workers' rank-0 address on the loopback interface.
 
@@ -108,17 +122,8 @@ class TwoNodes:
         return self.procs[node].poll() is None
 
     def kill(self, node: int) -> float:
-        """SIGKILL node `node`'s agent and its workers, as a lost machine; when, in time.monotonic().
-
-        Its process group is not enough: torchrun starts each worker in a session of its own."""
-        tree = [psutil.Process(self.procs[node].pid)]
-        tree += tree[0].children(recursive=True)
-        for proc in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):  # a worker that ended meanwhile
-                proc.send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        psutil.wait_procs(tree)
-        return killed
+        """SIGKILL node `node`'s agent and its workers, as a lost machine; when, in time.monotonic()."""
+        return kill_tree(self.procs[node].pid)
 
     def kill_all(self) -> None:
         for node, proc in enumerate(self.procs):

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,25 +18,21 @@ import torch
 
 from experiments.biomedica_clip.config import checkpoint_path
 from experiments.biomedica_clip.synthetic import HELDOUT_CLASSES
-from tests.integration.conftest import BIOMEDICA_DATA, BIOMEDICA_TRAIN, REPO, medrepro, process_env
+from tests.integration.conftest import (
+    BIOMEDICA_DATA,
+    BIOMEDICA_TRAIN,
+    REPO,
+    medrepro,
+    open_clip_weights,
+    process_env,
+    whole_zip,
+)
 
 pytestmark = pytest.mark.integration
 
 # 4 shards of 32 samples: 4 optimizer steps of 32 per epoch; a held-out shard of 64.
 DATA = BIOMEDICA_DATA
 TRAIN = BIOMEDICA_TRAIN
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def whole_zip(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.testzip() is None
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def kill_group_when(args: list[str], cwd: Path, marker: Path, timeout_s: float = 600) -> None:
@@ -98,7 +93,7 @@ def test_run_layout_records_the_arguments_and_completes(reference):
 def test_same_seed_in_a_fresh_process_gives_the_same_weights(workdir, reference):
     run = workdir / "runs" / "again"
     medrepro(["biomedica_clip", "train", "--out", str(run), *TRAIN], workdir)
-    a, b = weights(checkpoint_path(reference, 2)), weights(checkpoint_path(run, 2))
+    a, b = open_clip_weights(checkpoint_path(reference, 2)), open_clip_weights(checkpoint_path(run, 2))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -114,7 +109,8 @@ def test_killed_run_continues_from_its_checkpoint_epoch_and_finishes(workdir, re
     assert (run / "complete.json").is_file()
     # open_clip_train restores model, optimizer and scaler, not the RNG; open_clip_compat seeds each epoch
     # from (seed, rank, epoch), so the redone epoch draws what the uninterrupted run's epoch 1 drew.
-    resumed, uninterrupted = weights(checkpoint_path(run, 2)), weights(checkpoint_path(reference, 2))
+    resumed = open_clip_weights(checkpoint_path(run, 2))
+    uninterrupted = open_clip_weights(checkpoint_path(reference, 2))
     assert resumed.keys() == uninterrupted.keys()
     assert [k for k in uninterrupted if not torch.equal(resumed[k], uninterrupted[k])] == []
 
@@ -129,7 +125,7 @@ def test_shards_with_loader_workers_train_the_same_bits_in_a_fresh_process_and_a
     medrepro(["biomedica_clip", "train", "--out", str(killed), "--resume", "latest", *args], workdir)
     assert "epoch_1.pt' (epoch 1)" in (killed / "logs" / "open_clip" / "out.log").read_text()
     for epoch in (1, 2):  # epoch 1: another process, same seed; epoch 2: resumed after the kill
-        a, b = weights(checkpoint_path(whole, epoch)), weights(checkpoint_path(killed, epoch))
+        a, b = open_clip_weights(checkpoint_path(whole, epoch)), open_clip_weights(checkpoint_path(killed, epoch))
         assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
@@ -217,7 +213,7 @@ def test_released_weights_evaluate_into_a_published_row_and_a_renamed_tensor_is_
 
     from medrepro.repro import sha256_file
 
-    tensors = weights(checkpoint_path(reference, 2))
+    tensors = open_clip_weights(checkpoint_path(reference, 2))
     release = tmp_path / "release"
     release.mkdir()
     save_file({k: v.contiguous() for k, v in tensors.items()}, release / "open_clip_model.safetensors")

@@ -10,12 +10,9 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +20,8 @@ import pytest
 import torch
 
 from experiments.biomedica_clip.config import checkpoint_path
-from tests.integration.conftest import BIOMEDICA_TRAIN, REPO, medrepro, process_env
+from tests.integration import multinode
+from tests.integration.conftest import BIOMEDICA_TRAIN, REPO, medrepro, open_clip_weights, process_env, whole_zip
 
 pytestmark = pytest.mark.integration
 
@@ -45,21 +43,11 @@ _PROCESS = re.compile(r"Running in distributed mode .*Process \(global: (\d+), l
 _OPENED = re.compile(r"^GOPEN (\S+)", re.MULTILINE)  # webdataset's GOPEN_VERBOSE: each file it opens
 
 
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-
-
 def same_bits(a: Path, b: Path) -> list[str]:
     """The tensors that differ between two checkpoints (none when they are equal bit for bit)."""
-    x, y = weights(a), weights(b)
+    x, y = open_clip_weights(a), open_clip_weights(b)
     assert x.keys() == y.keys()
     return [k for k in x if not torch.equal(x[k], y[k])]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:
@@ -70,18 +58,6 @@ def listening(port: int) -> bool:
             if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
                 return True
     return False
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 class Node:
@@ -123,15 +99,13 @@ class Node:
         session of its own (killing the agent's group alone leaves the worker training)."""
         if self.proc.poll() is not None:
             return
-        for worker in children(self.proc.pid):
-            os.killpg(worker, signal.SIGKILL)
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        multinode.kill_tree(self.proc.pid)
         self.proc.wait()
 
 
 def start_two_nodes(dirs: tuple[Path, Path], pins: dict[str, str], tag: str, *extra: str) -> tuple[Node, Node]:
     """Node 0 first, so that it hosts the rendezvous as $HEAD does (on loopback both agents could)."""
-    port = free_port()
+    port = multinode.free_port()
     job = f"biomedica-{tag}-{port}"
     first = Node(dirs[0], dirs[0].parent / f"{tag}-node0.log", port, job, pins, *extra)
     deadline = time.monotonic() + 120
@@ -140,14 +114,6 @@ def start_two_nodes(dirs: tuple[Path, Path], pins: dict[str, str], tag: str, *ex
         assert time.monotonic() < deadline, f"node 0's rendezvous never listened on 127.0.0.1:{port}"
         time.sleep(0.05)
     return first, Node(dirs[1], dirs[1].parent / f"{tag}-node1.log", port, job, pins, *extra)
-
-
-def whole_zip(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.testzip() is None
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 @pytest.fixture(scope="module")
