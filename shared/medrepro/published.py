@@ -91,7 +91,8 @@ def _load(path: Path, what: str) -> object:
         first = str(e).strip().splitlines()[-1][:160] if str(e).strip() else "an object it may not rebuild"
         raise CheckpointError(f"{path}: the pickle needs code to load ({first}); only plain tensors are read "
                               f"(weights_only), expected {what} as a state dict or safetensors") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+    # A file cut inside its tensor data fails torch's read at an offset past the end: OSError.
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: not a readable torch file ({str(e).splitlines()[0][:160]}); cut short? "
                               f"expected {what}") from None
 

@@ -90,11 +90,22 @@ def test_evaluate_weights_missing_file_is_one_line_and_writes_nothing(capsys, tm
 
 def test_evaluate_needs_a_variant_or_weights_and_weights_only_where_an_experiment_loads_them(capsys, tmp_path,
                                                                                             monkeypatch):
+    import dataclasses
+
+    from medrepro.suite import registry
+    from medrepro.suite.commands import build_parser
+
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as usage:
         main(["retclip", "evaluate"])
     assert usage.value.code == 2 and "--variant" in capsys.readouterr().err
-    # retclip declares no loader of released weights (yet): the option does not exist.
+    # Every experiment of the suite loads its authors' released weights.
+    for experiment in registry.all_experiments():
+        assert experiment.evaluate_published, experiment.name
+        args = build_parser(experiment).parse_args(["evaluate", "--weights", "release"])
+        assert str(args.weights) == "release"
+    # An experiment declaring no loader has no such option.
+    without = dataclasses.replace(registry.get("retclip"), evaluate_published="")
     with pytest.raises(SystemExit) as usage:
-        main(["retclip", "evaluate", "--variant", "pubmedbert", "--weights", "x"])
+        build_parser(without).parse_args(["evaluate", "--variant", "pubmedbert", "--weights", "x"])
     assert usage.value.code == 2 and "unrecognized arguments: --weights" in capsys.readouterr().err

@@ -88,12 +88,16 @@ def test_unreadable_sources_are_one_line_each(tmp_path):
     tensors = release()
     torch.save(tensors, tmp_path / "whole.pt")
     (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:300])
+    # Cut inside the tensor data instead of before the archive's index: torch fails with an OSError.
+    torch.save({"w": torch.zeros(4000)}, tmp_path / "large.pt")
+    (tmp_path / "cut_late.pt").write_bytes((tmp_path / "large.pt").read_bytes()[:-100])
     save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_path / "whole.safetensors")
     (tmp_path / "cut.safetensors").write_bytes((tmp_path / "whole.safetensors").read_bytes()[:100])
     torch.save({"model": Payload()}, tmp_path / "code.pt")
     torch.save({"state_dict": tensors, "epoch": 3}, tmp_path / "nested.pt")
     (tmp_path / "empty").mkdir()
     cases = [(tmp_path / "missing.pt", "no such file"), (tmp_path / "cut.pt", "not a readable torch file"),
+             (tmp_path / "cut_late.pt", "not a readable torch file"),
              (tmp_path / "cut.safetensors", "not a readable safetensors file"),
              (tmp_path / "code.pt", "the pickle needs code to load"),
              (tmp_path / "nested.pt", "entries that are not tensors (epoch, state_dict)"),

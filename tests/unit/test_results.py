@@ -93,3 +93,8 @@ def test_published_weights_get_their_own_row_beside_the_trained_variants(tmp_pat
     info = json.loads((results / PUBLISHED / "info.json").read_text())
     (results / PUBLISHED / "info.json").write_text(json.dumps({**info, "weights": "trained"}))
     assert "| published | incomplete run, not reported |" in experiment_section("x", ["a"], results, reference)
+
+    # A column only the released model's evaluation fills appears with its row, and not without it.
+    reference["columns"].append({"metric": "released_only", "label": "Released only", "published": True})
+    assert "| Released only |" in experiment_section("x", ["a"], results, reference)
+    assert "Released only" not in experiment_section("x", ["a"], tmp_path / "no-published", reference)

@@ -144,7 +144,8 @@ def _command(experiment: Experiment, name: str) -> Command:
 def _preflight(experiment: Experiment, cfg: object, args: argparse.Namespace) -> None:
     """Before torch loads: every output writable and not a file where a directory goes, a run directory
     not in use, a run to evaluate finished, then every input present: a data stage's own, and for
-    training and evaluation every stage's output (as the DVC pipeline has it)."""
+    training and evaluation every stage's output (as the DVC pipeline has it; `evaluate --weights` those
+    the experiment names in `published_reads`, if it does)."""
     producers = {key: stage.name for stage in experiment.stages for key in stage.outs}
     reads: tuple[str, ...] = ()
     if args.command == "train":
@@ -157,7 +158,7 @@ def _preflight(experiment: Experiment, cfg: object, args: argparse.Namespace) ->
         if not args.weights.exists():
             raise DataError(f"{args.weights} (--weights) not found: the released model's file or directory; "
                             f"experiments/{experiment.name}/README.md says where to get it")
-        reads = tuple(producers)
+        reads = experiment.published_reads or tuple(producers)
     elif args.command == "evaluate":
         preflight.output_dir(args.out or Path(cfg.paths.results) / args.variant,
                              "--out" if args.out else "paths.results")

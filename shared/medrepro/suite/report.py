@@ -56,11 +56,13 @@ def _table(name: str, variants: Sequence[str], results_dir: Path,
            reference: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The experiment's Markdown table (one row per variant, and a `published` row when the released weights
     were evaluated) and the training-health warnings of its rows."""
-    columns = reference["columns"]
+    published = [PUBLISHED] if (results_dir / PUBLISHED / "details.json").is_file() else []
+    # A column marked `published: true` holds what only the released model's evaluation computes: shown with
+    # a `published` row, left out of a table of trained variants alone (it would be n/a in every row).
+    columns = [c for c in reference["columns"] if published or not c.get("published")]
     header = ["variant", "data", *(c["label"] for c in columns), "reference"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     warnings: list[str] = []
-    published = [PUBLISHED] if (results_dir / PUBLISHED / "details.json").is_file() else []
     for variant in [*variants, *published]:
         metrics_file = results_dir / variant / "details.json"
         ref = reference.get("reference", {}).get(variant, "")

@@ -84,6 +84,9 @@ class Experiment:
     dryrun: str = ""
     # "module:function" of `evaluate --weights` (above); without it the option does not exist.
     evaluate_published: str = ""
+    # The stage outputs (config keys) `evaluate --weights` reads, when not all of them: a released model
+    # needs none of the stages that exist to train one.
+    published_reads: tuple[str, ...] = ()
     # Commands outside the pipeline (e.g. `link`).
     commands: tuple[Command, ...] = field(default_factory=tuple)
 
