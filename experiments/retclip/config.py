@@ -89,7 +89,8 @@ class RetClipConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    # The prompt templates; empty means prompts.yaml beside this module.
+    # The prompt templates; empty means prompts.yaml beside this module (prompts_zh.yaml for the authors'
+    # released model, `evaluate --weights`, which was trained on Chinese reports).
     prompts: str = ""
 
     def __post_init__(self) -> None:

@@ -4,6 +4,7 @@ Eyes and patients are both evaluated (see zeroshot.py); details.json holds the e
 under their plain names and the patient-level ones under `patient/`. Each number is the mean over
 the training seeds, with its spread over seeds (`_sd`), its per-seed values (`/seed-<s>`) and a
 95 % interval that resamples patients (see seedstats.py), beside the baselines.
+`evaluate --weights` runs the same evaluation on the authors' released model (`evaluate_published`).
 """
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments.retclip import seedstats, zeroshot
+from experiments.retclip import published, seedstats, zeroshot
 from experiments.retclip.config import RetClipConfig, seed_run
 from experiments.retclip.data import EyeDataset, PatientDataset
 from experiments.retclip.model import build_model
@@ -21,7 +22,7 @@ from medrepro import atomic, metrics, plots
 from medrepro.config_sections import encoder_path
 from medrepro.device import default_device
 from medrepro.errors import DataError
-from medrepro.results import Evaluation
+from medrepro.results import PUBLISHED, Evaluation
 from medrepro.rundir import RunDir
 
 # metrics.json: the headline under the suite's short names (intervals are in details.json).
@@ -47,14 +48,7 @@ def evaluate(cfg: RetClipConfig, variant: str, run: RunDir, out_dir: Path, which
         preds["eye"].append(zeroshot.predict(*args))
         preds["patient"].append(zeroshot.predict_patients(*args))
     majority = majority_classes(lmdb / "train")
-    result: dict[str, float] = {}
-    for level in LEVELS:
-        if len(preds[level][0].y_true) == 0:
-            raise DataError(f"no single-label test {level} in {lmdb / 'test'}: nothing to evaluate; give the test "
-                            "split more patients (data.split)")
-        summary = seedstats.encoder_summary(preds[level], seeds, majority[level], cfg.eval.bootstrap,
-                                            cfg.eval.alpha, cfg.seed)
-        result.update(summary if level == "eye" else {f"patient/{k}": v for k, v in summary.items()})
+    result = level_summaries(cfg, preds, seeds, majority)
     result["n_seeds"] = float(len(seeds))
     result.update(scales)
     for head in ("patient", "left", "right"):
@@ -70,6 +64,48 @@ def evaluate(cfg: RetClipConfig, variant: str, run: RunDir, out_dir: Path, which
             "protocol": "single-label eyes and patients, zero-shot; mean over training seeds; "
                         "intervals resample patients"}
     return Evaluation({short: result[name] for short, name in HEADLINE.items()}, result, info)
+
+
+def evaluate_published(cfg: RetClipConfig, weights: Path, out_dir: Path) -> Evaluation:
+    """The authors' released model (`published.load_release`: its architecture, tokenizer and image transform)
+    through the same zero-shot evaluation, with Chinese prompts (`prompts`, default prompts_zh.yaml): the
+    release was trained on Chinese reports. One model, so no spread over seeds."""
+    model, tokenizer, transform = published.load_release(cfg, weights)
+    model.to(default_device())
+    prompts_file = Path(cfg.prompts) if cfg.prompts else published.PROMPTS
+    prompts = load_prompts(prompts_file)
+    lmdb = Path(cfg.paths.lmdb)
+    args = (model, tokenizer, transform, prompts, lmdb / "test", cfg.eval.batch_size)
+    preds = {"eye": [zeroshot.predict(*args)], "patient": [zeroshot.predict_patients(*args)]}
+    majority = majority_classes(lmdb / "train")
+    result = {k: v for k, v in level_summaries(cfg, preds, [0], majority).items()
+              if not (k.endswith("_sd") or "/seed-" in k)}
+    result.update({f"logit_scale/{h}": float(s.detach().exp()) for h, s in model.logit_scales.items()})
+
+    write_plots(preds["eye"], result, PUBLISHED, out_dir / "plots")
+    atomic.write_json(out_dir / "predictions.json", zeroshot.predictions_json(preds, [PUBLISHED]))
+    info = {"data": cfg.data.source, "encoder": encoder_path(cfg.encoders, published.TEXT_TOWER),
+            "checkpoint": str(weights), "prompts": {"file": str(prompts_file), "version": prompts.version},
+            "bootstrap": {"n_boot": cfg.eval.bootstrap, "alpha": cfg.eval.alpha, "seed": cfg.seed},
+            "majority_class": {level: CLASSES[c] for level, c in majority.items()},
+            "protocol": "single-label eyes and patients, zero-shot; the released model with upstream's tokenizer "
+                        "and image transform, Chinese prompts; intervals resample patients"}
+    return Evaluation({short: result[name] for short, name in HEADLINE.items()}, result, info)
+
+
+def level_summaries(cfg: RetClipConfig, preds: dict[str, list[zeroshot.Predictions]], seeds: list[int],
+                    majority: dict[str, int]) -> dict[str, float]:
+    """Every level's numbers over the seeds' predictions (seedstats.encoder_summary), the patients' under
+    `patient/`; a level without single-label test samples is one line."""
+    result: dict[str, float] = {}
+    for level in LEVELS:
+        if len(preds[level][0].y_true) == 0:
+            raise DataError(f"no single-label test {level} in {Path(cfg.paths.lmdb) / 'test'}: nothing to evaluate; "
+                            "give the test split more patients (data.split)")
+        summary = seedstats.encoder_summary(preds[level], seeds, majority[level], cfg.eval.bootstrap,
+                                            cfg.eval.alpha, cfg.seed)
+        result.update(summary if level == "eye" else {f"patient/{k}": v for k, v in summary.items()})
+    return result
 
 
 def majority_classes(train_split: Path) -> dict[str, int]:

@@ -34,6 +34,7 @@ EXPERIMENT = Experiment(
     ),
     train="experiments.retclip.train:train",
     evaluate="experiments.retclip.evaluate:evaluate",
+    evaluate_published="experiments.retclip.evaluate:evaluate_published",
     bench="experiments.retclip.bench:bench",
     dryrun="experiments.retclip.dryrun",
     val_metric="auroc_macro",

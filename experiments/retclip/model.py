@@ -20,8 +20,25 @@ from torch import nn
 from experiments.retclip.config import ModelConfig
 from medrepro.contrastive import gather_with_grad, in_batch_accuracy, symmetric_infonce
 from medrepro.errors import ConfigError
+from medrepro.published import KeyMap
 
 HEADS = ("patient", "left", "right")
+
+# The released RET-CLIP's names (upstream's CLIP in RET_CLIP/clip/model.py) → ours. The image tower has the
+# same names (OpenAI's ViT layout, as open_clip's). A state dict saved from upstream's DDP-wrapped model
+# carries `module.`. Dropped: BERT's pooler, which upstream's BertModel does not build and its loaders
+# filter out of a checkpoint ("bert.pooler" not in k), and which our text tower never computes with.
+UPSTREAM = KeyMap(
+    renames=(
+        (r"^\.module\.", "."), (r"^\.bert\.", ".text.transformer."),
+        (r"^\.global_feature_mapping\.", ".patient_proj."), (r"^\.left_feature_mapping\.", ".left_proj."),
+        (r"^\.right_feature_mapping\.", ".right_proj."), (r"^\.text_projection\.", ".text_heads.patient."),
+        (r"^\.text_projection_left\.", ".text_heads.left."), (r"^\.text_projection_right\.", ".text_heads.right."),
+        (r"^\.logit_scale$", ".logit_scales.patient"), (r"^\.logit_scale_left$", ".logit_scales.left"),
+        (r"^\.logit_scale_right$", ".logit_scales.right"),
+    ),
+    dropped=r"^(module\.)?bert\.pooler\.",
+)
 
 
 class RetClip(nn.Module):

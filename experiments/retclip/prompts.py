@@ -16,6 +16,9 @@ from medrepro.errors import DataError
 
 DEFAULT_PATH = Path(__file__).with_name("prompts.yaml")
 _KEYS = ("version", "report", "joiner", "no_keyword", "templates", "names")
+# Optional: the words that fill {side} and {Side} for each eye (default "left" / "Left", "right" / "Right"),
+# for prompts in a language whose word for the eye's side is not the English one.
+_OPTIONAL = ("sides",)
 SIDES = ("left", "right")
 
 
@@ -27,6 +30,7 @@ class Prompts:
     no_keyword: str
     templates: tuple[str, ...]  # each with {name}, optionally {side} ("left") or {Side} ("Left")
     names: dict[str, tuple[str, ...]]  # class → canonical keyword phrases, every class of CLASSES
+    sides: dict[str, str]  # "left" / "right" → the word {side} stands for ({Side}: capitalised)
 
 
 def load_prompts(path: Path | None = None) -> Prompts:
@@ -41,7 +45,7 @@ def load_prompts(path: Path | None = None) -> Prompts:
     for key in _KEYS:
         if key not in raw:
             raise DataError(f"prompts file {path} lacks the key '{key}'; add it (keys: {', '.join(_KEYS)})")
-    unknown = sorted(set(raw) - set(_KEYS))
+    unknown = sorted(set(raw) - set(_KEYS) - set(_OPTIONAL))
     if unknown:
         raise DataError(f"prompts file {path} has the unknown key '{unknown[0]}'; remove or rename it")
     if not isinstance(raw["version"], int) or isinstance(raw["version"], bool):
@@ -60,6 +64,9 @@ def load_prompts(path: Path | None = None) -> Prompts:
         phrases = names[label]
         if not isinstance(phrases, list) or not phrases or not all(_nonempty(phrase) for phrase in phrases):
             raise DataError(f"key 'names.{label}' in prompts file {path} must be a non-empty list of phrases")
+    sides = raw.get("sides", {side: side for side in SIDES})
+    if not (isinstance(sides, dict) and set(sides) == set(SIDES) and all(_nonempty(w) for w in sides.values())):
+        raise DataError(f"key 'sides' in prompts file {path} must map left and right to a word each, got {sides!r}")
     return Prompts(
         version=raw["version"],
         report=report,
@@ -70,6 +77,7 @@ def load_prompts(path: Path | None = None) -> Prompts:
             for i, template in enumerate(templates)
         ),
         names={label: tuple(names[label]) for label in CLASSES},
+        sides=dict(sides),
     )
 
 
@@ -82,8 +90,9 @@ def class_prompts(prompts: Prompts, side: str) -> list[list[str]]:
     """One list of prompts per class, in CLASSES order, for the eye on `side` ("left" or "right")."""
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    word = prompts.sides[side]
     return [
-        [template.format(side=side, Side=side.capitalize(), name=name)
+        [template.format(side=word, Side=word.capitalize(), name=name)
          for name in prompts.names[label] for template in prompts.templates]
         for label in CLASSES
     ]

@@ -105,8 +105,9 @@ def summarize(pred: Predictions) -> dict[str, float]:
     return out
 
 
-def predictions_json(preds: dict[str, list[Predictions]], seeds: list[int]) -> dict:
-    """predictions.json: the labels of each level once, every seed's scores (6 decimals)."""
+def predictions_json(preds: dict[str, list[Predictions]], seeds: list[int] | list[str]) -> dict:
+    """predictions.json: the labels of each level once, every seed's scores (6 decimals); a released model's
+    under its name instead of a seed."""
     return {"classes": list(CLASSES), "seeds": seeds, **{
         level: {"y_true": p[0].y_true.tolist(), "patients": p[0].patients.tolist(), "n_left_out": p[0].n_left_out,
                 "y_score": {str(s): np.round(q.y_score, 6).tolist() for s, q in zip(seeds, p, strict=True)}}
