@@ -82,7 +82,7 @@ def mining_ratio(cfg: CrossEncoderConfig, workdir: Path, repeats: int) -> dict[s
     concepts = read_concepts(cfg.paths.prepared)
     mentions = read_mentions(cfg.paths.prepared)
     index = read_index(cfg.paths.index, concepts, cfg.index)
-    encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
+    encoder = BiEncoder.load(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
     queries = encoder.encode([m.text for m in mentions])
     k = cfg.mining.candidates
     names, _ = name_rows(concepts)

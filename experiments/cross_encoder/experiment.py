@@ -37,6 +37,9 @@ EXPERIMENT = Experiment(
     ),
     train="experiments.cross_encoder.train:train",
     evaluate="experiments.cross_encoder.evaluate:evaluate",
+    # The released SapBERT alone as the linker (there is no released cross-encoder).
+    evaluate_published="experiments.cross_encoder.published:evaluate_published",
+    published_reads=("paths.prepared",),
     bench="experiments.cross_encoder.bench:bench",
     dryrun="experiments.cross_encoder.dryrun",
     val_metric="f1",

@@ -90,7 +90,7 @@ def link(cfg: CrossEncoderConfig, inputs: Path, out: Path, model_dir: Path, top:
     concepts = read_concepts(cfg.paths.prepared)
     types = concept_type_names(cfg.paths.prepared, concepts)
     index = read_index(cfg.paths.index, concepts, cfg.index)
-    encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
+    encoder = BiEncoder.load(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
     model, tokenizer = cross.load(model_dir)
     weight = read_calibration(model_dir)["retrieval_weight"]
     model.to(default_device())

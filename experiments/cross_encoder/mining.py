@@ -128,7 +128,7 @@ def mine_timed(cfg: CrossEncoderConfig) -> tuple[dict, dict[str, float]]:
     mentions = read_mentions(cfg.paths.prepared)
     position = {c.cui: i for i, c in enumerate(concepts)}
     index = read_index(cfg.paths.index, concepts, cfg.index)
-    encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
+    encoder = BiEncoder.load(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
 
     t0 = time.perf_counter()
     queries = encoder.encode([m.text for m in mentions], desc="encoding mentions")

@@ -15,8 +15,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from experiments.cross_encoder.config import CrossEncoderConfig, IndexConfig
 from experiments.cross_encoder.layout import INDEX_FILE, META_FILE, NAMES_FILE
@@ -28,17 +29,28 @@ from medrepro.errors import ConfigError, DataError
 
 
 class BiEncoder:
-    def __init__(self, path: str, max_length: int, batch_size: int) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        # SapBERT's pooler was never trained for its objective; [CLS] is read before it, so skip it.
-        self.model = AutoModel.from_pretrained(path, add_pooling_layer=False).to(default_device()).eval()
+    """A BERT encoding texts into their [CLS] vectors, unit length unless `unit` is false (upstream
+    SapBERT's evaluation ranks by the raw inner product; see published.py)."""
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, max_length: int, batch_size: int,
+                 unit: bool = True) -> None:
+        self.model = model.to(default_device()).eval()
+        self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
+        self.unit = unit
+
+    @classmethod
+    def load(cls, path: str, max_length: int, batch_size: int) -> "BiEncoder":
+        """The encoder at `path` (a hub id or a local directory), as the pipeline's stages use it."""
+        # SapBERT's pooler was never trained for its objective; [CLS] is read before it, so skip it.
+        model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        return cls(model, AutoTokenizer.from_pretrained(path), max_length, batch_size)
 
     @torch.inference_mode()
     def encode(self, texts: list[str], desc: str | None = None) -> np.ndarray:
-        """(len(texts), hidden) float32, unit rows. Texts are batched by length, so that a batch
-        holds little padding; the rows come back in the input order."""
+        """(len(texts), hidden) float32, unit rows (unless not `unit`). Texts are batched by length, so
+        that a batch holds little padding; the rows come back in the input order."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
         starts = range(0, len(texts), self.batch_size)
@@ -46,8 +58,8 @@ class BiEncoder:
             rows = order[start:start + self.batch_size]
             batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt").to(self.model.device)
-            cls = self.model(**batch).last_hidden_state[:, 0]
-            out[rows] = torch.nn.functional.normalize(cls.float(), dim=-1).cpu().numpy()
+            cls = self.model(**batch).last_hidden_state[:, 0].float()
+            out[rows] = (torch.nn.functional.normalize(cls, dim=-1) if self.unit else cls).cpu().numpy()
         return out
 
 
@@ -249,7 +261,7 @@ def recall_at(gold: np.ndarray, candidates: np.ndarray, ks: tuple[int, ...]) -> 
 def index_concepts(cfg: CrossEncoderConfig, args: argparse.Namespace | None = None) -> dict:
     """`index`: encode every concept name of prepared/concepts.jsonl into the FAISS index directory."""
     concepts = read_concepts(cfg.paths.prepared)
-    encoder = BiEncoder(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
+    encoder = BiEncoder.load(cfg.biencoder.path, cfg.index.max_length, cfg.index.batch_size)
     meta = write_index(cfg.paths.index, concepts, encoder, cfg.index, cfg.biencoder.path)
     print(json.dumps(meta))
     return meta

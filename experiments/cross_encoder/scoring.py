@@ -188,14 +188,23 @@ def linking_accuracy(candidates: Candidates, weight: float, n_boot: int, alpha: 
                              "retrieval_weight": weight,
                              f"recall_at_{candidates.concepts.shape[1]}": float(orders["biencoder"].any(axis=1).mean())}
     for name, hits in orders.items():
-        for k in (1, 5):
-            found = hits[:, :k].any(axis=1).astype(float)
-            interval = bootstrap.bootstrap_clusters(bootstrap.mean_stat(found), documents, n_boot, alpha, seed)
-            out |= {f"{name}_acc_at_{k}": interval.estimate, f"{name}_acc_at_{k}_ci_low": interval.low,
-                    f"{name}_acc_at_{k}_ci_high": interval.high}
+        out |= accuracy_at(hits, documents, name, n_boot, alpha, seed)
     for name in ("reranked", "cross_only"):
         diff = top1[name] - top1["biencoder"]
         interval = bootstrap.bootstrap_clusters(bootstrap.mean_stat(diff), documents, n_boot, alpha, seed)
         out |= {f"{name}_minus_biencoder": interval.estimate, f"{name}_minus_biencoder_ci_low": interval.low,
                 f"{name}_minus_biencoder_ci_high": interval.high}
+    return out
+
+
+def accuracy_at(hits: np.ndarray, documents: np.ndarray, name: str, n_boot: int, alpha: float,
+                seed: int) -> dict[str, float]:
+    """`<name>_acc_at_1` and `_5` of one order (`hits`: (n, k) bool, the gold concept at each rank), each
+    with an interval that resamples `documents` (one per row)."""
+    out: dict[str, float] = {}
+    for k in (1, 5):
+        found = hits[:, :k].any(axis=1).astype(float)
+        interval = bootstrap.bootstrap_clusters(bootstrap.mean_stat(found), documents, n_boot, alpha, seed)
+        out |= {f"{name}_acc_at_{k}": interval.estimate, f"{name}_acc_at_{k}_ci_low": interval.low,
+                f"{name}_acc_at_{k}_ci_high": interval.high}
     return out
