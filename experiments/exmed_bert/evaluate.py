@@ -5,9 +5,14 @@ Metrics: F1, precision and recall at `eval.threshold`; ROC-AUC; ROC-AUC at FPR <
 (scikit-learn's standardised partial AUC: 0.5 is chance, 1 perfect); PR-AUC (average precision).
 A paired difference is this variant's metric minus the other's on the same resampled patients, so
 its interval accounts for the two being scored on the same people.
+
+`evaluate_published` (`evaluate --weights`): the authors' released model, which is the pretraining model
+only (no endpoint head), scored on its own pretraining tasks on the test patients: masked-code
+prediction and prolonged length of stay (README, "Reproduce the paper from the released weights").
 """
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,10 +21,11 @@ import torch
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from experiments.exmed_bert import baselines, dataset
+from experiments.exmed_bert import baselines, dataset, published
 from experiments.exmed_bert.config import ExMedBertConfig
 from experiments.exmed_bert.endpoint import endpoint_model, scores
 from experiments.exmed_bert.experiment import BASELINES, EXPERIMENT
+from experiments.exmed_bert.pretrain import IGNORE, mask_codes, mask_seed
 from medrepro import atomic, bootstrap, plots
 from medrepro.device import default_device
 from medrepro.errors import DataError
@@ -60,17 +66,19 @@ def _counts(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[np.ndarray,
     return (p >= threshold) & (y == 1), (p >= threshold).astype(float), y.astype(float)
 
 
+def ratio(num: np.ndarray, den: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Σ num / Σ den over each resample's patients (0 where Σ den is 0)."""
+    def rows(idx: np.ndarray) -> np.ndarray:
+        a, b = num[idx].sum(axis=1), den[idx].sum(axis=1)
+        return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+    return rows
+
+
 def metric_rows(y: np.ndarray, p: np.ndarray, threshold: float, max_fpr: float
                 ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """name → stat_rows over resampled patients (`medrepro.bootstrap`); the threshold metrics and ROC-AUC
     are vectorised, the two areas that need sorting per resample call scikit-learn."""
     tp, predicted, actual = _counts(y, p, threshold)
-
-    def ratio(num: np.ndarray, den: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        def rows(idx: np.ndarray) -> np.ndarray:
-            a, b = num[idx].sum(axis=1), den[idx].sum(axis=1)
-            return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
-        return rows
 
     return {
         "f1": bootstrap.f1_binary_stat(y, p >= threshold),
@@ -151,3 +159,96 @@ def evaluate(cfg: ExMedBertConfig, variant: str, run: RunDir, out: Path, which: 
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name()
     return Evaluation({short: details[name] for short, name in HEADLINE.items()}, details, info)
+
+
+TOP_K = 10
+
+
+@torch.no_grad()
+def masked_code_hits(model: torch.nn.Module, items: list[dict], batch_size: int, top_k: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per patient: masked codes, those predicted first, those within the `top_k` predictions; and the
+    PLOS head's probability of a prolonged stay (NaN without the head)."""
+    device = next(model.parameters()).device
+    masked, first, within, plos_p = [], [], [], []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        batch = {k: torch.tensor([item[k] for item in chunk], device=device) for k in chunk[0]}
+        logits, plos = model(batch)
+        labels = batch["labels"]
+        chosen = labels != IGNORE
+        ranked = logits.float().topk(top_k, dim=-1).indices
+        first.append(((ranked[..., 0] == labels) & chosen).sum(dim=1).cpu())
+        within.append(((ranked == labels[..., None]).any(dim=-1) & chosen).sum(dim=1).cpu())
+        masked.append(chosen.sum(dim=1).cpu())
+        plos_p.append(torch.softmax(plos.float(), -1)[:, 1].cpu() if plos is not None
+                      else torch.full((len(chunk),), float("nan")))
+    return tuple(torch.cat(x).double().numpy() for x in (masked, first, within, plos_p))
+
+
+def evaluate_published(cfg: ExMedBertConfig, weights: Path, out_dir: Path) -> Evaluation:
+    """The released pretraining model (`published.read_release`) on the test patients: masked-code accuracy
+    (first and within the top 10) beside the most frequent code of the training split, and the PLOS head's
+    ROC-AUC beside chance; intervals resample patients. Masks as pretraining's validation draws them:
+    keyed by (seed + 1, epoch 0, patient), with `pretrain.mask_probability`."""
+    release = published.read_release(weights)
+    model = published.release_model(release, weights).to(default_device())
+    vocab = dataset.read_vocab(cfg.paths.prepared)
+    records = dataset.read_split(cfg.paths.prepared, "test")
+    encoded, counts = published.encode_records(records, vocab, release)
+    # A patient left with no code the release knows (procedures only) has nothing to attend to; upstream
+    # drops far shorter sequences (its min_observations, 5 codes).
+    kept = [i for i, e in enumerate(encoded) if any(e["attention"])]
+    counts["patients_without_codes"] = len(records) - len(kept)
+    records, encoded = [records[i] for i in kept], [encoded[i] for i in kept]
+    first_code = published.first_code(release.vocabularies)
+    items = []
+    for i, e in enumerate(encoded):
+        generator = torch.Generator().manual_seed(mask_seed(cfg.seed + 1, 0, i))
+        tokens, labels = mask_codes(e["tokens"], e["types"], len(release.vocabularies.codes),
+                                    cfg.pretrain.mask_probability, generator, first_code)
+        items.append({**e, "tokens": tokens, "labels": labels})
+    masked, first, within, plos_p = masked_code_hits(model, items, cfg.eval.batch_size, TOP_K)
+    if not masked.sum():
+        raise DataError(f"{cfg.paths.prepared}/test.jsonl: none of the test patients' codes is in the release's "
+                        f"vocabulary (share known by vocabulary: {published.coverage(counts)}): nothing to predict")
+    # The trivial baseline: the training split's most frequent code (in the release's vocabulary), always.
+    train, _ = published.encode_records(dataset.read_split(cfg.paths.prepared, "train"), vocab, release)
+    frequent = Counter(t for e in train for t, kind in zip(e["tokens"], e["types"], strict=True)
+                       if t >= first_code)
+    most_frequent = frequent.most_common(1)[0][0] if frequent else first_code
+    baseline = np.array([sum(label == most_frequent for label in item["labels"]) for item in items], dtype=float)
+
+    n, boot = len(items), dict(n_boot=cfg.eval.bootstrap, alpha=cfg.eval.alpha, seed=cfg.seed)
+    details: dict[str, float] = {}
+
+    def add(name: str, stat: Callable[[np.ndarray], np.ndarray], size: int) -> None:
+        interval = bootstrap.bootstrap(stat, size, **boot)
+        details.update({name: interval.estimate, f"{name}_ci_low": interval.low, f"{name}_ci_high": interval.high})
+
+    add("mlm_accuracy", ratio(first, masked), n)
+    add(f"mlm_top{TOP_K}", ratio(within, masked), n)
+    add("most_frequent/mlm_accuracy", ratio(baseline, masked), n)
+    stays = dataset.pad_batch(records, cfg.pretrain.plos_days)["plos"].numpy()
+    known = (stays != IGNORE) & ~np.isnan(plos_p)
+    y, p = stays[known], plos_p[known]
+    if 0 < y.sum() < len(y):
+        add("plos_roc_auc", bootstrap.auc_stat(y, p), len(y))
+        details.update({"chance/plos_roc_auc": 0.5, "plos_positive_rate": float(y.mean())})
+        plots.roc_png(y, p, out_dir / "plots" / "plos_roc.png", "exmed_bert published: PLOS on the test patients",
+                      (details["plos_roc_auc_ci_low"], details["plos_roc_auc_ci_high"]), CI_NOTE)
+    details.update({"test_patients": float(n), "masked_codes": float(masked.sum()), "plos_patients": float(len(y))})
+    atomic.write_json(out_dir / "predictions.json", {
+        "patient_id": [r["patient_id"] for r in records], "masked": masked.tolist(), "first": first.tolist(),
+        f"top{TOP_K}": within.tolist(), "plos_probability": [None if np.isnan(v) else v for v in plos_p.tolist()]})
+    info = {"data": cfg.data.source, "model": "ExMed-BERT, released pretraining model", "checkpoint": str(weights),
+            "protocol": f"test split, {n} patients; masked-code prediction ({cfg.pretrain.mask_probability:g} of "
+                        f"the codes, BERT's 80/10/10) and PLOS (stay > {cfg.pretrain.plos_days} days); "
+                        f"{cfg.eval.bootstrap} bootstrap resamples of patients",
+            "selection": "none here: the release was trained and chosen upstream on its own claims data",
+            "vocabulary": {"coverage": published.coverage(counts), "counts": dict(counts),
+                           "most_frequent_code": release.vocabularies.codes[most_frequent]}}
+    headline = {"mlm_acc": details["mlm_accuracy"], f"mlm_top{TOP_K}": details[f"mlm_top{TOP_K}"]}
+    if "plos_roc_auc" in details:
+        headline["plos_auc"] = details["plos_roc_auc"]
+    return Evaluation(headline, details, info)

@@ -38,6 +38,9 @@ EXPERIMENT = Experiment(
     ),
     train="experiments.exmed_bert.train:train",
     evaluate="experiments.exmed_bert.evaluate:evaluate",
+    # The authors' released pretraining model, scored on its pretraining tasks (README).
+    evaluate_published="experiments.exmed_bert.evaluate:evaluate_published",
+    published_reads=("paths.prepared",),
     bench="experiments.exmed_bert.bench:bench",
     dryrun="experiments.exmed_bert.dryrun",
     val_metric="f1",

@@ -5,7 +5,11 @@ dataset's batches, plus the pretraining heads.
 Pretraining: masked-code prediction (a transform and a decoder over the vocabulary) and optionally
 prolonged length of stay (PLOS: two classes on the sum of the last hidden states). Fine-tuning: sum
 pooling of the last hidden states → one logit, trained with BCE and a positive weight.
+
+`UPSTREAM` and `fuse_attention` map upstream ExMed-BERT's released pretraining model onto `PretrainModel`.
 """
+
+import re
 
 import numpy as np
 import torch
@@ -14,6 +18,8 @@ from torch import nn
 from experiments.exmed_bert import modeling_exmed_bert as modeling
 from experiments.exmed_bert.config import ModelConfig
 from experiments.exmed_bert.dataset import PAD, TYPE_IDS
+from medrepro.errors import CheckpointError
+from medrepro.published import KeyMap
 
 PRESETS = {
     "tiny": {"hidden_size": 32, "layers": 1, "heads": 1, "intermediate_size": 64},
@@ -57,17 +63,25 @@ class Encoder(modeling.ExMedBertModel):
 
 
 class PretrainModel(nn.Module):
-    def __init__(self, encoder: Encoder, vocab_size: int, plos: bool):
+    """`encoder` + masked-code head + optional PLOS head. `plos_over_padding`: the PLOS head sums the last
+    hidden states of every position, padding included, as upstream's ExMedBertPlosHead does (its released
+    model was trained so); by default over real positions only."""
+
+    def __init__(self, encoder: modeling.ExMedBertModel, vocab_size: int, plos: bool, plos_over_padding: bool = False):
         super().__init__()
         h = encoder.config.hidden_size
         self.encoder = encoder
-        self.transform = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h))
+        self.transform = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h, eps=encoder.config.layer_norm_eps))
         self.decoder = nn.Linear(h, vocab_size)
         self.plos = nn.Linear(h, 2) if plos else None
+        self.plos_over_padding = plos_over_padding
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden = self.encoder(**model_inputs(batch)).last_hidden_state
-        plos = self.plos(modeling.sum_pool(hidden, batch["attention"])) if self.plos is not None else None
+        plos = None
+        if self.plos is not None:
+            pooled = hidden.sum(dim=1) if self.plos_over_padding else modeling.sum_pool(hidden, batch["attention"])
+            plos = self.plos(pooled)
         return self.decoder(self.transform(hidden)), plos
 
 
@@ -79,6 +93,61 @@ class EndpointModel(modeling.ExMedBertForSequenceClassification):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return super().forward(**model_inputs(batch)).logits.squeeze(-1)
+
+
+# Upstream's ExMedBertForMaskedLM state dict (exmed_bert/models/model.py: `bert` an ExMedBertModel over
+# transformers' BertEncoder, `code_classifier` BertOnlyMLMHead, `plos_classifier` ExMedBertPlosHead) →
+# PretrainModel, after `fuse_attention` has joined each layer's query, key and value into torch's one
+# input projection. The frozen position table goes to the encoder's stored visit table (`visit_table:
+# stored`). Dropped: the position-id buffer (0, 1, 2, ...: no learned value) and the decoder's bias under
+# its second name: transformers ties `predictions.decoder.bias` to `predictions.bias`, so a .bin holds the
+# same tensor twice (safetensors once).
+UPSTREAM = KeyMap(
+    renames=(
+        (r"^\.bert\.embeddings\.code_embeddings\.", ".encoder.code."),
+        (r"^\.bert\.embeddings\.entity_embeddings\.", ".encoder.code_type."),
+        (r"^\.bert\.embeddings\.age_embeddings\.", ".encoder.age."),
+        (r"^\.bert\.embeddings\.sex_embeddings\.", ".encoder.sex."),
+        (r"^\.bert\.embeddings\.state_embeddings\.", ".encoder.state."),
+        (r"^\.bert\.embeddings\.layer_norm\.", ".encoder.norm."),
+        (r"^\.bert\.embeddings\.positional_embeddings\.weight$", ".encoder.visit_table"),
+        (r"^\.bert\.encoder\.layer\.(\d+)\.", r".encoder.layers.layers.\1."),
+        (r"\.attention\.self\.in_proj_(weight|bias)$", r".self_attn.in_proj_\1"),
+        (r"\.attention\.output\.dense\.", ".self_attn.out_proj."),
+        (r"\.attention\.output\.LayerNorm\.", ".norm1."),
+        (r"\.intermediate\.dense\.", ".linear1."),
+        (r"\.output\.dense\.", ".linear2."),
+        (r"\.output\.LayerNorm\.", ".norm2."),
+        (r"^\.code_classifier\.predictions\.transform\.dense\.", ".transform.0."),
+        (r"^\.code_classifier\.predictions\.transform\.LayerNorm\.", ".transform.2."),
+        (r"^\.code_classifier\.predictions\.decoder\.weight$", ".decoder.weight"),
+        (r"^\.code_classifier\.predictions\.bias$", ".decoder.bias"),
+        (r"^\.plos_classifier\.los_classifier\.", ".plos."),
+    ),
+    dropped=r"^bert\.embeddings\.position_ids$|^code_classifier\.predictions\.decoder\.bias$",
+)
+QKV = ("query", "key", "value")
+
+
+def fuse_attention(tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """`tensors` with each BERT layer's separate query, key and value projections (weight and bias) joined
+    in that order into `attention.self.in_proj_{weight,bias}`, the layout of torch's multi-head attention; a
+    layer that lacks one of the three is one line naming it."""
+    fused = dict(tensors)
+    prefixes = {m.group(1) for key in tensors if (m := re.match(r"(.*\.attention\.self)\.(query|key|value)\.", key))}
+    for prefix in sorted(prefixes):
+        for kind in ("weight", "bias"):
+            names = [f"{prefix}.{part}.{kind}" for part in QKV]
+            missing = [n for n in names if n not in tensors]
+            if missing:
+                raise CheckpointError(f"{source}: lacks {missing[0]!r} beside the layer's other attention "
+                                      "projections: a cut or renamed checkpoint")
+            shapes = [list(tensors[n].shape) for n in names]
+            if any(shape != shapes[0] for shape in shapes):
+                raise CheckpointError(f"{source}: {prefix}'s query, key and value {kind}s have shapes {shapes}, "
+                                      "expected three equal ones: another configuration of the model?")
+            fused[f"{prefix}.in_proj_{kind}"] = torch.cat([fused.pop(n) for n in names])
+    return fused
 
 
 def initialise(model: nn.Module, method: str) -> None:

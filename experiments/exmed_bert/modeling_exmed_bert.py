@@ -9,15 +9,17 @@ Inputs, (batch, positions) unless said otherwise; an export's vocabulary.json ma
     code_type_ids    0 special, 1 ICD-10-CM, 2 ATC, 3 CPT
     age_ids          whole years at the event (event year - birth year), clamped to [0, max_age]
     visit_ids        the visit's number ([CLS] 0, then 1, 2, ...), clamped to [0, max_visits]
-    sex_ids          (batch,) one per patient
-    state_ids        (batch,) one per patient
+    sex_ids          (batch,) one per patient, or (batch, positions) one per position
+    state_ids        (batch,) one per patient, or (batch, positions) one per position
     attention_mask   1 on real positions, 0 on padding
 
 Embeddings: code + code type + age + sex + state + visit position, summed, then LayerNorm and dropout;
 the visit position uses the fixed sinusoidal table of "Attention is all you need" (not trained, not
-saved: rebuilt from the config). Then a PyTorch Transformer encoder. The endpoint head sums the last
-hidden states over real positions and maps the sum to one logit: sigmoid(logit) is the probability of
-the endpoint.
+saved: rebuilt from the config), or with `visit_table: stored` a fixed table saved with the weights:
+upstream ExMed-BERT builds a sinusoidal table too, but its weight initialisation then overwrites it with
+an orthogonal random matrix, which stays frozen, and its released model carries that matrix. Then a
+PyTorch Transformer encoder. The endpoint head sums the last hidden states over real positions and maps
+the sum to one logit: sigmoid(logit) is the probability of the endpoint.
 """
 
 import math
@@ -48,6 +50,10 @@ class ExMedBertConfig(PreTrainedConfig):
     # How weights a checkpoint lacks are drawn: orthogonal, xavier or kaiming (the experiment's model.init).
     initializer: str = "xavier"
     pad_token_id: int = 0
+    # Upstream ExMed-BERT's released model: 1e-12 (BERT's) and its stored position table; the defaults are
+    # torch's LayerNorm eps and the sinusoidal table, with which the suite trains.
+    layer_norm_eps: float = 1e-5
+    visit_table: str = "sinusoidal"
 
 
 def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
@@ -57,6 +63,21 @@ def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(position * rate)
     table[:, 1::2] = torch.cos(position * rate)[:, :dim // 2]
     return table.float()
+
+
+def visit_table(config: ExMedBertConfig) -> torch.Tensor:
+    """The visit-position table of `config.visit_table`: `sinusoidal`, or `stored` (zeros until the
+    weights that carry it are loaded)."""
+    if config.visit_table == "sinusoidal":
+        return sinusoidal_table(config.max_visits + 1, config.hidden_size)
+    if config.visit_table == "stored":
+        return torch.zeros(config.max_visits + 1, config.hidden_size)
+    raise ValueError(f"visit_table {config.visit_table!r}: expected sinusoidal or stored")
+
+
+def per_position(embedded: torch.Tensor) -> torch.Tensor:
+    """A patient's embedding (batch, hidden) broadcast over the positions; one per position kept as it is."""
+    return embedded[:, None] if embedded.ndim == 2 else embedded
 
 
 def sum_pool(hidden: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
@@ -95,7 +116,8 @@ class ExMedBertPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, ExMedBertModel):
-            module.visit_table.copy_(sinusoidal_table(self.config.max_visits + 1, self.config.hidden_size))
+            if self.config.visit_table == "sinusoidal":  # a stored table comes with the weights
+                module.visit_table.copy_(visit_table(self.config))
             if module.code_vectors is not None:
                 nn.init.zeros_(module.code_vectors)
         else:
@@ -120,15 +142,15 @@ class ExMedBertModel(ExMedBertPreTrainedModel):
         self.age = nn.Embedding(config.max_age + 1, hidden)
         self.sex = nn.Embedding(config.sexes, hidden)
         self.state = nn.Embedding(config.states, hidden)
-        self.register_buffer("visit_table", sinusoidal_table(config.max_visits + 1, hidden), persistent=False)
+        self.register_buffer("visit_table", visit_table(config), persistent=config.visit_table == "stored")
         # learned_projection: the 128-d ClinVec vectors of the initialised codes, mapped to hidden size.
         projection = config.projection_dim
         self.code_vectors = nn.Parameter(torch.zeros(config.vocab_size, projection)) if projection else None
         self.projection = nn.Linear(projection, hidden, bias=False) if projection else None
-        self.norm = nn.LayerNorm(hidden)
+        self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
         layer = nn.TransformerEncoderLayer(hidden, heads, config.intermediate_size, config.dropout,
-                                           activation="gelu", batch_first=True)
+                                           activation="gelu", layer_norm_eps=config.layer_norm_eps, batch_first=True)
         self.layers = nn.TransformerEncoder(layer, config.num_hidden_layers, enable_nested_tensor=False)
         self.post_init()
 
@@ -136,7 +158,7 @@ class ExMedBertModel(ExMedBertPreTrainedModel):
                 visit_ids: torch.Tensor, sex_ids: torch.Tensor, state_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> BaseModelOutput:
         x = (self.code(input_ids) + self.code_type(code_type_ids) + self.age(age_ids.clamp(0, self.config.max_age))
-             + self.sex(sex_ids)[:, None] + self.state(state_ids)[:, None]
+             + per_position(self.sex(sex_ids)) + per_position(self.state(state_ids))
              + self.visit_table[visit_ids.clamp(0, self.config.max_visits)])
         if self.projection is not None:
             x = x + self.projection(self.code_vectors[input_ids])

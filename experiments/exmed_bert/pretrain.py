@@ -32,10 +32,11 @@ def mask_seed(seed: int, epoch: int, patient: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}:{patient}".encode()).digest()[:8], "big") >> 1
 
 
-def mask_codes(tokens: list[int], types: list[int], vocab_size: int, probability: float, generator: torch.Generator
-               ) -> tuple[list[int], list[int]]:
-    """BERT's rule over code positions (specials never): chosen with `probability` (at least one), then
-    80 % [MASK], 10 % a random code, 10 % unchanged. Returns (inputs, labels with -100 elsewhere)."""
+def mask_codes(tokens: list[int], types: list[int], vocab_size: int, probability: float, generator: torch.Generator,
+               first_code: int = len(dataset.SPECIALS)) -> tuple[list[int], list[int]]:
+    """BERT's rule over code positions (type not 0; specials never): chosen with `probability` (at least one),
+    then 80 % [MASK], 10 % a random code (ids from `first_code`, the first after the specials), 10 %
+    unchanged. Returns (inputs, labels with -100 elsewhere)."""
     ids = torch.tensor(tokens)
     is_code = torch.tensor(types) != 0
     chosen = (torch.rand(len(tokens), generator=generator) < probability) & is_code
@@ -44,7 +45,7 @@ def mask_codes(tokens: list[int], types: list[int], vocab_size: int, probability
         chosen[codes[torch.randint(len(codes), (1,), generator=generator)]] = True
     labels = torch.where(chosen, ids, IGNORE)
     roll = torch.rand(len(tokens), generator=generator)
-    random_codes = torch.randint(len(dataset.SPECIALS), vocab_size, (len(tokens),), generator=generator)
+    random_codes = torch.randint(first_code, vocab_size, (len(tokens),), generator=generator)
     inputs = torch.where(chosen & (roll < 0.8), dataset.MASK, ids)
     inputs = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_codes, inputs)
     return inputs.tolist(), labels.tolist()

@@ -82,9 +82,12 @@ def test_save_pretrained_round_trip_rebuilds_the_visit_table_and_the_outputs(tmp
                {"tokens": [2, 8, 3], "types": [0, 1, 0], "ages": [0, 70, 70], "visits": [0, 1, 1], "sex": 2,
                 "state": 1, "endpoint": 0, "los": 3.0}]
     batch = dataset.pad_batch(records, 7)
+    # To rounding, not bit for bit: from_pretrained leaves the weights in the file's memory map, at other
+    # alignments than the trained model's, and on some CPUs the matrix kernels then round differently
+    # (measured 1.2e-7 on an AMD EPYC; 0 where the weights are copied to fresh memory first).
     with torch.no_grad():
         torch.testing.assert_close(loaded(**model_inputs(batch)).logits[:, 0], trained.eval()(batch),
-                                   rtol=0, atol=0)
+                                   rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["orthogonal", "xavier", "kaiming"])
