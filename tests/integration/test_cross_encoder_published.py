@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.conftest import medrepro
+from tests.integration.conftest import medrepro, process_env
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +27,18 @@ def test_the_released_bi_encoder_links_the_test_mentions_into_a_published_row(tm
     medrepro(["cross_encoder", "prepare", *DATA], tmp_path)
     results = tmp_path / "results"
     out = results / "cross_encoder" / "published"
-    medrepro(["cross_encoder", "evaluate", "--weights", str(RELEASED), "--out", str(out), *DATA], tmp_path)
+    # The release by its hub id, from a Hugging Face cache that holds it (the cache's layout), offline.
+    cache = tmp_path / "hf-cache"
+    snapshot = cache / "models--cambridgeltl--SapBERT-tiny" / "snapshots" / "0123abcd"
+    shutil.copytree(RELEASED, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    medrepro(["cross_encoder", "evaluate", "--weights", "cambridgeltl/SapBERT-tiny", "--out", str(out), *DATA],
+             tmp_path, env={**process_env(), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
 
     info = json.loads((out / "info.json").read_text())
-    assert info["weights"] == "published" and info["checkpoint"] == str(RELEASED)
+    assert info["weights"] == "published" and info["checkpoint"] == str(snapshot.resolve())
+    assert set(info["source"]["sha256"]) == {p.name for p in RELEASED.iterdir()}
     assert "raw inner product" in info["protocol"]
     metrics = json.loads((out / "metrics.json").read_text())
     details = json.loads((out / "details.json").read_text())

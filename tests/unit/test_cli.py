@@ -1,5 +1,7 @@
 """The command line turns bad input into one line on stderr and exit status 2, with no partial output."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -86,6 +88,30 @@ def test_evaluate_weights_missing_file_is_one_line_and_writes_nothing(capsys, tm
     assert code == 2 and err.count("\n") == 0
     assert "bmca-clip (--weights) not found" in err and "experiments/biomedica_clip/README.md" in err
     assert not (tmp_path / "results").exists()
+
+
+def test_weights_name_a_path_or_a_hub_id_already_in_the_local_cache(tmp_path, monkeypatch):
+    """A hub id that is not a path here is looked up in the Hugging Face cache (its own layout: refs/main
+    names the snapshot), offline; one that is not there is the one-line error, and a path is taken as is."""
+    from huggingface_hub import constants
+
+    from medrepro.errors import DataError
+    from medrepro.suite.commands import released_source
+
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    snapshot = cache / "models--cambridgeltl--SapBERT-tiny" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    assert released_source(Path("cambridgeltl/SapBERT-tiny"), "cross_encoder") == snapshot
+    with pytest.raises(DataError, match=r"cambridgeltl/other \(--weights\) not found: .* or a hub id in the local "
+                                        r"Hugging Face cache; experiments/cross_encoder/README.md"):
+        released_source(Path("cambridgeltl/other"), "cross_encoder")
+    (tmp_path / "cambridgeltl" / "SapBERT-tiny").mkdir(parents=True)  # a local directory of that name wins
+    assert released_source(Path("cambridgeltl/SapBERT-tiny"), "cross_encoder") == Path("cambridgeltl/SapBERT-tiny")
 
 
 def test_evaluate_needs_a_variant_or_weights_and_weights_only_where_an_experiment_loads_them(capsys, tmp_path,

@@ -59,8 +59,9 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
                    f"<paths.results>/{PUBLISHED} with --weights)")
     p.add_argument("--checkpoint", default="best", help="`best` (of a finished run), `final` or a checkpoint path")
     if experiment.evaluate_published:
-        p.add_argument("--weights", type=Path, help="the authors' released model (its file or directory, read "
-                       "offline) instead of a trained run; see the experiment README for where to get it")
+        p.add_argument("--weights", type=Path, help="the authors' released model (its file or directory, or a "
+                       "hub id already in the local Hugging Face cache; read offline) instead of a trained run; see "
+                       "the experiment README for where to get it")
     add_config_args(p)
 
     for command in experiment.commands:
@@ -155,9 +156,8 @@ def _preflight(experiment: Experiment, cfg: object, args: argparse.Namespace) ->
         reads = tuple(producers)
     elif args.command == "evaluate" and getattr(args, "weights", None) is not None:
         preflight.output_dir(args.out or Path(cfg.paths.results) / PUBLISHED, "--out" if args.out else "paths.results")
-        if not args.weights.exists():
-            raise DataError(f"{args.weights} (--weights) not found: the released model's file or directory; "
-                            f"experiments/{experiment.name}/README.md says where to get it")
+        # Resolved once, here, so that evaluation and the recorded source name the same files.
+        args.weights = released_source(args.weights, experiment.name)
         reads = experiment.published_reads or tuple(producers)
     elif args.command == "evaluate":
         preflight.output_dir(args.out or Path(cfg.paths.results) / args.variant,
@@ -184,6 +184,20 @@ def _preflight(experiment: Experiment, cfg: object, args: argparse.Namespace) ->
         reads = getattr(command, "deps", ())
     for key in reads:
         preflight.input_path(config.lookup(cfg, key), key, f"medrepro {experiment.name} {producers[key]}")
+
+
+def released_source(weights: Path, experiment: str) -> Path:
+    """`--weights`' file or directory: the path itself, or for a hub id (`org/name`) that is not a path here,
+    its snapshot in the local Hugging Face cache (read offline, never downloaded)."""
+    from medrepro import hub
+
+    if weights.exists():
+        return weights
+    cached = hub.cached_snapshot(str(weights)) if len(weights.parts) == 2 and not weights.is_absolute() else None
+    if cached is not None:
+        return cached
+    raise DataError(f"{weights} (--weights) not found: the released model's file or directory, or a hub id "
+                    f"in the local Hugging Face cache; experiments/{experiment}/README.md says where to get it")
 
 
 def _evaluate(experiment: Experiment, cfg: object, args: argparse.Namespace) -> None:
