@@ -89,9 +89,11 @@ def evaluate_published(cfg: CrossEncoderConfig, weights: Path, out_dir: Path) ->
         raise DataError(f"no test mention of {cfg.paths.prepared} resolves to a loaded concept: see "
                         "prepared/missing.json and prepared/summary.json")
     queries = encoder.encode([mentions[i].text for i in test], desc="encoding test mentions")
-    found, _, _ = index.candidates(queries, 5)
-    # Upstream counts acc@5 over the first five names, a concept's several names each taking a place.
-    _, rows = index.index.search(queries, 5)
+    # One search: the distinct concepts, and upstream's acc@5 over the first five names, a concept's several
+    # names each taking a place.
+    scores, rows = index.search(queries, 5)
+    found, _, _ = index.distinct(scores, rows, 5)
+    rows = rows[:, :5]
     by_name = np.where(rows >= 0, owners[np.maximum(rows, 0)], -1) == gold[test, None]
     frequent = most_frequent(gold[(split == "train") & (gold >= 0)], len(concepts), 5)
     documents = np.array([mentions[i].pmid for i in test])

@@ -166,9 +166,16 @@ class NameIndex:
     def candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-k distinct concepts per query: (concept indices, name rows, scores), each (n, k),
         padded with -1 (scores with -inf) when fewer than k concepts are found."""
+        return self.distinct(*self.search(queries, k), k)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest name rows per query, (scores, rows), deep enough to hold k distinct concepts."""
         names_per_concept = len(self.names) / max(1, len(self.concepts))
         depth = min(self.index.ntotal, int(np.ceil(k * names_per_concept * 2)) + 8)
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+
+    def distinct(self, scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`candidates` from the rows `search` found."""
         owners = np.where(rows >= 0, self.concept_of_row[np.maximum(rows, 0)], -1)
         keep = first_distinct(owners, k)
         found = keep >= 0

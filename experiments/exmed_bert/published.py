@@ -128,9 +128,12 @@ class Vocabularies:
     sexes: list[str]
     states: list[str]
     code_ids: dict[str, int] = field(init=False)
+    age_ids: dict[float, int] = field(init=False)
 
     def __post_init__(self) -> None:
+        # Looked up once per code of every patient: built once here.
         self.code_ids = {c: i for i, c in enumerate(self.codes)}
+        self.age_ids = {float(a): i for i, a in enumerate(self.ages) if not isinstance(a, str)}
 
 
 def read_vocabularies(directory: Path) -> Vocabularies:
@@ -243,22 +246,22 @@ def encode(visits: list[tuple[int, list[str]]], sex: str, state: str, vocabulari
         start -= 1
         total += len(kept[start][1])
     counts["visits_truncated"] += start
-    age_ids = {float(a): i for i, a in enumerate(v.ages) if not isinstance(a, str)}
     sex_label = sex if sex in v.sexes else SEX_NAMES.get(sex, "UNK")
     state_label = state if state in v.states else "UNK"
     counts["sex/unknown"] += sex_label == "UNK"
     counts["state/unknown"] += state_label == "UNK"
+    sex_id, state_id, unknown_age = v.sexes.index(sex_label), v.states.index(state_label), v.ages.index("UNK")
     out: dict[str, list[int]] = {k: [] for k in ("tokens", "types", "ages", "visits", "sex", "state", "attention")}
     for number, (age, ids) in enumerate(kept[start:], start=1):
-        age_id = age_ids.get(float(age), v.ages.index("UNK"))
-        counts["age/unknown"] += (age_id == v.ages.index("UNK")) * len(ids)
+        age_id = v.age_ids.get(float(age), unknown_age)
+        counts["age/unknown"] += (age_id == unknown_age) * len(ids)
         for code_id in ids:
             out["tokens"].append(code_id)
             out["types"].append(v.entity_ids[v.entities[code_id]])
             out["ages"].append(age_id)
             out["visits"].append(number)
-            out["sex"].append(v.sexes.index(sex_label))
-            out["state"].append(v.states.index(state_label))
+            out["sex"].append(sex_id)
+            out["state"].append(state_id)
             out["attention"].append(1)
     pad = v.code_ids["PAD"]
     for key, values in out.items():
